@@ -1,0 +1,1 @@
+"""Embedded consul for development, demos and tests."""

@@ -1,0 +1,1 @@
+"""Embedded nomad for development, demos and tests."""
