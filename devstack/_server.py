@@ -74,7 +74,8 @@ class ServerThread:
         asyncio.set_event_loop(loop)
         try:
             self.app = loop.run_until_complete(self._factory())
-            self._runner, self.port = loop.run_until_complete(_start(self.app, self.host, self.port))
+            started = loop.run_until_complete(_start(self.app, self.host, self.port))
+            self._runner, self.port = started
         except BaseException as exc:
             self._error = exc
             self._ready.set()
@@ -89,7 +90,7 @@ class ServerThread:
             loop.close()
 
     def call(self, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
-        """Run ``fn`` on the server's loop (thread-safe access to its state) and return its result."""
+        """Run ``fn`` on the server's loop (thread-safe access to its state); return its result."""
         assert self.loop is not None
 
         async def run() -> Any:

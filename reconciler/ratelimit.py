@@ -81,7 +81,7 @@ class Backoff:
     rng: random.Random = field(default_factory=random.Random)
 
     def next_delay(self) -> float:
-        exp = min(self.cap, self.base * (2 ** min(self.failures, 62)))
+        exp = min(self.cap, self.base * 2.0 ** min(self.failures, 62))
         self.failures += 1
         return exp * (1.0 - self.jitter * self.rng.random())
 
