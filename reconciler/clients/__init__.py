@@ -9,10 +9,12 @@ from reconciler.clients.errors import (
     LeadershipLost,
     NotFound,
     PermissionDenied,
+    QuotaExceeded,
     ReconcilerError,
     Throttled,
     Timeout,
     TooLarge,
+    TransactionRolledBack,
     Unavailable,
 )
 
@@ -25,9 +27,11 @@ __all__ = [
     "LeadershipLost",
     "NotFound",
     "PermissionDenied",
+    "QuotaExceeded",
     "ReconcilerError",
     "Throttled",
     "Timeout",
     "TooLarge",
+    "TransactionRolledBack",
     "Unavailable",
 ]

@@ -63,3 +63,26 @@ class FencingError(ReconcilerError):
 
 class LeadershipLost(ReconcilerError):
     """Raised into work that was cancelled because leadership was lost."""
+
+
+class TransactionRolledBack(Conflict):
+    """A Consul transaction was rolled back (HTTP 409); ``errors`` lists ``(op_index, what)``.
+
+    The texts are Consul's own (``failed session check for key ...``), so a caller can tell a lost
+    lock from a stale index without parsing the HTTP body again.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        errors: list[tuple[int, str]],
+        status: int | None = 409,
+        body: str | None = None,
+    ) -> None:
+        super().__init__(message, status=status, body=body)
+        self.errors = errors
+
+
+class QuotaExceeded(TooLarge):
+    """A cloud quota was hit (too many ELB listeners or load balancers): not worth retrying."""

@@ -1,0 +1,789 @@
+"""The Consul client: py-consul's endpoint knowledge over one pooled ``httpx.AsyncClient``.
+
+py-consul knows every endpoint's parameters and response quirks, but its asyncio flavour is built
+on aiohttp with no read timeouts, forgets the ACL token on some endpoints (``/v1/txn``,
+``/v1/status/leader``) and reports errors as its own exceptions with the status code folded into
+a message. So py-consul is used for what it is good at (building requests, decoding responses)
+through :class:`HttpxTransport`, a ``consul.base.HTTPClient`` on httpx, and everything the
+framework calls goes through :class:`ConsulClient`, a small typed facade that
+
+* returns frozen dataclasses (:class:`KVEntry`, :class:`ServiceInstance`, ...), never raw JSON;
+* gives each long poll a read timeout of ``wait + wait/16 + margin`` and short reads a short one;
+* retries idempotent non-blocking reads a few times (long polls and writes never);
+* translates every py-consul and httpx exception into :mod:`reconciler.clients.errors`.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextvars
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, TypeVar
+
+import consul.base
+import consul.exceptions
+import httpx
+
+from reconciler.clients._common import (
+    DEFAULT_WAIT,
+    blocking_read_timeout,
+    format_wait,
+    parse_go_duration,
+    retry_read,
+)
+from reconciler.clients.config import ConsulConfig
+from reconciler.clients.errors import (
+    BadRequest,
+    ClientError,
+    Conflict,
+    NotFound,
+    PermissionDenied,
+    Throttled,
+    Timeout,
+    TooLarge,
+    TransactionRolledBack,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Consul's per-value limit (kv_max_value_size) and per-transaction operation limit (since 1.14).
+MAX_VALUE_SIZE = 512 * 1024
+MAX_TXN_OPS = 128
+
+
+# --------------------------------------------------------------------------- response metadata
+
+
+@dataclass
+class ResponseInfo:
+    """What the transport saw of the last HTTP response of one facade call."""
+
+    status: int | None = None
+    body: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+# One slot per facade call; a contextvar keeps concurrent calls (many long polls share one
+# client) from seeing each other's responses.
+_RESPONSE: contextvars.ContextVar[ResponseInfo | None] = contextvars.ContextVar(
+    "consul_response", default=None
+)
+
+
+# --------------------------------------------------------------------------- transport
+
+
+class HttpxTransport(consul.base.HTTPClient):  # type: ignore[misc]
+    """py-consul's HTTP seam implemented with one shared ``httpx.AsyncClient``.
+
+    Each method returns a coroutine, as py-consul's aiohttp flavour does, so every py-consul
+    endpoint call becomes awaitable. The read timeout of a request is derived from its ``wait``
+    parameter when it is a blocking query (it carries ``index``), else it is ``timeout``.
+    """
+
+    def __init__(
+        self,
+        config: ConsulConfig,
+        *,
+        timeout: float = 10.0,
+        blocking_margin: float = 5.0,
+        max_connections: int = 100,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        super().__init__(config.host, config.port, config.scheme, config.tls.verify, None)
+        self._token = config.token
+        self._timeout = timeout
+        self._margin = blocking_margin
+        self._extensions: dict[str, Any] = {}
+        if config.tls.server_name:
+            self._extensions["sni_hostname"] = config.tls.server_name
+        self.known_leader: bool | None = None
+        self.http = http or httpx.AsyncClient(
+            verify=config.tls.ssl_context() if config.scheme == "https" else True,
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=20),
+            trust_env=False,
+        )
+
+    def read_timeout(self, params: Sequence[tuple[str, Any]] | None) -> float:
+        found = dict(params or ())
+        if not found.get("index"):
+            return self._timeout
+        wait = DEFAULT_WAIT
+        if found.get("wait"):
+            try:
+                wait = parse_go_duration(str(found["wait"]))
+            except ValueError:
+                wait = DEFAULT_WAIT
+        return blocking_read_timeout(wait, self._margin)
+
+    async def _request(
+        self,
+        callback: Callable[[consul.base.Response], Any],
+        method: str,
+        path: str,
+        params: Sequence[tuple[str, Any]] | None,
+        data: str | bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        raw: bool = False,
+    ) -> Any:
+        uri = self.uri(path, list(params) if params else None)
+        send_headers = dict(headers or {})
+        if self._token and "X-Consul-Token" not in send_headers:
+            send_headers["X-Consul-Token"] = self._token
+        content = data.encode() if isinstance(data, str) else data
+        read = self.read_timeout(params)
+        timeout = httpx.Timeout(self._timeout, read=read)
+        resp = await self.http.request(
+            method,
+            uri,
+            content=content or None,
+            headers=send_headers,
+            timeout=timeout,
+            extensions=self._extensions,
+        )
+        body: str | bytes = resp.content if raw else resp.text
+        leader = resp.headers.get("X-Consul-KnownLeader")
+        if leader is not None:
+            self.known_leader = leader == "true"
+        slot = _RESPONSE.get()
+        if slot is not None:
+            slot.status = resp.status_code
+            slot.body = resp.text if raw else str(body)
+            slot.headers = resp.headers
+        return callback(consul.base.Response(resp.status_code, resp.headers, body))
+
+    def get(
+        self,
+        callback: Callable[[consul.base.Response], Any],
+        path: str,
+        params: Sequence[tuple[str, Any]] | None = None,
+        headers: Mapping[str, str] | None = None,
+        raw: bool = False,
+    ) -> Awaitable[Any]:
+        return self._request(callback, "GET", path, params, headers=headers, raw=raw)
+
+    def put(
+        self,
+        callback: Callable[[consul.base.Response], Any],
+        path: str,
+        params: Sequence[tuple[str, Any]] | None = None,
+        data: str | bytes | None = "",
+        headers: Mapping[str, str] | None = None,
+    ) -> Awaitable[Any]:
+        return self._request(callback, "PUT", path, params, data=data, headers=headers)
+
+    def delete(
+        self,
+        callback: Callable[[consul.base.Response], Any],
+        path: str,
+        params: Sequence[tuple[str, Any]] | None = None,
+        data: str | bytes | None = "",
+        headers: Mapping[str, str] | None = None,
+    ) -> Awaitable[Any]:
+        return self._request(callback, "DELETE", path, params, data=data, headers=headers)
+
+    def post(
+        self,
+        callback: Callable[[consul.base.Response], Any],
+        path: str,
+        params: Sequence[tuple[str, Any]] | None = None,
+        data: str | bytes | None = "",
+        headers: Mapping[str, str] | None = None,
+    ) -> Awaitable[Any]:
+        return self._request(callback, "POST", path, params, data=data, headers=headers)
+
+    def close(self) -> Awaitable[None]:
+        return self.http.aclose()
+
+
+class PyConsul(consul.base.Consul):  # type: ignore[misc]
+    """py-consul's API object wired to :class:`HttpxTransport` and to our configuration only.
+
+    py-consul's constructor reads ``CONSUL_HTTP_*`` itself, and its ``CONSUL_HTTP_TOKEN`` even
+    overrides an explicit token; everything is passed explicitly and the token re-set, so
+    :class:`ConsulConfig` stays the one place the environment is read.
+    """
+
+    def __init__(self, config: ConsulConfig, transport: HttpxTransport) -> None:
+        self._transport = transport
+        super().__init__(
+            host=config.host,
+            port=config.port,
+            scheme=config.scheme,
+            verify=config.tls.verify,
+            dc=config.datacenter,
+        )
+        self.token = config.token
+
+    def http_connect(
+        self, host: str, port: int, scheme: str, verify: bool | str = True, cert: Any = None
+    ) -> HttpxTransport:
+        return self._transport
+
+
+# --------------------------------------------------------------------------- typed results
+
+
+@dataclass(frozen=True)
+class KVEntry:
+    """One KV pair. ``value`` is ``None`` for an empty value, as Consul returns it."""
+
+    key: str
+    value: bytes | None
+    flags: int = 0
+    create_index: int = 0
+    modify_index: int = 0
+    lock_index: int = 0
+    session: str | None = None
+
+    @classmethod
+    def from_api(cls, raw: Mapping[str, Any], *, value_is_base64: bool = False) -> KVEntry:
+        value = raw.get("Value")
+        if isinstance(value, str):
+            value = base64.b64decode(value) if value_is_base64 else value.encode()
+        return cls(
+            key=str(raw["Key"]),
+            value=value if value else None,
+            flags=int(raw.get("Flags") or 0),
+            create_index=int(raw.get("CreateIndex") or 0),
+            modify_index=int(raw.get("ModifyIndex") or 0),
+            lock_index=int(raw.get("LockIndex") or 0),
+            session=raw.get("Session") or None,
+        )
+
+    @property
+    def text(self) -> str:
+        """The value decoded as UTF-8 (``""`` when empty)."""
+        return (self.value or b"").decode()
+
+
+@dataclass(frozen=True)
+class KVOp:
+    """One KV operation of a transaction (``Verb`` as Consul spells it: ``cas``, ``check-session``).
+
+    Build with the class methods, which name the verbs the framework uses.
+    """
+
+    verb: str
+    key: str
+    value: bytes | None = None
+    flags: int | None = None
+    index: int | None = None
+    session: str | None = None
+
+    def to_api(self) -> dict[str, Any]:
+        op: dict[str, Any] = {"Verb": self.verb, "Key": self.key}
+        if self.value is not None:
+            op["Value"] = base64.b64encode(self.value).decode()
+        if self.flags is not None:
+            op["Flags"] = self.flags
+        if self.index is not None:
+            op["Index"] = self.index
+        if self.session is not None:
+            op["Session"] = self.session
+        return {"KV": op}
+
+    @classmethod
+    def set(cls, key: str, value: bytes, *, flags: int | None = None) -> KVOp:
+        return cls("set", key, value=value, flags=flags)
+
+    @classmethod
+    def cas(cls, key: str, value: bytes, *, index: int, flags: int | None = None) -> KVOp:
+        return cls("cas", key, value=value, index=index, flags=flags)
+
+    @classmethod
+    def get(cls, key: str) -> KVOp:
+        return cls("get", key)
+
+    @classmethod
+    def delete(cls, key: str) -> KVOp:
+        return cls("delete", key)
+
+    @classmethod
+    def delete_tree(cls, prefix: str) -> KVOp:
+        return cls("delete-tree", prefix)
+
+    @classmethod
+    def delete_cas(cls, key: str, *, index: int) -> KVOp:
+        return cls("delete-cas", key, index=index)
+
+    @classmethod
+    def check_index(cls, key: str, index: int) -> KVOp:
+        return cls("check-index", key, index=index)
+
+    @classmethod
+    def check_session(cls, key: str, session: str) -> KVOp:
+        return cls("check-session", key, session=session)
+
+    @classmethod
+    def check_not_exists(cls, key: str) -> KVOp:
+        return cls("check-not-exists", key)
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    """A committed transaction: the entries its ``get``/``set``... operations returned."""
+
+    results: tuple[KVEntry, ...]
+    index: int | None = None
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    id: str
+    name: str = ""
+    node: str = ""
+    ttl: str = ""
+    lock_delay_ns: int = 0
+    behavior: str = "release"
+    node_checks: tuple[str, ...] = ()
+    create_index: int = 0
+    modify_index: int = 0
+
+    @classmethod
+    def from_api(cls, raw: Mapping[str, Any]) -> SessionInfo:
+        checks = raw.get("NodeChecks")
+        if checks is None:
+            checks = raw.get("Checks") or ()
+        return cls(
+            id=str(raw["ID"]),
+            name=str(raw.get("Name") or ""),
+            node=str(raw.get("Node") or ""),
+            ttl=str(raw.get("TTL") or ""),
+            lock_delay_ns=int(raw.get("LockDelay") or 0),
+            behavior=str(raw.get("Behavior") or "release"),
+            node_checks=tuple(str(c) for c in checks),
+            create_index=int(raw.get("CreateIndex") or 0),
+            modify_index=int(raw.get("ModifyIndex") or 0),
+        )
+
+
+CheckStatus = Literal["passing", "warning", "critical", "maintenance"]
+_SEVERITY: dict[str, int] = {"passing": 0, "warning": 1, "critical": 2, "maintenance": 3}
+
+
+def aggregate_status(statuses: Iterable[str]) -> CheckStatus:
+    """Consul's ``AggregatedStatus``: maintenance > critical > warning > passing."""
+    worst: CheckStatus = "passing"
+    for status in statuses:
+        s: CheckStatus = status if status in _SEVERITY else "critical"  # type: ignore[assignment]
+        if _SEVERITY[s] > _SEVERITY[worst]:
+            worst = s
+    return worst
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    check_id: str
+    name: str
+    status: str
+    service_id: str = ""
+    output: str = ""
+
+
+@dataclass(frozen=True)
+class ServiceInstance:
+    """One instance from ``/v1/health/service/:name``, with its checks and aggregated status.
+
+    ``address`` is the service address, or the node's when the service has none (as Consul's own
+    DNS interface resolves it).
+    """
+
+    node: str
+    node_address: str
+    service_id: str
+    service: str
+    address: str
+    port: int
+    tags: tuple[str, ...]
+    meta: Mapping[str, str]
+    checks: tuple[HealthCheck, ...]
+    status: CheckStatus
+
+    @classmethod
+    def from_api(cls, raw: Mapping[str, Any]) -> ServiceInstance:
+        node = raw.get("Node") or {}
+        svc = raw.get("Service") or {}
+        checks = tuple(
+            HealthCheck(
+                check_id=str(c.get("CheckID", "")),
+                name=str(c.get("Name", "")),
+                status=str(c.get("Status", "critical")),
+                service_id=str(c.get("ServiceID") or ""),
+                output=str(c.get("Output") or ""),
+            )
+            for c in raw.get("Checks") or ()
+        )
+        node_address = str(node.get("Address") or "")
+        return cls(
+            node=str(node.get("Node") or ""),
+            node_address=node_address,
+            service_id=str(svc.get("ID") or ""),
+            service=str(svc.get("Service") or ""),
+            address=str(svc.get("Address") or node_address),
+            port=int(svc.get("Port") or 0),
+            tags=tuple(str(t) for t in svc.get("Tags") or ()),
+            meta=MappingProxyType({str(k): str(v) for k, v in (svc.get("Meta") or {}).items()}),
+            checks=checks,
+            status=aggregate_status(c.status for c in checks),
+        )
+
+    @property
+    def passing(self) -> bool:
+        return self.status == "passing"
+
+
+# --------------------------------------------------------------------------- error translation
+
+_BAD_REQUEST_500 = (
+    "Missing node registration",
+    "Missing check",
+    "is in critical state",
+    "Invalid Session TTL",
+    "Invalid Behavior",
+    "No path to datacenter",
+    "invalid key name",
+    "Invalid flags",
+)
+
+
+def translate_status(status: int | None, body: str | None, *, what: str) -> ClientError:
+    """The error of our tree for a Consul HTTP error status and plain-text body."""
+    text = (body or "").strip()
+    msg = f"{what}: HTTP {status}: {text}" if status is not None else f"{what}: {text}"
+    if status is None:
+        return Unavailable(msg, status=status, body=body)
+    if status == 400:
+        return BadRequest(msg, status=status, body=body)
+    if status in (401, 403):
+        return PermissionDenied(msg, status=status, body=body)
+    if status == 404:
+        return NotFound(msg, status=status, body=body)
+    if status == 409:
+        return Conflict(msg, status=status, body=body)
+    if status == 413:
+        return TooLarge(msg, status=status, body=body)
+    if status == 429:
+        return Throttled(msg, status=status, body=body)
+    if 400 <= status < 500:
+        return ClientError(msg, status=status, body=body)
+    if status == 500 and text.startswith("invalid session"):
+        return NotFound(msg, status=status, body=body)
+    if status == 500 and any(marker in text for marker in _BAD_REQUEST_500):
+        return BadRequest(msg, status=status, body=body)
+    return Unavailable(msg, status=status, body=body)
+
+
+def _txn_errors(body: str | None) -> list[tuple[int, str]]:
+    try:
+        payload = json.loads(body or "")
+    except ValueError:
+        return []
+    errors = payload.get("Errors") if isinstance(payload, dict) else None
+    return [(int(e.get("OpIndex", 0)), str(e.get("What", ""))) for e in errors or ()]
+
+
+# --------------------------------------------------------------------------- facade
+
+
+def _index(raw: Any) -> int:
+    """``X-Consul-Index`` as an int; never below 1, as Consul's own ``setIndex`` guarantees."""
+    try:
+        return max(1, int(raw))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _check_key(key: str) -> None:
+    if key.startswith("/"):
+        raise BadRequest(f"Consul key {key!r} must not start with '/'")
+
+
+class ConsulClient:
+    """The async Consul API the framework uses.
+
+    Blocking reads take ``index`` (0 = return at once) and ``wait`` in seconds and return
+    ``(index, data)``; the caller owns the loop and the index rules. ``known_leader`` is the
+    ``X-Consul-KnownLeader`` of the latest response that carried one.
+    """
+
+    def __init__(
+        self,
+        config: ConsulConfig | None = None,
+        *,
+        timeout: float = 10.0,
+        blocking_margin: float = 5.0,
+        read_attempts: int = 3,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.config = config or ConsulConfig.from_env()
+        self._transport = HttpxTransport(
+            self.config, timeout=timeout, blocking_margin=blocking_margin, http=http
+        )
+        self._api = PyConsul(self.config, self._transport)
+        self._read_attempts = read_attempts
+
+    def __repr__(self) -> str:
+        return f"ConsulClient({self.config.base_url})"
+
+    @property
+    def known_leader(self) -> bool | None:
+        return self._transport.known_leader
+
+    async def __aenter__(self) -> ConsulClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._transport.http.aclose()
+
+    # -- plumbing
+
+    async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run one py-consul call, translating every library exception into our tree."""
+        info = ResponseInfo()
+        token = _RESPONSE.set(info)
+        try:
+            return await call()
+        except consul.exceptions.ConsulException as exc:
+            raise translate_status(info.status, info.body or str(exc), what=what) from exc
+        except httpx.TimeoutException as exc:
+            raise Timeout(f"{what}: timed out ({type(exc).__name__})") from exc
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
+        except httpx.InvalidURL as exc:
+            raise BadRequest(f"{what}: {exc}") from exc
+        finally:
+            _RESPONSE.reset(token)
+
+    async def _read(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """A non-blocking idempotent read: retried a few times on :class:`Unavailable`."""
+        return await retry_read(lambda: self._call(what, call), attempts=self._read_attempts)
+
+    @staticmethod
+    def _wait(index: int, wait: float | None) -> tuple[int | None, str | None]:
+        if index <= 0:
+            return None, None
+        return index, format_wait(wait) if wait else None
+
+    # -- KV
+
+    async def kv_get(self, key: str, *, consistent: bool = False) -> tuple[int, KVEntry | None]:
+        """One key, now. ``(index, None)`` when it does not exist: block on that index to wait
+        for its creation (see :meth:`kv_get_blocking`)."""
+        _check_key(key)
+        consistency = "consistent" if consistent else None
+        index, raw = await self._read(
+            f"GET kv/{key}", lambda: self._api.kv.get(key, consistency=consistency)
+        )
+        return _index(index), KVEntry.from_api(raw) if raw else None
+
+    async def kv_get_blocking(
+        self, key: str, *, index: int, wait: float | None = None
+    ) -> tuple[int, KVEntry | None]:
+        """Long-poll one key: returns when its index passes ``index`` or after ``wait``."""
+        _check_key(key)
+        idx, w = self._wait(index, wait)
+        got, raw = await self._call(
+            f"GET kv/{key} (blocking)", lambda: self._api.kv.get(key, index=idx, wait=w)
+        )
+        return _index(got), KVEntry.from_api(raw) if raw else None
+
+    async def kv_list(
+        self, prefix: str, *, index: int = 0, wait: float | None = None
+    ) -> tuple[int, list[KVEntry]]:
+        """Every entry under ``prefix`` (a plain string prefix, as Consul matches it).
+
+        With ``index`` > 0 this is a blocking query and is not retried; without, it is.
+        """
+        _check_key(prefix)
+        idx, w = self._wait(index, wait)
+        what = f"GET kv/{prefix}?recurse"
+
+        def call() -> Awaitable[Any]:
+            return self._api.kv.get(prefix, recurse=True, index=idx, wait=w)  # type: ignore[no-any-return]
+
+        got, raw = await (self._call(what, call) if idx else self._read(what, call))
+        return _index(got), [KVEntry.from_api(item) for item in raw or ()]
+
+    async def kv_keys(self, prefix: str, *, separator: str | None = None) -> list[str]:
+        _check_key(prefix)
+        _, raw = await self._read(
+            f"GET kv/{prefix}?keys",
+            lambda: self._api.kv.get(prefix, keys=True, separator=separator),
+        )
+        return [str(k) for k in raw or ()]
+
+    async def kv_put(
+        self,
+        key: str,
+        value: bytes | str | None,
+        *,
+        cas: int | None = None,
+        flags: int | None = None,
+        acquire: str | None = None,
+        release: str | None = None,
+    ) -> bool:
+        """Write one key. ``False`` when a ``cas``/``acquire``/``release`` condition failed.
+
+        Note Consul's rules: a PUT without ``flags`` resets them to 0, and ``release`` replaces
+        the value with ``value``.
+        """
+        _check_key(key)
+        data = value.encode() if isinstance(value, str) else value
+        if data is not None and len(data) > MAX_VALUE_SIZE:
+            raise TooLarge(f"value of {key!r} is {len(data)} bytes (> {MAX_VALUE_SIZE})")
+        result = await self._call(
+            f"PUT kv/{key}",
+            lambda: self._api.kv.put(
+                key, data, cas=cas, flags=flags, acquire=acquire, release=release
+            ),
+        )
+        return bool(result)
+
+    async def kv_delete(self, key: str, *, cas: int | None = None, recurse: bool = False) -> bool:
+        """Delete a key (or a prefix). ``True`` even when it did not exist, unless ``cas``
+        failed."""
+        _check_key(key)
+        result = await self._call(
+            f"DELETE kv/{key}", lambda: self._api.kv.delete(key, recurse=recurse, cas=cas)
+        )
+        return bool(result)
+
+    # -- transactions
+
+    async def txn(self, ops: Sequence[KVOp]) -> TxnResult:
+        """Apply ``ops`` atomically. Rollback raises :class:`TransactionRolledBack` (a
+        :class:`Conflict`) listing every failed operation; too many ops raise :class:`TooLarge`."""
+        if not ops:
+            return TxnResult(results=())
+        if len(ops) > MAX_TXN_OPS:
+            raise TooLarge(f"transaction has {len(ops)} operations (> {MAX_TXN_OPS})")
+        payload = [op.to_api() for op in ops]
+        info = ResponseInfo()
+        token = _RESPONSE.set(info)
+        try:
+            raw = await self._api.txn.put(payload)
+        except consul.exceptions.ConsulException as exc:
+            if info.status == 409:
+                errors = _txn_errors(info.body)
+                detail = "; ".join(f"op {i}: {what}" for i, what in errors)
+                raise TransactionRolledBack(
+                    f"transaction rolled back: {detail}", errors=errors, body=info.body
+                ) from exc
+            raise translate_status(info.status, info.body or str(exc), what="PUT txn") from exc
+        except httpx.TimeoutException as exc:
+            raise Timeout(f"PUT txn: timed out ({type(exc).__name__})") from exc
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"PUT txn: {type(exc).__name__}: {exc}") from exc
+        finally:
+            _RESPONSE.reset(token)
+        results = tuple(
+            KVEntry.from_api(r["KV"], value_is_base64=True)
+            for r in (raw or {}).get("Results") or ()
+            if isinstance(r, dict) and "KV" in r
+        )
+        header = info.headers.get("X-Consul-Index")
+        return TxnResult(results=results, index=_index(header) if header else None)
+
+    # -- sessions
+
+    async def session_create(
+        self,
+        name: str,
+        *,
+        ttl: int | None = None,
+        lock_delay: int = 15,
+        behavior: Literal["release", "delete"] = "release",
+        node_checks: Sequence[str] | None = None,
+    ) -> str:
+        """Create a session; returns its id. ``ttl`` in seconds (10-86400), ``lock_delay`` in
+        seconds (0 disables it). ``node_checks=[]`` ties the session to no check at all."""
+        if ttl is not None and not 10 <= ttl <= 86400:
+            raise ValueError("session ttl must be between 10 and 86400 seconds")
+        if lock_delay < 0:
+            raise ValueError("lock_delay must be >= 0")
+        checks = list(node_checks) if node_checks is not None else None
+        session_id = await self._call(
+            "PUT session/create",
+            lambda: self._api.session.create(
+                name=name, ttl=ttl, lock_delay=lock_delay, behavior=behavior, checks=checks
+            ),
+        )
+        return str(session_id)
+
+    async def session_renew(self, session_id: str) -> SessionInfo:
+        """Renew a TTL session. :class:`NotFound` when it is gone (expired or destroyed): the
+        locks it held are lost. The returned ``ttl`` may be longer than asked for."""
+        raw = await self._call(
+            f"PUT session/renew/{session_id}", lambda: self._api.session.renew(session_id)
+        )
+        if not raw:
+            raise NotFound(f"session {session_id} not found")
+        return SessionInfo.from_api(raw)
+
+    async def session_destroy(self, session_id: str) -> bool:
+        result = await self._call(
+            f"PUT session/destroy/{session_id}", lambda: self._api.session.destroy(session_id)
+        )
+        return bool(result)
+
+    async def session_info(self, session_id: str) -> SessionInfo | None:
+        _, raw = await self._read(
+            f"GET session/info/{session_id}", lambda: self._api.session.info(session_id)
+        )
+        return SessionInfo.from_api(raw) if raw else None
+
+    # -- catalog and health
+
+    async def health_service(
+        self,
+        name: str,
+        *,
+        passing: bool = False,
+        index: int = 0,
+        wait: float | None = None,
+    ) -> tuple[int, list[ServiceInstance]]:
+        """Instances of one service with their checks (``[]`` for an unknown service)."""
+        idx, w = self._wait(index, wait)
+        what = f"GET health/service/{name}"
+
+        def call() -> Awaitable[Any]:
+            return self._api.health.service(name, index=idx, wait=w, passing=passing)  # type: ignore[no-any-return]
+
+        got, raw = await (self._call(what, call) if idx else self._read(what, call))
+        return _index(got), [ServiceInstance.from_api(item) for item in raw or ()]
+
+    async def catalog_services(
+        self, *, index: int = 0, wait: float | None = None
+    ) -> tuple[int, dict[str, list[str]]]:
+        """Every service name with the union of its tags."""
+        idx, w = self._wait(index, wait)
+        what = "GET catalog/services"
+
+        def call() -> Awaitable[Any]:
+            return self._api.catalog.services(index=idx, wait=w)  # type: ignore[no-any-return]
+
+        got, raw = await (self._call(what, call) if idx else self._read(what, call))
+        return _index(got), {str(k): [str(t) for t in v or ()] for k, v in (raw or {}).items()}
+
+    # -- agent and status
+
+    async def agent_self(self) -> dict[str, Any]:
+        raw = await self._read("GET agent/self", lambda: self._api.agent.self())
+        return dict(raw or {})
+
+    async def status_leader(self) -> str:
+        """The raft leader's address, ``""`` while there is none."""
+        raw = await self._read("GET status/leader", lambda: self._api.status.leader())
+        return str(raw or "")
