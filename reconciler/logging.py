@@ -1,0 +1,85 @@
+"""Logging: JSON lines for machines (the default), a console format for humans.
+
+Everything goes through the standard library's logging, rendered by structlog, so log records
+from the framework, the clients and third-party libraries share one format. Reconciles bind
+``controller``, ``key`` and ``reconcile_id`` as context variables: every line logged while a key
+is being reconciled (even by a client deep below) carries them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Literal, TextIO
+
+import structlog
+
+LogFormat = Literal["json", "console"]
+
+_EXTRA_SKIP = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "_logger",
+    "_name",
+    "_from_structlog",
+    "_record",
+}
+
+
+def _stdlib_extra(
+    logger: object, method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """Lift ``extra={...}`` fields of plain stdlib records into the structured event."""
+    record = event.get("_record")
+    if record is not None:
+        for name, value in record.__dict__.items():
+            if name not in _EXTRA_SKIP and not name.startswith("_") and name not in event:
+                event[name] = value
+    return event
+
+
+def configure(
+    fmt: LogFormat = "json", level: str | int = "INFO", stream: TextIO | None = None
+) -> None:
+    """Route structlog and stdlib logging to one handler rendering ``fmt``."""
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _stdlib_extra,
+    ]
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared[:-1],
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level if isinstance(level, int) else level.upper())
+    # Libraries that log every request at INFO would drown the controllers' own lines.
+    for noisy in ("httpx", "httpcore", "botocore", "boto3", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
