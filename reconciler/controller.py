@@ -9,7 +9,6 @@ contract of :mod:`reconciler.result` in exactly one place.
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -22,12 +21,13 @@ import structlog
 from reconciler import metrics
 from reconciler.clients.errors import ConfigError, FencingError
 from reconciler.leader import FencedKV, LeaderElector, LockClient
+from reconciler.logging import get_logger
 from reconciler.ratelimit import SYSTEM_CLOCK, Clock
 from reconciler.result import InvalidValue, Result, TemporaryError, TerminalError
 from reconciler.sources.base import Source
 from reconciler.workqueue import QueueShutDown, WorkQueue, default_rate_limiter
 
-log = structlog.get_logger("reconciler.controller")
+log = get_logger("reconciler.controller")
 
 KeyMapper = Callable[[str], Iterable[str]]
 
@@ -406,6 +406,3 @@ class _RunnerMetrics:
         self.time = metrics.RECONCILE_TIME.labels(controller=name)
         self.active = metrics.ACTIVE_WORKERS.labels(controller=name)
         self.max_concurrent = metrics.MAX_CONCURRENT_RECONCILES.labels(controller=name)
-
-
-logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -391,3 +391,6 @@ class FencedKV:
         if fenced:
             self._outcomes["committed"].inc()
         return True
+
+
+KV_MODELS = {"reconciler-leader-record": LeaderRecord}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal, TextIO
+from typing import Any, Literal, TextIO
 
 import structlog
 
@@ -38,37 +38,41 @@ def _stdlib_extra(
     return event
 
 
+def get_logger(name: str) -> Any:
+    """A structured logger that always goes through stdlib logging.
+
+    It does not depend on ``structlog.configure``: a program that embeds the framework without
+    calling :func:`configure` gets ordinary stdlib records (level filtering included), and one
+    that calls it gets JSON or console lines with the bound fields.
+    """
+    return structlog.wrap_logger(
+        logging.getLogger(name),
+        processors=[
+            structlog.stdlib.filter_by_level,
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+
+
 def configure(
     fmt: LogFormat = "json", level: str | int = "INFO", stream: TextIO | None = None
 ) -> None:
-    """Route structlog and stdlib logging to one handler rendering ``fmt``."""
-    shared: list[structlog.typing.Processor] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _stdlib_extra,
-    ]
+    """Send every log record (framework, clients, libraries) to one handler rendering ``fmt``."""
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
-    structlog.configure(
-        processors=[
-            structlog.stdlib.filter_by_level,
-            *shared[:-1],
-            structlog.processors.StackInfoRenderer(),
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
-    )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
+        foreign_pre_chain=[structlog.contextvars.merge_contextvars, _stdlib_extra],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             renderer,
         ],

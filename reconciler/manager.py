@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 import anyio
-import structlog
 from anyio.abc import TaskStatus
 
 from reconciler.clients.config import ClientsConfig
@@ -24,8 +23,9 @@ from reconciler.clients.consul import ConsulClient
 from reconciler.clients.errors import ConfigError
 from reconciler.controller import Controller, ControllerRunner, Dependencies, RunnerOptions
 from reconciler.httpserver import HealthServer, Probe
+from reconciler.logging import get_logger
 
-log = structlog.get_logger("reconciler.manager")
+log = get_logger("reconciler.manager")
 
 
 @dataclass(frozen=True)
