@@ -1,0 +1,798 @@
+"""Job specs as Nomad sees them: decoding, canonical defaults, validation and change detection.
+
+A job submitted over HTTP is first decoded (Go's decoder: field names match case-insensitively,
+a wrong JSON type is a 400), then canonicalised (``api.Job.Canonicalize`` plus the server's own
+defaults), then validated with Nomad's exact messages, nested the way go-multierror prints them
+(a 500, see the reference). Everything here is pure: dict in, dict out.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+from .util import HOUR, MINUTE, SECOND, format_go_duration, go_multierror
+
+JOB_TYPES = ("service", "batch", "system", "sysbatch")
+# Fields that Job.SpecChanged ignores: a re-registration differing only in these is a no-op.
+STATUS_FIELDS = (
+    "Status",
+    "StatusDescription",
+    "Stable",
+    "Version",
+    "CreateIndex",
+    "ModifyIndex",
+    "JobModifyIndex",
+    "SubmitTime",
+)
+
+
+class DecodeError(Exception):
+    """The body does not decode into Nomad's structs: HTTP 400 with this text."""
+
+
+class ValidationError(Exception):
+    """Job.Validate failed: HTTP 500 with go-multierror text."""
+
+
+def _go_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+class _Obj:
+    """One JSON object being decoded into a Go struct named ``struct`` (for error texts)."""
+
+    def __init__(self, raw: Any, struct: str, path: str) -> None:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise DecodeError(
+                f"json: cannot unmarshal {_go_type(raw)} into Go value of type api.{struct}"
+            )
+        self.raw = raw
+        self.struct = struct
+        self.path = path
+        self._lower: dict[str, str] | None = None
+
+    def _key(self, name: str) -> str | None:
+        if name in self.raw:
+            return name
+        if self._lower is None:
+            self._lower = {k.lower(): k for k in self.raw if isinstance(k, str)}
+        return self._lower.get(name.lower())
+
+    def has(self, name: str) -> bool:
+        key = self._key(name)
+        return key is not None and self.raw[key] is not None
+
+    def get(self, name: str) -> Any:
+        key = self._key(name)
+        return None if key is None else self.raw[key]
+
+    def _bad(self, name: str, value: Any, gotype: str) -> DecodeError:
+        return DecodeError(
+            f"json: cannot unmarshal {_go_type(value)} into Go struct field "
+            f"{self.struct}.{self.path}.{name} of type {gotype}"
+        )
+
+    def str(self, name: str, default: str = "") -> str:
+        value = self.get(name)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise self._bad(name, value, "string")
+        return value
+
+    def int(self, name: str, default: int = 0, gotype: str = "int") -> int:
+        value = self.get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self._bad(name, value, gotype)
+        if isinstance(value, float) and not value.is_integer():
+            raise self._bad(name, value, gotype)
+        return int(value)
+
+    def bool(self, name: str, default: bool = False) -> bool:
+        value = self.get(name)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self._bad(name, value, "bool")
+        return value
+
+    def strlist(self, name: str) -> list[str] | None:
+        value = self.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self._bad(name, value, "[]string")
+        return list(value)
+
+    def strmap(self, name: str) -> dict[str, str] | None:
+        value = self.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise self._bad(name, value, "map[string]string")
+        return dict(value)
+
+    def objlist(self, name: str, struct: str) -> list[_Obj] | None:
+        value = self.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            raise self._bad(name, value, f"[]*api.{struct}")
+        return [_Obj(v, struct, f"{self.path}.{name}") for v in value]
+
+    def obj(self, name: str, struct: str) -> _Obj | None:
+        value = self.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise self._bad(name, value, f"api.{struct}")
+        return _Obj(value, struct, f"{self.path}.{name}")
+
+    def any(self, name: str) -> Any:
+        return copy.deepcopy(self.get(name))
+
+
+def _update_default() -> dict[str, Any]:
+    return {
+        "Stagger": 30 * SECOND,
+        "MaxParallel": 1,
+        "HealthCheck": "checks",
+        "MinHealthyTime": 10 * SECOND,
+        "HealthyDeadline": 5 * MINUTE,
+        "ProgressDeadline": 10 * MINUTE,
+        "AutoRevert": False,
+        "AutoPromote": False,
+        "Canary": 0,
+    }
+
+
+def _restart_default(job_type: str) -> dict[str, Any]:
+    if job_type in ("batch", "sysbatch"):
+        return {
+            "Attempts": 3,
+            "Interval": 24 * HOUR,
+            "Delay": 15 * SECOND,
+            "Mode": "fail",
+            "RenderTemplates": False,
+        }
+    return {
+        "Attempts": 2,
+        "Interval": 30 * MINUTE,
+        "Delay": 15 * SECOND,
+        "Mode": "fail",
+        "RenderTemplates": False,
+    }
+
+
+def _reschedule_default(job_type: str) -> dict[str, Any] | None:
+    if job_type == "service":
+        return {
+            "Attempts": 0,
+            "Interval": 0,
+            "Delay": 30 * SECOND,
+            "DelayFunction": "exponential",
+            "MaxDelay": HOUR,
+            "Unlimited": True,
+        }
+    if job_type == "batch":
+        return {
+            "Attempts": 1,
+            "Interval": 24 * HOUR,
+            "Delay": 5 * SECOND,
+            "DelayFunction": "constant",
+            "MaxDelay": 0,
+            "Unlimited": False,
+        }
+    return None
+
+
+def _merge_policy(o: _Obj | None, default: dict[str, Any] | None) -> dict[str, Any] | None:
+    if default is None:
+        return None
+    out = dict(default)
+    if o is not None:
+        for key, value in default.items():
+            if not o.has(key):
+                continue
+            if isinstance(value, bool):
+                out[key] = o.bool(key)
+            elif isinstance(value, int):
+                out[key] = o.int(key, gotype="int64" if key != "Attempts" else "int")
+            else:
+                out[key] = o.str(key)
+    return out
+
+
+def _constraints(o: _Obj, name: str = "Constraints") -> list[dict[str, Any]] | None:
+    items = o.objlist(name, "Constraint")
+    if items is None:
+        return None
+    out = []
+    for c in items:
+        operand = c.str("Operand") or "="
+        out.append({"LTarget": c.str("LTarget"), "RTarget": c.str("RTarget"), "Operand": operand})
+    return out
+
+
+def _ports(items: list[_Obj] | None) -> list[dict[str, Any]] | None:
+    if items is None:
+        return None
+    out = []
+    for p in items:
+        port: dict[str, Any] = {"Label": p.str("Label")}
+        if p.int("Value"):
+            port["Value"] = p.int("Value")
+        if p.int("To"):
+            port["To"] = p.int("To")
+        port["HostNetwork"] = p.str("HostNetwork") or "default"
+        out.append(port)
+    return out
+
+
+def _networks(o: _Obj) -> list[dict[str, Any]] | None:
+    items = o.objlist("Networks", "NetworkResource")
+    if items is None:
+        return None
+    out = []
+    for n in items:
+        net: dict[str, Any] = {"Mode": n.str("Mode") or "host"}
+        for key in ("Device", "CIDR", "IP", "Hostname"):
+            if n.str(key):
+                net[key] = n.str(key)
+        if n.int("MBits"):
+            net["MBits"] = n.int("MBits")
+        if n.has("DNS"):
+            net["DNS"] = n.any("DNS")
+        reserved = _ports(n.objlist("ReservedPorts", "Port"))
+        dynamic = _ports(n.objlist("DynamicPorts", "Port"))
+        if reserved:
+            net["ReservedPorts"] = reserved
+        if dynamic:
+            net["DynamicPorts"] = dynamic
+        out.append(net)
+    return out
+
+
+def _checks(o: _Obj, service_name: str) -> list[dict[str, Any]] | None:
+    items = o.objlist("Checks", "ServiceCheck")
+    if items is None:
+        return None
+    out = []
+    for c in items:
+        out.append(
+            {
+                "Name": c.str("Name") or f"service: {service_name!r} check".replace("'", '"'),
+                "Type": c.str("Type"),
+                "Command": c.str("Command"),
+                "Args": c.strlist("Args"),
+                "Path": c.str("Path"),
+                "Protocol": c.str("Protocol"),
+                "PortLabel": c.str("PortLabel"),
+                "Expose": c.bool("Expose"),
+                "AddressMode": c.str("AddressMode"),
+                "Interval": c.int("Interval", gotype="time.Duration"),
+                "Timeout": c.int("Timeout", gotype="time.Duration"),
+                "InitialStatus": c.str("InitialStatus"),
+                "TLSServerName": c.str("TLSServerName"),
+                "TLSSkipVerify": c.bool("TLSSkipVerify"),
+                "Method": c.str("Method"),
+                "Header": c.any("Header"),
+                "CheckRestart": c.any("CheckRestart"),
+                "GRPCService": c.str("GRPCService"),
+                "GRPCUseTLS": c.bool("GRPCUseTLS"),
+                "TaskName": c.str("TaskName"),
+                "SuccessBeforePassing": c.int("SuccessBeforePassing"),
+                "FailuresBeforeCritical": c.int("FailuresBeforeCritical"),
+                "FailuresBeforeWarning": c.int("FailuresBeforeWarning"),
+                "Body": c.str("Body"),
+                "OnUpdate": c.str("OnUpdate") or "require_healthy",
+            }
+        )
+    return out
+
+
+def _services(o: _Obj, default_name: str, task: str = "") -> list[dict[str, Any]] | None:
+    items = o.objlist("Services", "Service")
+    if items is None:
+        return None
+    out = []
+    for s in items:
+        name = s.str("Name") or default_name
+        out.append(
+            {
+                "Name": name,
+                "TaskName": s.str("TaskName") or task,
+                "PortLabel": s.str("PortLabel"),
+                "AddressMode": s.str("AddressMode") or "auto",
+                "Address": s.str("Address"),
+                "EnableTagOverride": s.bool("EnableTagOverride"),
+                "Tags": s.strlist("Tags"),
+                "CanaryTags": s.strlist("CanaryTags"),
+                "Checks": _checks(s, name),
+                "Connect": s.any("Connect"),
+                "Meta": s.strmap("Meta"),
+                "CanaryMeta": s.strmap("CanaryMeta"),
+                "TaggedAddresses": s.strmap("TaggedAddresses"),
+                "Namespace": s.str("Namespace"),
+                "OnUpdate": s.str("OnUpdate") or "require_healthy",
+                "Provider": s.str("Provider") or "consul",
+                "Cluster": s.str("Cluster") or "default",
+            }
+        )
+    return out
+
+
+def _resources(o: _Obj | None) -> dict[str, Any]:
+    r = o if o is not None else _Obj({}, "Resources", "Resources")
+    return {
+        "CPU": r.int("CPU", 100) if r.has("CPU") else 100,
+        "Cores": r.int("Cores"),
+        "MemoryMB": r.int("MemoryMB", 300) if r.has("MemoryMB") else 300,
+        "MemoryMaxMB": r.int("MemoryMaxMB"),
+        "DiskMB": r.int("DiskMB"),
+        "IOPS": r.int("IOPS"),
+        "Networks": _networks(r),
+        "Devices": r.any("Devices"),
+    }
+
+
+def _task(t: _Obj, job: dict[str, Any], group: dict[str, Any]) -> dict[str, Any]:
+    name = t.str("Name")
+    restart = _merge_policy(t.obj("RestartPolicy", "RestartPolicy"), group["RestartPolicy"])
+    default_service = f"{job['Name']}-{group['Name']}-{name}"
+    return {
+        "Name": name,
+        "Driver": t.str("Driver"),
+        "User": t.str("User"),
+        "Config": t.any("Config"),
+        "Env": t.strmap("Env"),
+        "Services": _services(t, default_service, name),
+        "Constraints": _constraints(t),
+        "Affinities": t.any("Affinities"),
+        "Resources": _resources(t.obj("Resources", "Resources")),
+        "RestartPolicy": restart,
+        "Meta": t.strmap("Meta"),
+        "KillTimeout": t.int("KillTimeout", 5 * SECOND, "time.Duration")
+        if t.has("KillTimeout")
+        else 5 * SECOND,
+        "LogConfig": t.any("LogConfig") or {"MaxFiles": 10, "MaxFileSizeMB": 10, "Disabled": False},
+        "Artifacts": t.any("Artifacts"),
+        "Vault": t.any("Vault"),
+        "Templates": t.any("Templates"),
+        "DispatchPayload": t.any("DispatchPayload"),
+        "VolumeMounts": t.any("VolumeMounts"),
+        "Leader": t.bool("Leader"),
+        "ShutdownDelay": t.int("ShutdownDelay", gotype="time.Duration"),
+        "KillSignal": t.str("KillSignal"),
+        "Kind": t.str("Kind"),
+        "ScalingPolicies": t.any("ScalingPolicies"),
+        "Lifecycle": t.any("Lifecycle"),
+    }
+
+
+def _group(g: _Obj, job: dict[str, Any]) -> dict[str, Any]:
+    jtype = job["Type"]
+    name = g.str("Name")
+    update = None
+    if job["Update"] is not None and jtype == "service":
+        update = _merge_policy(g.obj("Update", "UpdateStrategy"), job["Update"])
+    disk = g.obj("EphemeralDisk", "EphemeralDisk")
+    group: dict[str, Any] = {
+        "Name": name,
+        "Count": g.int("Count", 1) if g.has("Count") else 1,
+        "Update": update,
+        "Migrate": {
+            "MaxParallel": 1,
+            "HealthCheck": "checks",
+            "MinHealthyTime": 10 * SECOND,
+            "HealthyDeadline": 5 * MINUTE,
+        }
+        if jtype == "service"
+        else None,
+        "Constraints": _constraints(g),
+        "Scaling": g.any("Scaling"),
+        "RestartPolicy": _merge_policy(
+            g.obj("RestartPolicy", "RestartPolicy"), _restart_default(jtype)
+        ),
+        "Tasks": None,
+        "EphemeralDisk": {
+            "Sticky": disk.bool("Sticky") if disk else False,
+            "SizeMB": (disk.int("SizeMB", 300) if disk.has("SizeMB") else 300) if disk else 300,
+            "Migrate": disk.bool("Migrate") if disk else False,
+        },
+        "Meta": g.strmap("Meta"),
+        "ReschedulePolicy": _merge_policy(
+            g.obj("ReschedulePolicy", "ReschedulePolicy"), _reschedule_default(jtype)
+        ),
+        "Affinities": g.any("Affinities"),
+        "Spreads": g.any("Spreads"),
+        "Networks": _networks(g),
+        "Consul": g.any("Consul") or {"Namespace": "", "Cluster": "default", "Partition": ""},
+        "Services": None,
+        "Volumes": g.any("Volumes"),
+        "ShutdownDelay": g.get("ShutdownDelay"),
+        "StopAfterClientDisconnect": g.get("StopAfterClientDisconnect"),
+        "MaxClientDisconnect": g.get("MaxClientDisconnect"),
+    }
+    group["Services"] = _services(g, f"{job['Name']}-{name}")
+    tasks = g.objlist("Tasks", "Task")
+    group["Tasks"] = None if tasks is None else [_task(t, job, group) for t in tasks]
+    return group
+
+
+def decode_register_body(body: Any) -> tuple[_Obj, dict[str, Any]]:
+    """Split a register request into the raw job and its write options (400s on bad shapes)."""
+    req = _Obj(body, "JobRegisterRequest", "JobRegisterRequest")
+    job = req.obj("Job", "Job")
+    if job is None:
+        raise DecodeError("Job must be specified")
+    opts = {
+        "EnforceIndex": req.bool("EnforceIndex"),
+        "JobModifyIndex": req.int("JobModifyIndex", gotype="uint64"),
+        "PolicyOverride": req.bool("PolicyOverride"),
+        "PreserveCounts": req.bool("PreserveCounts"),
+        "EvalPriority": req.int("EvalPriority"),
+    }
+    return job, opts
+
+
+def canonicalize(raw: _Obj | dict[str, Any], namespace: str = "default") -> dict[str, Any]:
+    """The job as the server stores it: every default filled in, Nomad's key order."""
+    j = raw if isinstance(raw, _Obj) else _Obj(raw, "Job", "Job")
+    jid = j.str("ID")
+    jtype = j.str("Type") or "service"
+    update = None
+    if jtype == "service":
+        update = _merge_policy(j.obj("Update", "UpdateStrategy"), _update_default())
+    job: dict[str, Any] = {
+        "Region": j.str("Region") or "global",
+        "Namespace": j.str("Namespace") or namespace or "default",
+        "ID": jid,
+        "ParentID": j.str("ParentID"),
+        "Name": j.str("Name") or jid,
+        "Type": jtype,
+        "Priority": j.int("Priority", 50) if j.has("Priority") else 50,
+        "AllAtOnce": j.bool("AllAtOnce"),
+        "Datacenters": j.strlist("Datacenters") or ["*"],
+        "NodePool": j.str("NodePool") or "default",
+        "Constraints": _constraints(j),
+        "Affinities": j.any("Affinities"),
+        "Spreads": j.any("Spreads"),
+        "TaskGroups": None,
+        "Update": update,
+        "Multiregion": j.any("Multiregion"),
+        "Periodic": j.any("Periodic"),
+        "ParameterizedJob": j.any("ParameterizedJob"),
+        "Dispatched": j.bool("Dispatched"),
+        "DispatchIdempotencyToken": j.str("DispatchIdempotencyToken"),
+        "Payload": j.any("Payload"),
+        "Meta": j.strmap("Meta"),
+        "ConsulToken": "",
+        "ConsulNamespace": j.str("ConsulNamespace"),
+        "VaultToken": "",
+        "VaultNamespace": j.str("VaultNamespace"),
+        "NomadTokenID": "",
+        "Stop": j.bool("Stop"),
+        "Status": "",
+        "StatusDescription": "",
+        "Stable": False,
+        "Version": 0,
+        "SubmitTime": 0,
+        "CreateIndex": 0,
+        "ModifyIndex": 0,
+        "JobModifyIndex": 0,
+    }
+    groups = j.objlist("TaskGroups", "TaskGroup")
+    job["TaskGroups"] = None if groups is None else [_group(g, job) for g in groups]
+    return job
+
+
+# --- validation -------------------------------------------------------------------------------
+
+_MIN_CHECK_INTERVAL = SECOND
+_MIN_CHECK_TIMEOUT = SECOND
+_CHECK_TYPES = ("http", "tcp", "grpc", "script", "ttl")
+_OPERANDS = (
+    "=",
+    "==",
+    "is",
+    "!=",
+    "not",
+    "<",
+    "<=",
+    ">",
+    ">=",
+    "version",
+    "semver",
+    "regexp",
+    "set_contains",
+    "set_contains_all",
+    "set_contains_any",
+    "distinct_hosts",
+    "distinct_property",
+    "is_set",
+    "is_not_set",
+)
+
+
+def _validate_constraint(c: dict[str, Any]) -> list[str]:
+    errs = []
+    op = c["Operand"]
+    if op not in _OPERANDS:
+        errs.append(f"Unknown constraint type {op!r}".replace("'", '"'))
+    if op == "regexp":
+        try:
+            re.compile(c["RTarget"])
+        except re.error as exc:
+            errs.append(f"Regular expression failed to compile: {exc}")
+    if op not in ("distinct_hosts", "distinct_property", "is_set", "is_not_set"):
+        if not c["LTarget"] and op not in ("distinct_hosts",):
+            errs.append("No LTarget provided but is required by constraint")
+        if not c["RTarget"]:
+            errs.append("No RTarget provided but is required by constraint")
+    return errs
+
+
+def _check_errors(check: dict[str, Any]) -> list[str]:
+    ctype = check["Type"].lower()
+    if ctype not in _CHECK_TYPES:
+        return [
+            f"invalid type ({check['Type']!r}), must be one of "
+            f'"http", "tcp", "grpc", "script", "ttl"'.replace("'", '"')
+        ]
+    if ctype == "http" and not check["Path"]:
+        return ["http type must have http path"]
+    if ctype == "script" and not check["Command"]:
+        return ["script type must have a valid script path"]
+    if ctype in ("http", "tcp", "grpc", "script", "ttl") and ctype != "ttl":
+        if check["Interval"] < _MIN_CHECK_INTERVAL:
+            return [
+                f"interval ({format_go_duration(check['Interval'])}) cannot be lower than "
+                f"{format_go_duration(_MIN_CHECK_INTERVAL)}"
+            ]
+        if check["Timeout"] < _MIN_CHECK_TIMEOUT:
+            return [
+                f"timeout ({format_go_duration(check['Timeout'])}) is lower than required "
+                f"minimum timeout {format_go_duration(_MIN_CHECK_TIMEOUT)}"
+            ]
+    elif ctype == "ttl" and check["Interval"] <= 0:
+        return ["ttl type must have a valid ttl interval"]
+    return []
+
+
+def _service_errors(svc: dict[str, Any]) -> list[str]:
+    errs = []
+    if not svc["Name"]:
+        errs.append("Service must have a name")
+    elif not re.fullmatch(r"[a-zA-Z0-9\-${}.]+", svc["Name"]) or len(svc["Name"]) > 63:
+        errs.append(
+            f"Service name must be valid per RFC 1123 and can contain only alphanumeric "
+            f"characters or dashes: {svc['Name']!r}".replace("'", '"')
+        )
+    if svc["Provider"] not in ("consul", "nomad"):
+        errs.append(f"Service provider must be one of consul or nomad, got {svc['Provider']}")
+    for check in svc["Checks"] or []:
+        if svc["Provider"] == "nomad" and check["Type"] not in ("http", "tcp"):
+            errs.append(f"Check {check['Name']} invalid: check type {check['Type']!r} unsupported")
+            continue
+        for e in _check_errors(check):
+            errs.append(f"Check {check['Name']} invalid: {e}")
+    return errs
+
+
+def _task_errors(task: dict[str, Any]) -> list[str]:
+    errs = []
+    if not task["Name"]:
+        errs.append("Missing task name")
+    elif "/" in task["Name"]:
+        errs.append("Task name cannot include slashes")
+    elif "\x00" in task["Name"]:
+        errs.append("Task name cannot include null characters")
+    if not task["Driver"]:
+        errs.append("Missing task driver")
+    if task["KillTimeout"] < 0:
+        errs.append("KillTimeout must be a positive value")
+    res = task["Resources"]
+    mins = []
+    if res["CPU"] < 1 and res["Cores"] == 0:
+        mins.append(f"minimum CPU value is 1; got {res['CPU']}")
+    if res["MemoryMB"] < 10:
+        mins.append(f"minimum MemoryMB value is 10; got {res['MemoryMB']}")
+    if mins:
+        errs.append(go_multierror([go_multierror(mins)]))
+    for idx, c in enumerate(task["Constraints"] or []):
+        ce = _validate_constraint(c)
+        if ce:
+            errs.append(f"Constraint {idx + 1} validation failed: {go_multierror(ce)}")
+    for idx, svc in enumerate(task["Services"] or []):
+        se = _service_errors(svc)
+        if se:
+            errs.append(f"service[{idx}] {svc['Name']!r} validation failed: {go_multierror(se)}")
+    return errs
+
+
+def _port_labels(group: dict[str, Any]) -> set[str]:
+    labels: set[str] = set()
+    nets = list(group["Networks"] or [])
+    for task in group["Tasks"] or []:
+        nets.extend(task["Resources"]["Networks"] or [])
+    for net in nets:
+        for p in (net.get("ReservedPorts") or []) + (net.get("DynamicPorts") or []):
+            labels.add(p["Label"])
+    return labels
+
+
+def _group_errors(group: dict[str, Any], job: dict[str, Any]) -> list[str]:
+    errs = []
+    if group["Count"] < 0:
+        errs.append("Task group count can't be negative")
+    if not group["Tasks"]:
+        errs.append("Missing tasks for task group")
+    for idx, c in enumerate(group["Constraints"] or []):
+        ce = _validate_constraint(c)
+        if ce:
+            errs.append(f"Constraint {idx + 1} validation failed: {go_multierror(ce)}")
+    rp = group["RestartPolicy"]
+    if rp["Mode"] not in ("delay", "fail"):
+        errs.append(f"Unsupported restart mode: {rp['Mode']!r}".replace("'", '"'))
+    if rp["Attempts"] < 0:
+        errs.append(f"Attempts cannot be negative: {rp['Attempts']}")
+    if group["EphemeralDisk"]["SizeMB"] < 10:
+        errs.append(
+            f"Task group ephemeral disk validation failed: 1 error occurred:\n\t* minimum "
+            f"DiskMB value is 10; got {group['EphemeralDisk']['SizeMB']}\n\n"
+        )
+    # Port labels must be unique and reserved ports in range across the group's networks.
+    seen: dict[str, int] = {}
+    for net in group["Networks"] or []:
+        for p in (net.get("ReservedPorts") or []) + (net.get("DynamicPorts") or []):
+            if p["Label"] in seen:
+                errs.append(f"Port label {p['Label']} already in use")
+            seen[p["Label"]] = 1
+            if not re.fullmatch(r"[a-zA-Z0-9_]+", p["Label"] or ""):
+                errs.append(
+                    f"Port label does not conform to naming requirements {p['Label']!r}".replace(
+                        "'", '"'
+                    )
+                )
+        for p in net.get("ReservedPorts") or []:
+            if not 0 < p.get("Value", 0) <= 65535:
+                errs.append(f"Port {p['Label']} ({p.get('Value', 0)}) is outside valid range")
+    tasks: dict[str, int] = {}
+    for idx, task in enumerate(group["Tasks"] or []):
+        if task["Name"] == "":
+            errs.append(f"Task {idx + 1} missing name")
+        elif task["Name"] in tasks:
+            errs.append(
+                f"Task {idx + 1} redefines '{task['Name']}' from task {tasks[task['Name']] + 1}"
+            )
+        else:
+            tasks[task["Name"]] = idx
+    for task in group["Tasks"] or []:
+        te = _task_errors(task)
+        if te:
+            errs.append(f"Task {task['Name']} validation failed: {go_multierror(te)}")
+    # Every port label a service or check names must exist in the group (or task) networks.
+    labels = _port_labels(group)
+    by_label: dict[str, list[str]] = {}
+    services = list(group["Services"] or [])
+    for task in group["Tasks"] or []:
+        services.extend(task["Services"] or [])
+    for svc in services:
+        label = svc["PortLabel"]
+        if label and not label.isdigit() and label not in labels:
+            by_label.setdefault(label, []).append(svc["Name"])
+    svc_errs = []
+    for idx, svc in enumerate(group["Services"] or []):
+        se = _service_errors(svc)
+        if se:
+            svc_errs.append(
+                f"service[{idx}] {svc['Name']!r} validation failed: {go_multierror(se)}"
+            )
+    for label, names in by_label.items():
+        svc_errs.append(
+            f"port label {label!r} referenced by services [{' '.join(names)}] does not "
+            f"exist".replace("'", '"')
+        )
+    if svc_errs:
+        errs.append(f"Task group service validation failed: {go_multierror(svc_errs)}")
+    return errs
+
+
+def validate(job: dict[str, Any]) -> None:
+    """Raise :class:`ValidationError` with Nomad's text if ``job`` is not a valid job."""
+    errs = []
+    if not job["ID"]:
+        errs.append("Missing job ID")
+    elif " " in job["ID"]:
+        errs.append("Job ID contains a space")
+    elif "\x00" in job["ID"]:
+        errs.append("Job ID contains a null character")
+    if "\x00" in job["Name"]:
+        errs.append("Job Name contains a null character")
+    if job["Type"] not in JOB_TYPES:
+        errs.append(f"Invalid job type: {job['Type']!r}".replace("'", '"'))
+    if not 1 <= job["Priority"] <= 100:
+        errs.append("Job priority must be between [1, 100]")
+    if not job["Datacenters"] or any(dc == "" for dc in job["Datacenters"]):
+        errs.append(
+            "Missing job datacenters"
+            if not job["Datacenters"]
+            else "datacenter must be non-empty string"
+        )
+    if not job["TaskGroups"]:
+        errs.append("Missing job task groups")
+    for idx, c in enumerate(job["Constraints"] or []):
+        ce = _validate_constraint(c)
+        if ce:
+            errs.append(f"Constraint {idx + 1} validation failed: {go_multierror(ce)}")
+    names: dict[str, int] = {}
+    for idx, group in enumerate(job["TaskGroups"] or []):
+        if group["Name"] == "":
+            errs.append(f"Job task group {idx + 1} missing name")
+        elif group["Name"] in names:
+            errs.append(
+                f"Job task group {idx + 1} redefines '{group['Name']}' from group "
+                f"{names[group['Name']] + 1}"
+            )
+        else:
+            names[group["Name"]] = idx
+        if job["Type"] == "system" and group["Count"] > 1:
+            errs.append(
+                f"Job task group {group['Name']} has count {group['Count']}. Count cannot "
+                "exceed 1 with system scheduler"
+            )
+    for group in job["TaskGroups"] or []:
+        ge = _group_errors(group, job)
+        if ge:
+            errs.append(f"Task group {group['Name']} validation failed: {go_multierror(ge)}")
+    if errs:
+        raise ValidationError(go_multierror(errs))
+
+
+def spec_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """Nomad's ``Job.SpecChanged``: any difference outside status, version and indexes."""
+    if old is None:
+        return True
+    return any(old.get(k) != new.get(k) for k in new if k not in STATUS_FIELDS)
+
+
+def group_spec(job: dict[str, Any], name: str) -> dict[str, Any] | None:
+    for group in job.get("TaskGroups") or []:
+        if group["Name"] == name:
+            return group
+    return None
+
+
+def group_destructively_changed(
+    old_job: dict[str, Any], new_job: dict[str, Any], name: str
+) -> bool:
+    """Whether an allocation of ``old_job`` must be replaced (not updated in place) for ``new_job``.
+
+    Nomad updates in place when only counts, update strategy or meta-free fields moved; any
+    change to what runs (tasks, networks, disk, constraints) replaces the allocation.
+    """
+    old, new = group_spec(old_job, name), group_spec(new_job, name)
+    if old is None or new is None:
+        return True
+    ignored = ("Count", "Update", "Migrate", "Scaling", "ReschedulePolicy")
+    if any(old[k] != new[k] for k in old if k not in ignored):
+        return True
+    for key in ("Datacenters", "Constraints", "NodePool", "Meta"):
+        if old_job.get(key) != new_job.get(key):
+            return True
+    return False
