@@ -386,7 +386,8 @@ class HealthCheck:
     name: str
     status: str
     service_id: str = ""
-    output: str = ""
+    # Output changes with every run of some checks; it is not part of an instance's identity.
+    output: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)

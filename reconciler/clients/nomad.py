@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -589,13 +589,16 @@ class NomadClient:
         *,
         index: int = 0,
         namespace: str | None = "*",
-    ) -> AsyncIterator[Event]:
+        on_heartbeat: Callable[[], None] | None = None,
+    ) -> AsyncGenerator[Event, None]:
         """Events from ``/v1/event/stream`` from ``index`` on, heartbeats skipped.
 
         ``topics`` is ``["Job", "Allocation"]`` or ``{"Job": ["web"], "Allocation": []}``.
         The stream ends only by error (:class:`Unavailable`, :class:`Timeout` when even
         heartbeats stop) or when the consumer stops iterating; use it under
-        ``contextlib.aclosing`` so the connection is released promptly.
+        ``contextlib.aclosing`` so the connection is released promptly. ``on_heartbeat`` is
+        called for every line received, heartbeats included, so a caller can tell a quiet
+        stream from a dead one.
         """
         params = self._params(_topic_params(topics), namespace=namespace)
         if index > 0:
@@ -614,6 +617,8 @@ class NomadClient:
                     await resp.aread()
                     raise translate_status(resp.status_code, resp.text, what=what)
                 async for line in resp.aiter_lines():
+                    if on_heartbeat is not None:
+                        on_heartbeat()
                     for event in _events_of_line(line, what):
                         yield event
         except httpx.HTTPError as exc:

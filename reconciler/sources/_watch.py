@@ -1,0 +1,225 @@
+"""The machinery every watch shares: readiness, metrics, and the blocking-query loop.
+
+Consul and Nomad long polls follow the same client rules (Consul's ``features/blocking.mdx``):
+the same index means nothing changed; an index that goes backwards resets to 0; an index is
+never used below 1; the loop is rate-limited because a return is no guarantee of change; errors
+back off exponentially with jitter and never end the watch. :func:`poll_forever` implements them
+once, so a source only says how to fetch and how to fold a result into its cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, NoReturn, TypeVar
+
+import anyio
+
+from reconciler import metrics
+from reconciler.clients.errors import ClientError
+from reconciler.ratelimit import SYSTEM_CLOCK, Backoff, Clock, TokenBucket
+from reconciler.sources.base import Emit
+
+log = logging.getLogger("reconciler.sources")
+
+T = TypeVar("T")
+V = TypeVar("V")
+
+DEFAULT_WAIT = 300.0
+
+
+@dataclass
+class PollSettings:
+    """How a watch polls: the server-side ``wait``, the client-side rate limit and backoff."""
+
+    wait: float = DEFAULT_WAIT
+    rate: float = 10.0
+    burst: int = 10
+    backoff_base: float = 0.2
+    backoff_cap: float = 30.0
+    clock: Clock = field(default=SYSTEM_CLOCK)
+
+    def bucket(self) -> TokenBucket:
+        return TokenBucket(rate=self.rate, burst=self.burst, clock=self.clock)
+
+    def backoff(self) -> Backoff:
+        return Backoff(base=self.backoff_base, cap=self.backoff_cap)
+
+
+class WatchBase:
+    """Readiness and the item cache; subclasses implement ``run``.
+
+    The ready event is created lazily: a source may be built before an event loop runs.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._ready = False
+        self._ready_event: anyio.Event | None = None
+        self._items: dict[str, Any] = {}
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    async def wait_ready(self) -> None:
+        if self._ready:
+            return
+        if self._ready_event is None:
+            self._ready_event = anyio.Event()
+        await self._ready_event.wait()
+
+    def items(self) -> Mapping[str, Any]:
+        return MappingProxyType(self._items)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._name!r}, ready={self._ready})"
+
+    def _set_ready(self, controller: str) -> None:
+        if self._ready:
+            return
+        self._ready = True
+        metrics.SOURCE_READY.labels(controller=controller, source=self._name).set(1)
+        if self._ready_event is not None:
+            self._ready_event.set()
+        log.info(
+            "%s: source %s ready (%d items)",
+            controller,
+            self._name,
+            len(self._items),
+            extra={"controller": controller, "source": self._name},
+        )
+
+    def _emit(self, emit: Emit, controller: str, ids: Iterable[str]) -> None:
+        """Hand changed ids to the controller; a failing callback is logged, never fatal."""
+        batch = sorted(set(ids))
+        if not batch:
+            return
+        metrics.WATCH_EVENTS.labels(controller=controller, source=self._name).inc(len(batch))
+        try:
+            emit(batch)
+        except Exception:
+            log.exception(
+                "%s: emit from source %s failed",
+                controller,
+                self._name,
+                extra={"controller": controller, "source": self._name},
+            )
+
+
+def diff_items(old: Mapping[str, V], new: Mapping[str, V]) -> set[str]:
+    """Ids added, removed, or whose value differs."""
+    changed = {k for k in new if k not in old or old[k] != new[k]}
+    changed.update(k for k in old if k not in new)
+    return changed
+
+
+def replace_items(cache: dict[str, V], new: Mapping[str, V]) -> set[str]:
+    """Make ``cache`` equal to ``new`` in place; return the ids that changed."""
+    changed = diff_items(cache, new)
+    for key in changed:
+        if key in new:
+            cache[key] = new[key]
+        else:
+            cache.pop(key, None)
+    return changed
+
+
+@dataclass
+class PollState:
+    """The index of one blocking query, kept by Consul's rules."""
+
+    index: int = 0
+    resets: int = 0
+
+    def advance(self, returned: int) -> bool:
+        """Fold in a returned index; ``True`` when the data may have changed.
+
+        Same index: nothing changed. Lower index: reset to 0 (the data is still processed, and
+        the next request is a plain read). Otherwise keep it, clamped to >= 1.
+        """
+        previous = self.index
+        if previous and returned == previous:
+            return False
+        if previous and returned < previous:
+            self.index = 0
+            self.resets += 1
+            return True
+        self.index = max(1, returned)
+        return True
+
+
+async def poll_forever(
+    *,
+    source: str,
+    controller: str,
+    fetch: Callable[[int], Awaitable[tuple[int, T]]],
+    apply: Callable[[T], None],
+    settings: PollSettings,
+    what: str,
+    on_success: Callable[[], None] | None = None,
+) -> NoReturn:
+    """Run a blocking query forever: ``fetch(index)``, then ``apply(data)`` when it may have
+    changed. Errors (of ``fetch`` and ``apply``) are logged and retried with backoff."""
+    labels = {"controller": controller, "source": source}
+    extra = {"controller": controller, "source": source, "watch": what}
+    requests = metrics.WATCH_REQUESTS.labels(**labels)
+    errors = metrics.WATCH_ERRORS.labels(**labels)
+    resets = metrics.WATCH_INDEX_RESETS.labels(**labels)
+    last_success = metrics.WATCH_LAST_SUCCESS.labels(**labels)
+    bucket = settings.bucket()
+    backoff = settings.backoff()
+    state = PollState()
+    while True:
+        await bucket.acquire()
+        requests.inc()
+        fetched = False
+        try:
+            returned, data = await fetch(state.index)
+            fetched = True
+            before = state.resets
+            changed = state.advance(returned)
+            if state.resets != before:
+                resets.inc()
+                log.info(
+                    "%s: %s index went backwards to %d; reset to 0",
+                    controller,
+                    what,
+                    returned,
+                    extra=extra,
+                )
+            if changed:
+                apply(data)
+        except Exception as exc:
+            errors.inc()
+            if fetched:
+                # ``apply`` failed: re-read everything next time rather than skip this change.
+                state.index = 0
+            delay = backoff.next_delay()
+            log.warning(
+                "%s: watch %s of source %s failed: %s; retrying in %.2fs",
+                controller,
+                what,
+                source,
+                exc,
+                delay,
+                extra=extra,
+                exc_info=not _expected(exc),
+            )
+            await settings.clock.sleep(delay)
+            continue
+        backoff.reset()
+        last_success.set(time.time())
+        if on_success is not None:
+            on_success()
+
+
+def _expected(exc: BaseException) -> bool:
+    return isinstance(exc, ClientError)

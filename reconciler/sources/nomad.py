@@ -1,0 +1,279 @@
+"""Watch Nomad jobs or allocations: the event stream first, blocking queries when it is not there.
+
+The jobs and allocations controllers react to Nomad changes (a job registered, an allocation
+placed or failed). Nomad's ``/v1/event/stream`` pushes those with no polling at all, but it can
+be disabled, forbidden by ACLs, or cut; ``/v1/jobs`` and ``/v1/allocations`` blocking queries
+always work. So the source lists once (ready), follows the stream from the list's index, and:
+
+* if the stream is refused (404, 403, 400) it polls with blocking queries for good;
+* if the stream breaks (connection, 5xx, silence past the heartbeat) it backs off, polls for a
+  while (``stream_retry_after``) and then tries the stream again;
+* every ``relist_every`` it reconnects and relists, because objects garbage-collected by Nomad
+  produce no event and would otherwise stay in the cache.
+
+Items are keyed by job id or allocation id and compared by ``ModifyIndex``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from typing import Any, Literal, Protocol
+
+import anyio
+
+from reconciler import metrics
+from reconciler.clients.errors import BadRequest, ClientError, NotFound, PermissionDenied
+from reconciler.clients.nomad import Allocation, Event, Job, JobStub
+from reconciler.ratelimit import SYSTEM_CLOCK, Clock
+from reconciler.sources._watch import DEFAULT_WAIT, PollSettings, WatchBase, poll_forever
+from reconciler.sources.base import Emit
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["jobs", "allocations"]
+NomadObject = JobStub | Allocation
+
+
+class NomadReader(Protocol):
+    """What :class:`NomadSource` needs of a Nomad client (``NomadClient`` provides it)."""
+
+    async def list_jobs(
+        self,
+        *,
+        prefix: str | None = None,
+        meta: bool = False,
+        index: int = 0,
+        wait: float | None = None,
+        namespace: str | None = None,
+    ) -> tuple[int, list[JobStub]]: ...
+
+    async def list_allocations(
+        self,
+        *,
+        prefix: str | None = None,
+        filter: str | None = None,
+        resources: bool = False,
+        index: int = 0,
+        wait: float | None = None,
+        namespace: str | None = None,
+    ) -> tuple[int, list[Allocation]]: ...
+
+    async def get_job(self, job_id: str) -> Job | None: ...
+
+    def events(
+        self,
+        topics: Mapping[str, Sequence[str]] | Sequence[str],
+        *,
+        index: int = 0,
+        namespace: str | None = "*",
+        on_heartbeat: Callable[[], None] | None = None,
+    ) -> AsyncGenerator[Event, None]: ...
+
+
+# Answers meaning "this server will not give you a stream": stop asking.
+_STREAM_REFUSED = (NotFound, PermissionDenied, BadRequest)
+
+
+class NomadSource(WatchBase):
+    """Jobs (``kind="jobs"``) or allocations (``kind="allocations"``) of Nomad.
+
+    ``job_prefix`` limits the watch to jobs whose id starts with it (for allocations, to those
+    of such jobs). ``resources=True`` lists allocations with ``AllocatedResources`` (ports) when
+    polling; stream payloads always carry them.
+    """
+
+    def __init__(
+        self,
+        client: NomadReader,
+        kind: Kind = "jobs",
+        *,
+        job_prefix: str | None = None,
+        namespace: str | None = None,
+        resources: bool = True,
+        use_stream: bool = True,
+        stream_retry_after: float = 60.0,
+        relist_every: float = 600.0,
+        name: str | None = None,
+        wait: float = DEFAULT_WAIT,
+        rate: float = 10.0,
+        burst: int = 10,
+        backoff_base: float = 0.2,
+        backoff_cap: float = 30.0,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        if kind not in ("jobs", "allocations"):
+            raise ValueError(f"unknown Nomad watch kind {kind!r}")
+        super().__init__(name or f"nomad:{kind}{':' + job_prefix if job_prefix else ''}")
+        self.kind = kind
+        self.job_prefix = job_prefix
+        self.namespace = namespace
+        self.resources = resources
+        self.use_stream = use_stream
+        self.stream_retry_after = stream_retry_after
+        self.relist_every = relist_every
+        self._client = client
+        self.settings = PollSettings(
+            wait=wait,
+            rate=rate,
+            burst=burst,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+            clock=clock,
+        )
+        self.mode: Literal["stream", "poll"] = "stream" if use_stream else "poll"
+
+    # -- cache
+
+    def _wanted(self, obj: NomadObject) -> bool:
+        if self.job_prefix is None:
+            return True
+        job_id = obj.id if isinstance(obj, JobStub) else obj.job_id
+        return job_id.startswith(self.job_prefix)
+
+    def _replace(self, objects: Sequence[NomadObject]) -> set[str]:
+        new = {o.id: o for o in objects if self._wanted(o)}
+        changed = {
+            k
+            for k, o in new.items()
+            if k not in self._items or self._items[k].modify_index != o.modify_index
+        }
+        changed.update(k for k in self._items if k not in new)
+        for key in changed:
+            if key in new:
+                self._items[key] = new[key]
+            else:
+                self._items.pop(key, None)
+        return changed
+
+    def _upsert(self, obj: NomadObject) -> bool:
+        if not self._wanted(obj):
+            return False
+        old = self._items.get(obj.id)
+        if old is not None and old.modify_index >= obj.modify_index:
+            return False
+        self._items[obj.id] = obj
+        return True
+
+    async def _list(self, index: int = 0, wait: float | None = None) -> tuple[int, list[Any]]:
+        if self.kind == "jobs":
+            got, jobs = await self._client.list_jobs(
+                prefix=self.job_prefix, index=index, wait=wait, namespace=self.namespace
+            )
+            return got, list(jobs)
+        got, allocs = await self._client.list_allocations(
+            resources=self.resources, index=index, wait=wait, namespace=self.namespace
+        )
+        return got, list(allocs)
+
+    async def _apply_event(self, event: Event) -> set[str]:
+        if self.kind == "jobs" and event.topic == "Job":
+            raw = event.payload.get("Job")
+            job_id = event.key or (raw or {}).get("ID", "")
+            if not job_id:
+                return set()
+            if event.type == "JobDeregistered":
+                current = await self._client.get_job(job_id)
+                if current is None:
+                    return {job_id} if self._items.pop(job_id, None) is not None else set()
+                return {job_id} if self._upsert(current) else set()
+            if raw is None:
+                return set()
+            return {job_id} if self._upsert(JobStub.model_validate(raw)) else set()
+        if self.kind == "allocations" and event.topic == "Allocation":
+            raw = event.payload.get("Allocation")
+            if raw is None:
+                return set()
+            alloc = Allocation.model_validate(raw)
+            return {alloc.id} if self._upsert(alloc) else set()
+        return set()
+
+    # -- loop
+
+    async def run(self, emit: Emit, *, controller: str) -> None:
+        metrics.init_source(controller, self.name)
+        labels = {"controller": controller, "source": self.name}
+        extra = {"controller": controller, "source": self.name}
+        backoff = self.settings.backoff()
+        bucket = self.settings.bucket()
+        clock = self.settings.clock
+        while True:
+            if self.mode == "poll":
+                await self._poll(emit, controller)
+                self.mode = "stream"
+                continue
+            await bucket.acquire()
+            metrics.WATCH_REQUESTS.labels(**labels).inc()
+            try:
+                await self._stream_once(emit, controller)
+                backoff.reset()
+            except _STREAM_REFUSED as exc:
+                metrics.WATCH_ERRORS.labels(**labels).inc()
+                log.warning(
+                    "%s: Nomad event stream refused (%s); polling with blocking queries",
+                    controller,
+                    exc,
+                    extra=extra,
+                )
+                self.use_stream = False
+                self.mode = "poll"
+            except Exception as exc:
+                metrics.WATCH_ERRORS.labels(**labels).inc()
+                delay = backoff.next_delay()
+                log.warning(
+                    "%s: Nomad event stream failed (%s); polling for %.0fs after %.2fs",
+                    controller,
+                    exc,
+                    self.stream_retry_after,
+                    delay,
+                    extra=extra,
+                    exc_info=not isinstance(exc, ClientError),
+                )
+                await clock.sleep(delay)
+                self.mode = "poll"
+
+    async def _stream_once(self, emit: Emit, controller: str) -> None:
+        """List, then follow the stream until it fails or ``relist_every`` passes."""
+        last_success = metrics.WATCH_LAST_SUCCESS.labels(controller=controller, source=self.name)
+        index, objects = await self._list()
+        changed = self._replace(objects)
+        last_success.set(time.time())
+        self._set_ready(controller)
+        self._emit(emit, controller, changed)
+        topic = "Job" if self.kind == "jobs" else "Allocation"
+
+        def beat() -> None:
+            last_success.set(time.time())
+
+        with anyio.move_on_after(self.relist_every):
+            stream = self._client.events(
+                [topic], index=index, namespace=self.namespace or "*", on_heartbeat=beat
+            )
+            async with contextlib.aclosing(stream):
+                async for event in stream:
+                    ids = await self._apply_event(event)
+                    self._emit(emit, controller, ids)
+
+    async def _poll(self, emit: Emit, controller: str) -> None:
+        """Blocking queries: forever if the stream was refused, else ``stream_retry_after``."""
+
+        async def fetch(index: int) -> tuple[int, list[Any]]:
+            return await self._list(index=index, wait=self.settings.wait)
+
+        def apply(objects: list[Any]) -> None:
+            changed = self._replace(objects)
+            self._set_ready(controller)
+            self._emit(emit, controller, changed)
+
+        limit = None if not self.use_stream else self.stream_retry_after
+        with anyio.move_on_after(limit):
+            await poll_forever(
+                source=self.name,
+                controller=controller,
+                fetch=fetch,
+                apply=apply,
+                settings=self.settings,
+                what=f"nomad {self.kind}",
+            )
