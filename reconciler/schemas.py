@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-DEFAULT_MODULES = ("reconciler.leader", "controllers.api")
+DEFAULT_MODULES = ("reconciler.leader", "controllers.api", "examples.greeter")
 
 
 def collect(modules: Sequence[str]) -> dict[str, type[BaseModel]]:

@@ -1,0 +1,1 @@
+"""Example controllers: small, complete, tested, and the starting point of a new one."""
