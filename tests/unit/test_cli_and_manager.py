@@ -108,8 +108,9 @@ async def test_manager_serves_metrics_health_and_readiness() -> None:
         metrics = await http.get(f"{base}/metrics")
         assert metrics.status_code == 200
         # pre-initialised to zero before any reconcile
-        assert f'controller_runtime_reconcile_total{{controller="{name}",result="success"}} 0.0' in (
-            metrics.text
+        assert (
+            f'controller_runtime_reconcile_total{{controller="{name}",result="success"}} 0.0'
+            in (metrics.text)
         )
         assert f'workqueue_depth{{name="{name}"}}' in metrics.text
         assert (await http.get(f"{base}/healthz")).json()["ok"] is True
@@ -127,8 +128,9 @@ async def test_manager_serves_metrics_health_and_readiness() -> None:
             while not seen:
                 await anyio.sleep(0.01)
         metrics = await http.get(f"{base}/metrics")
-        assert f'controller_runtime_reconcile_total{{controller="{name}",result="success"}} 1.0' in (
-            metrics.text
+        assert (
+            f'controller_runtime_reconcile_total{{controller="{name}",result="success"}} 1.0'
+            in (metrics.text)
         )
         assert (await http.get(f"{base}/nope")).status_code == 404
         assert (await http.post(f"{base}/metrics")).status_code == 405

@@ -44,7 +44,9 @@ class Harness:
         self.source = MemorySource("items")
         self.name = unique("ctl")
         to_keys = kwargs.pop("to_keys", None)
-        watch = Watch("items", lambda deps: self.source, **({"to_keys": to_keys} if to_keys else {}))
+        watch = Watch(
+            "items", lambda deps: self.source, **({"to_keys": to_keys} if to_keys else {})
+        )
         self.spec = Controller(
             name=self.name,
             reconcile=reconcile,
