@@ -557,6 +557,9 @@ class ConsulClient:
         try:
             return await call()
         except consul.exceptions.ConsulException as exc:
+            if info.status is None or info.status < 400:
+                # A malformed answer (no index header, bad JSON): the server is not well.
+                raise Unavailable(f"{what}: {exc}", status=info.status) from exc
             raise translate_status(info.status, info.body or str(exc), what=what) from exc
         except httpx.TimeoutException as exc:
             raise Timeout(f"{what}: timed out ({type(exc).__name__})") from exc
