@@ -1,0 +1,133 @@
+"""``/v1/health/*``: service instances with their checks, the feed of service discovery.
+
+``/v1/health/service/<name>?passing`` is what the allocations controller watches; it blocks on
+the per-service index, so only changes to that service (its instances, their checks, or the
+node-level checks of their nodes) wake it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from devstack.consul.catalog import (
+    STATUSES,
+    can_read_node,
+    can_read_service,
+    check_json,
+    filtered,
+    instances,
+    node_json,
+    service_json,
+)
+from devstack.consul.core import core_of
+from devstack.consul.http import Result, bad_request, blocking, parse_query_options, respond
+from devstack.consul.state import Check
+
+
+def _checks_for(checks: dict[str, Check], service_id: str) -> list[Check]:
+    return [checks[cid] for cid in sorted(checks) if checks[cid].service_id in ("", service_id)]
+
+
+async def service(request: web.Request) -> web.Response:
+    core = core_of(request)
+    opts = parse_query_options(request, core)
+    name = request.match_info["name"]
+    tags = request.query.getall("tag", [])
+    passing = "passing" in request.query and request.query.get("passing", "") not in (
+        "false",
+        "0",
+    )
+    st = core.state
+
+    def run() -> Result:
+        index = st.health_service_index(name)
+        found = instances(core, name, tags)
+        if not can_read_service(core, request, name):
+            return Result(index, [], filtered=bool(found))
+        entries: list[dict[str, Any]] = []
+        hidden = False
+        for node, svc in found:
+            if not can_read_node(core, request, node.name):
+                hidden = True
+                continue
+            checks = _checks_for(st.checks.get(node.name, {}), svc.id)
+            if passing and any(c.status != "passing" for c in checks):
+                continue
+            entries.append(
+                {
+                    "Node": node_json(node),
+                    "Service": service_json(svc),
+                    "Checks": [check_json(c) for c in checks],
+                }
+            )
+        return Result(index, filtered(entries, opts.filter), filtered=hidden)
+
+    result = await blocking(core, opts, run, topics=("svc:" + name,))
+    return respond(core, result, opts, token_sent=core.token_sent(request))
+
+
+async def service_checks(request: web.Request) -> web.Response:
+    core = core_of(request)
+    opts = parse_query_options(request, core)
+    name = request.match_info["name"]
+    st = core.state
+
+    def run() -> Result:
+        index = st.health_service_index(name)
+        found = [c for c in st.all_checks() if c.service_name == name and c.service_id]
+        if not can_read_service(core, request, name):
+            return Result(index, [], filtered=bool(found))
+        keep = [c for c in found if can_read_node(core, request, c.node)]
+        body = filtered([check_json(c) for c in keep], opts.filter)
+        return Result(index, body, filtered=len(keep) != len(found))
+
+    result = await blocking(core, opts, run, topics=("svc:" + name,))
+    return respond(core, result, opts, token_sent=core.token_sent(request))
+
+
+def _visible_checks(core: Any, request: web.Request, checks: list[Check]) -> list[Check]:
+    out = []
+    for c in checks:
+        if not can_read_node(core, request, c.node):
+            continue
+        if c.service_id and not can_read_service(core, request, c.service_name):
+            continue
+        out.append(c)
+    return out
+
+
+async def state(request: web.Request) -> web.Response:
+    core = core_of(request)
+    opts = parse_query_options(request, core)
+    wanted = request.match_info["state"]
+    if wanted != "any" and wanted not in STATUSES:
+        raise bad_request("Invalid check state")
+    st = core.state
+
+    def run() -> Result:
+        found = [c for c in st.all_checks() if wanted == "any" or c.status == wanted]
+        keep = _visible_checks(core, request, found)
+        body = filtered([check_json(c) for c in keep], opts.filter)
+        return Result(st.table_index["checks"], body, filtered=len(keep) != len(found))
+
+    result = await blocking(core, opts, run, topics=("checks",))
+    return respond(core, result, opts, token_sent=core.token_sent(request))
+
+
+async def node(request: web.Request) -> web.Response:
+    core = core_of(request)
+    opts = parse_query_options(request, core)
+    name = request.match_info["node"]
+    st = core.state
+
+    def run() -> Result:
+        checks = st.checks.get(name, {})
+        found = [checks[cid] for cid in sorted(checks)]
+        keep = _visible_checks(core, request, found)
+        body = filtered([check_json(c) for c in keep], opts.filter)
+        return Result(st.table_index["checks"], body, filtered=len(keep) != len(found))
+
+    result = await blocking(core, opts, run, topics=("checks",))
+    return respond(core, result, opts, token_sent=core.token_sent(request))
