@@ -188,15 +188,20 @@ class LeaderElector:
         )
         self._session = session
         lost: list[str] = []
+        acquired = False
         try:
             async with anyio.create_task_group() as tg:
 
                 def lose(reason: str) -> None:
+                    # Stop claiming leadership now, not once the cancelled work has unwound:
+                    # fence() must refuse writes from this instant.
+                    self._set_leading(False)
                     lost.append(reason)
                     tg.cancel_scope.cancel()
 
                 tg.start_soon(self._renew_loop, session, lose)
                 await self._campaign(session)
+                acquired = True
                 self._terms += 1
                 self._set_leading(True)
                 log.info(
@@ -208,10 +213,12 @@ class LeaderElector:
                 # lead() returning means the controller is stopping; give the lock back.
                 tg.cancel_scope.cancel()
         finally:
+            # Released by release() already, or lost: only a term that ends while still holding
+            # the lock (lead() returned, or cancellation from outside) must release it here.
             was_leading = self._leading
             self._set_leading(False)
             self._session = None
-            if lost and was_leading:
+            if lost and acquired:
                 log.warning(
                     "lost leadership", extra={"controller": self.controller, "reason": lost[0]}
                 )
@@ -226,13 +233,14 @@ class LeaderElector:
             acquired_at=dt.datetime.now(dt.UTC),
         )
         value = record.model_dump_json().encode()
-        index = 0
         while True:
             if await self._client.kv_put(self.lock_key, value, acquire=session):
                 return
             self._set_leading(False)
-            # Wait until the lock is free. Block on the key itself: a held key only changes when
-            # its holder writes it, releases it or loses its session, so this wakes rarely.
+            # Wait until the lock is free. The first read does not block (the key may be free
+            # already, held back only by lock-delay); then block on the key itself: a held key
+            # only changes when its holder writes it, releases it or loses its session.
+            index = 0
             while True:
                 new_index, entry = await self._client.kv_get_blocking(
                     self.lock_key, index=index, wait=self.ttl
