@@ -81,7 +81,8 @@ def test_tokens_never_appear_in_repr() -> None:
     both = ClientsConfig(consul=consul, nomad=nomad, aws=AWSConfig())
     for text in (repr(consul), str(consul), repr(nomad), repr(both)):
         assert "s3cret" not in text
-    assert consul.has_token and nomad.has_token
+    assert consul.has_token
+    assert nomad.has_token
 
 
 def test_client_key_without_cert_is_rejected(tmp_path: Path) -> None:
