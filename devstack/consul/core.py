@@ -38,6 +38,9 @@ class Config:
         return self.node_name or socket.gethostname() or "devstack"
 
 
+AUTHZ_KEY = web.RequestKey("consul_authz", Authorizer)
+
+
 class Core:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -127,14 +130,17 @@ class Core:
     # -- ACL -----------------------------------------------------------------------------------
 
     def authz(self, request: web.Request) -> Authorizer | None:
-        cached: Any = request.get("consul_authz", False)
-        if cached is not False:
+        if not self.acl.enabled:
+            return None
+        cached = request.get(AUTHZ_KEY)
+        if cached is not None:
             return cached
         try:
             authz = self.acl.authorizer(request_token(request))
         except LookupError as exc:
             raise ConsulError(403, "ACL not found") from exc
-        request["consul_authz"] = authz
+        if authz is not None:
+            request[AUTHZ_KEY] = authz
         return authz
 
     def token_sent(self, request: web.Request) -> bool:
