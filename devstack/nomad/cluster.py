@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import jobs as jobspec
 from .events import Event
-from .scheduler import ClusterView, NodeInfo, NodeUsage, place_group
+from .scheduler import ClusterView, NodeInfo, place_group
 from .state import (
     TERMINAL_CLIENT,
     TERMINAL_EVAL,
@@ -416,9 +416,9 @@ class NomadCluster:
     ) -> dict[str, Any]:
         try:
             raw, opts = jobspec.decode_register_body(body)
-            if not raw.str("ID"):
+            if not raw.text("ID"):
                 raise NomadError(400, "Job ID hasn't been provided")
-            if path_id is not None and raw.str("ID") != path_id:
+            if path_id is not None and raw.text("ID") != path_id:
                 raise NomadError(400, "Job ID does not match name")
             job = jobspec.canonicalize(raw, namespace)
         except jobspec.DecodeError as exc:
@@ -576,7 +576,7 @@ class NomadCluster:
         view = ClusterView(nodes=nodes)
         for n in self.state.nodes.values():
             res, rsv = n["NodeResources"], n["ReservedResources"]
-            reserved_ports = set()
+            reserved_ports: set[int] = set()
             for part in (rsv["Networks"]["ReservedHostPorts"] or "").split(","):
                 part = part.strip()
                 if "-" in part:
@@ -609,7 +609,8 @@ class NomadCluster:
             )
             nodes.append(info)
             usage = view.used(info.id)
-            ports = view.ports.setdefault(info.ip, set())
+            ports = view.ports.setdefault(info.id, set())
+            ip_ports = view.ip_ports.setdefault(info.ip, set())
             for a in self.state.node_allocs(info.id):
                 if alloc_client_terminal(a) or a["ID"] in exclude:
                     continue
@@ -617,7 +618,9 @@ class NomadCluster:
                 usage.cpu += cpu
                 usage.memory_mb += mem
                 usage.disk_mb += disk
-                ports.update(p["Value"] for p in a["AllocatedResources"]["Shared"]["Ports"])
+                used_ports = [p["Value"] for p in a["AllocatedResources"]["Shared"]["Ports"]]
+                ports.update(used_ports)
+                ip_ports.update(used_ports)
         for a in self.state.job_allocs(job_key):
             if alloc_terminal(a) or a["ID"] in exclude:
                 continue
@@ -911,6 +914,7 @@ class NomadCluster:
                     nodes=[node],
                     usage=view.usage,
                     ports=view.ports,
+                    ip_ports=view.ip_ports,
                     job_allocs=view.job_allocs,
                 )
                 result = place_group(single, job, group, 1, self.rng)
@@ -1493,3 +1497,60 @@ class NomadCluster:
         node = {**node, "DrainStrategy": None, "LastDrain": last, "ModifyIndex": index}
         self.state.put_node(node, index)
         self.state.commit(index, [self._node_event("NodeDrain", node)])
+
+    # --- native service discovery (provider "nomad") -----------------------------------------
+
+    def register_native(
+        self, owner: str, alloc: dict[str, Any], regs: list[dict[str, Any]]
+    ) -> None:
+        index = self.state.begin()
+        events = []
+        node = self.state.nodes.get(alloc["NodeID"]) or {}
+        for r in regs:
+            entry = {
+                "ID": r["ID"],
+                "ServiceName": r["Name"],
+                "Namespace": alloc["Namespace"],
+                "NodeID": alloc["NodeID"],
+                "Datacenter": node.get("Datacenter", self.config.datacenter),
+                "JobID": alloc["JobID"],
+                "AllocID": alloc["ID"],
+                "Tags": r["Tags"],
+                "Address": r["Address"],
+                "Port": r["Port"],
+                "CreateIndex": index,
+                "ModifyIndex": index,
+                "_owner": owner,
+            }
+            self.state.services[r["ID"]] = entry
+            events.append(
+                Event(
+                    "Service",
+                    "ServiceRegistration",
+                    r["Name"],
+                    alloc["Namespace"],
+                    {"Service": {k: v for k, v in entry.items() if k != "_owner"}},
+                )
+            )
+        self.state.touch("services", index)
+        self.state.commit(index, events)
+
+    def deregister_native(self, owner: str) -> None:
+        gone = [s for s in self.state.services.values() if s["_owner"] == owner]
+        if not gone:
+            return
+        index = self.state.begin()
+        events = []
+        for s in gone:
+            del self.state.services[s["ID"]]
+            events.append(
+                Event(
+                    "Service",
+                    "ServiceDeregistration",
+                    s["ServiceName"],
+                    s["Namespace"],
+                    {"Service": {k: v for k, v in s.items() if k != "_owner"}},
+                )
+            )
+        self.state.touch("services", index)
+        self.state.commit(index, events)

@@ -84,7 +84,7 @@ class _Obj:
             f"{self.struct}.{self.path}.{name} of type {gotype}"
         )
 
-    def str(self, name: str, default: str = "") -> str:
+    def text(self, name: str, default: str = "") -> str:
         value = self.get(name)
         if value is None:
             return default
@@ -92,7 +92,7 @@ class _Obj:
             raise self._bad(name, value, "string")
         return value
 
-    def int(self, name: str, default: int = 0, gotype: str = "int") -> int:
+    def integer(self, name: str, default: int = 0, gotype: str = "int") -> int:
         value = self.get(name)
         if value is None:
             return default
@@ -102,7 +102,7 @@ class _Obj:
             raise self._bad(name, value, gotype)
         return int(value)
 
-    def bool(self, name: str, default: bool = False) -> bool:
+    def flag(self, name: str, default: bool = False) -> bool:
         value = self.get(name)
         if value is None:
             return default
@@ -209,11 +209,11 @@ def _merge_policy(o: _Obj | None, default: dict[str, Any] | None) -> dict[str, A
             if not o.has(key):
                 continue
             if isinstance(value, bool):
-                out[key] = o.bool(key)
+                out[key] = o.flag(key)
             elif isinstance(value, int):
-                out[key] = o.int(key, gotype="int64" if key != "Attempts" else "int")
+                out[key] = o.integer(key, gotype="int64" if key != "Attempts" else "int")
             else:
-                out[key] = o.str(key)
+                out[key] = o.text(key)
     return out
 
 
@@ -223,8 +223,8 @@ def _constraints(o: _Obj, name: str = "Constraints") -> list[dict[str, Any]] | N
         return None
     out = []
     for c in items:
-        operand = c.str("Operand") or "="
-        out.append({"LTarget": c.str("LTarget"), "RTarget": c.str("RTarget"), "Operand": operand})
+        operand = c.text("Operand") or "="
+        out.append({"LTarget": c.text("LTarget"), "RTarget": c.text("RTarget"), "Operand": operand})
     return out
 
 
@@ -233,12 +233,12 @@ def _ports(items: list[_Obj] | None) -> list[dict[str, Any]] | None:
         return None
     out = []
     for p in items:
-        port: dict[str, Any] = {"Label": p.str("Label")}
-        if p.int("Value"):
-            port["Value"] = p.int("Value")
-        if p.int("To"):
-            port["To"] = p.int("To")
-        port["HostNetwork"] = p.str("HostNetwork") or "default"
+        port: dict[str, Any] = {"Label": p.text("Label")}
+        if p.integer("Value"):
+            port["Value"] = p.integer("Value")
+        if p.integer("To"):
+            port["To"] = p.integer("To")
+        port["HostNetwork"] = p.text("HostNetwork") or "default"
         out.append(port)
     return out
 
@@ -249,12 +249,12 @@ def _networks(o: _Obj) -> list[dict[str, Any]] | None:
         return None
     out = []
     for n in items:
-        net: dict[str, Any] = {"Mode": n.str("Mode") or "host"}
+        net: dict[str, Any] = {"Mode": n.text("Mode") or "host"}
         for key in ("Device", "CIDR", "IP", "Hostname"):
-            if n.str(key):
-                net[key] = n.str(key)
-        if n.int("MBits"):
-            net["MBits"] = n.int("MBits")
+            if n.text(key):
+                net[key] = n.text(key)
+        if n.integer("MBits"):
+            net["MBits"] = n.integer("MBits")
         if n.has("DNS"):
             net["DNS"] = n.any("DNS")
         reserved = _ports(n.objlist("ReservedPorts", "Port"))
@@ -275,31 +275,31 @@ def _checks(o: _Obj, service_name: str) -> list[dict[str, Any]] | None:
     for c in items:
         out.append(
             {
-                "Name": c.str("Name") or f"service: {service_name!r} check".replace("'", '"'),
-                "Type": c.str("Type"),
-                "Command": c.str("Command"),
+                "Name": c.text("Name") or f"service: {service_name!r} check".replace("'", '"'),
+                "Type": c.text("Type"),
+                "Command": c.text("Command"),
                 "Args": c.strlist("Args"),
-                "Path": c.str("Path"),
-                "Protocol": c.str("Protocol"),
-                "PortLabel": c.str("PortLabel"),
-                "Expose": c.bool("Expose"),
-                "AddressMode": c.str("AddressMode"),
-                "Interval": c.int("Interval", gotype="time.Duration"),
-                "Timeout": c.int("Timeout", gotype="time.Duration"),
-                "InitialStatus": c.str("InitialStatus"),
-                "TLSServerName": c.str("TLSServerName"),
-                "TLSSkipVerify": c.bool("TLSSkipVerify"),
-                "Method": c.str("Method"),
+                "Path": c.text("Path"),
+                "Protocol": c.text("Protocol"),
+                "PortLabel": c.text("PortLabel"),
+                "Expose": c.flag("Expose"),
+                "AddressMode": c.text("AddressMode"),
+                "Interval": c.integer("Interval", gotype="time.Duration"),
+                "Timeout": c.integer("Timeout", gotype="time.Duration"),
+                "InitialStatus": c.text("InitialStatus"),
+                "TLSServerName": c.text("TLSServerName"),
+                "TLSSkipVerify": c.flag("TLSSkipVerify"),
+                "Method": c.text("Method"),
                 "Header": c.any("Header"),
                 "CheckRestart": c.any("CheckRestart"),
-                "GRPCService": c.str("GRPCService"),
-                "GRPCUseTLS": c.bool("GRPCUseTLS"),
-                "TaskName": c.str("TaskName"),
-                "SuccessBeforePassing": c.int("SuccessBeforePassing"),
-                "FailuresBeforeCritical": c.int("FailuresBeforeCritical"),
-                "FailuresBeforeWarning": c.int("FailuresBeforeWarning"),
-                "Body": c.str("Body"),
-                "OnUpdate": c.str("OnUpdate") or "require_healthy",
+                "GRPCService": c.text("GRPCService"),
+                "GRPCUseTLS": c.flag("GRPCUseTLS"),
+                "TaskName": c.text("TaskName"),
+                "SuccessBeforePassing": c.integer("SuccessBeforePassing"),
+                "FailuresBeforeCritical": c.integer("FailuresBeforeCritical"),
+                "FailuresBeforeWarning": c.integer("FailuresBeforeWarning"),
+                "Body": c.text("Body"),
+                "OnUpdate": c.text("OnUpdate") or "require_healthy",
             }
         )
     return out
@@ -311,15 +311,15 @@ def _services(o: _Obj, default_name: str, task: str = "") -> list[dict[str, Any]
         return None
     out = []
     for s in items:
-        name = s.str("Name") or default_name
+        name = s.text("Name") or default_name
         out.append(
             {
                 "Name": name,
-                "TaskName": s.str("TaskName") or task,
-                "PortLabel": s.str("PortLabel"),
-                "AddressMode": s.str("AddressMode") or "auto",
-                "Address": s.str("Address"),
-                "EnableTagOverride": s.bool("EnableTagOverride"),
+                "TaskName": s.text("TaskName") or task,
+                "PortLabel": s.text("PortLabel"),
+                "AddressMode": s.text("AddressMode") or "auto",
+                "Address": s.text("Address"),
+                "EnableTagOverride": s.flag("EnableTagOverride"),
                 "Tags": s.strlist("Tags"),
                 "CanaryTags": s.strlist("CanaryTags"),
                 "Checks": _checks(s, name),
@@ -327,10 +327,10 @@ def _services(o: _Obj, default_name: str, task: str = "") -> list[dict[str, Any]
                 "Meta": s.strmap("Meta"),
                 "CanaryMeta": s.strmap("CanaryMeta"),
                 "TaggedAddresses": s.strmap("TaggedAddresses"),
-                "Namespace": s.str("Namespace"),
-                "OnUpdate": s.str("OnUpdate") or "require_healthy",
-                "Provider": s.str("Provider") or "consul",
-                "Cluster": s.str("Cluster") or "default",
+                "Namespace": s.text("Namespace"),
+                "OnUpdate": s.text("OnUpdate") or "require_healthy",
+                "Provider": s.text("Provider") or "consul",
+                "Cluster": s.text("Cluster") or "default",
             }
         )
     return out
@@ -339,25 +339,25 @@ def _services(o: _Obj, default_name: str, task: str = "") -> list[dict[str, Any]
 def _resources(o: _Obj | None) -> dict[str, Any]:
     r = o if o is not None else _Obj({}, "Resources", "Resources")
     return {
-        "CPU": r.int("CPU", 100) if r.has("CPU") else 100,
-        "Cores": r.int("Cores"),
-        "MemoryMB": r.int("MemoryMB", 300) if r.has("MemoryMB") else 300,
-        "MemoryMaxMB": r.int("MemoryMaxMB"),
-        "DiskMB": r.int("DiskMB"),
-        "IOPS": r.int("IOPS"),
+        "CPU": r.integer("CPU", 100) if r.has("CPU") else 100,
+        "Cores": r.integer("Cores"),
+        "MemoryMB": r.integer("MemoryMB", 300) if r.has("MemoryMB") else 300,
+        "MemoryMaxMB": r.integer("MemoryMaxMB"),
+        "DiskMB": r.integer("DiskMB"),
+        "IOPS": r.integer("IOPS"),
         "Networks": _networks(r),
         "Devices": r.any("Devices"),
     }
 
 
 def _task(t: _Obj, job: dict[str, Any], group: dict[str, Any]) -> dict[str, Any]:
-    name = t.str("Name")
+    name = t.text("Name")
     restart = _merge_policy(t.obj("RestartPolicy", "RestartPolicy"), group["RestartPolicy"])
     default_service = f"{job['Name']}-{group['Name']}-{name}"
     return {
         "Name": name,
-        "Driver": t.str("Driver"),
-        "User": t.str("User"),
+        "Driver": t.text("Driver"),
+        "User": t.text("User"),
         "Config": t.any("Config"),
         "Env": t.strmap("Env"),
         "Services": _services(t, default_service, name),
@@ -366,7 +366,7 @@ def _task(t: _Obj, job: dict[str, Any], group: dict[str, Any]) -> dict[str, Any]
         "Resources": _resources(t.obj("Resources", "Resources")),
         "RestartPolicy": restart,
         "Meta": t.strmap("Meta"),
-        "KillTimeout": t.int("KillTimeout", 5 * SECOND, "time.Duration")
+        "KillTimeout": t.integer("KillTimeout", 5 * SECOND, "time.Duration")
         if t.has("KillTimeout")
         else 5 * SECOND,
         "LogConfig": t.any("LogConfig") or {"MaxFiles": 10, "MaxFileSizeMB": 10, "Disabled": False},
@@ -375,10 +375,10 @@ def _task(t: _Obj, job: dict[str, Any], group: dict[str, Any]) -> dict[str, Any]
         "Templates": t.any("Templates"),
         "DispatchPayload": t.any("DispatchPayload"),
         "VolumeMounts": t.any("VolumeMounts"),
-        "Leader": t.bool("Leader"),
-        "ShutdownDelay": t.int("ShutdownDelay", gotype="time.Duration"),
-        "KillSignal": t.str("KillSignal"),
-        "Kind": t.str("Kind"),
+        "Leader": t.flag("Leader"),
+        "ShutdownDelay": t.integer("ShutdownDelay", gotype="time.Duration"),
+        "KillSignal": t.text("KillSignal"),
+        "Kind": t.text("Kind"),
         "ScalingPolicies": t.any("ScalingPolicies"),
         "Lifecycle": t.any("Lifecycle"),
     }
@@ -386,14 +386,14 @@ def _task(t: _Obj, job: dict[str, Any], group: dict[str, Any]) -> dict[str, Any]
 
 def _group(g: _Obj, job: dict[str, Any]) -> dict[str, Any]:
     jtype = job["Type"]
-    name = g.str("Name")
+    name = g.text("Name")
     update = None
     if job["Update"] is not None and jtype == "service":
         update = _merge_policy(g.obj("Update", "UpdateStrategy"), job["Update"])
     disk = g.obj("EphemeralDisk", "EphemeralDisk")
     group: dict[str, Any] = {
         "Name": name,
-        "Count": g.int("Count", 1) if g.has("Count") else 1,
+        "Count": g.integer("Count", 1) if g.has("Count") else 1,
         "Update": update,
         "Migrate": {
             "MaxParallel": 1,
@@ -410,9 +410,9 @@ def _group(g: _Obj, job: dict[str, Any]) -> dict[str, Any]:
         ),
         "Tasks": None,
         "EphemeralDisk": {
-            "Sticky": disk.bool("Sticky") if disk else False,
-            "SizeMB": (disk.int("SizeMB", 300) if disk.has("SizeMB") else 300) if disk else 300,
-            "Migrate": disk.bool("Migrate") if disk else False,
+            "Sticky": disk.flag("Sticky") if disk else False,
+            "SizeMB": (disk.integer("SizeMB", 300) if disk.has("SizeMB") else 300) if disk else 300,
+            "Migrate": disk.flag("Migrate") if disk else False,
         },
         "Meta": g.strmap("Meta"),
         "ReschedulePolicy": _merge_policy(
@@ -441,11 +441,11 @@ def decode_register_body(body: Any) -> tuple[_Obj, dict[str, Any]]:
     if job is None:
         raise DecodeError("Job must be specified")
     opts = {
-        "EnforceIndex": req.bool("EnforceIndex"),
-        "JobModifyIndex": req.int("JobModifyIndex", gotype="uint64"),
-        "PolicyOverride": req.bool("PolicyOverride"),
-        "PreserveCounts": req.bool("PreserveCounts"),
-        "EvalPriority": req.int("EvalPriority"),
+        "EnforceIndex": req.flag("EnforceIndex"),
+        "JobModifyIndex": req.integer("JobModifyIndex", gotype="uint64"),
+        "PolicyOverride": req.flag("PolicyOverride"),
+        "PreserveCounts": req.flag("PreserveCounts"),
+        "EvalPriority": req.integer("EvalPriority"),
     }
     return job, opts
 
@@ -453,22 +453,22 @@ def decode_register_body(body: Any) -> tuple[_Obj, dict[str, Any]]:
 def canonicalize(raw: _Obj | dict[str, Any], namespace: str = "default") -> dict[str, Any]:
     """The job as the server stores it: every default filled in, Nomad's key order."""
     j = raw if isinstance(raw, _Obj) else _Obj(raw, "Job", "Job")
-    jid = j.str("ID")
-    jtype = j.str("Type") or "service"
+    jid = j.text("ID")
+    jtype = j.text("Type") or "service"
     update = None
     if jtype == "service":
         update = _merge_policy(j.obj("Update", "UpdateStrategy"), _update_default())
     job: dict[str, Any] = {
-        "Region": j.str("Region") or "global",
-        "Namespace": j.str("Namespace") or namespace or "default",
+        "Region": j.text("Region") or "global",
+        "Namespace": j.text("Namespace") or namespace or "default",
         "ID": jid,
-        "ParentID": j.str("ParentID"),
-        "Name": j.str("Name") or jid,
+        "ParentID": j.text("ParentID"),
+        "Name": j.text("Name") or jid,
         "Type": jtype,
-        "Priority": j.int("Priority", 50) if j.has("Priority") else 50,
-        "AllAtOnce": j.bool("AllAtOnce"),
+        "Priority": j.integer("Priority", 50) if j.has("Priority") else 50,
+        "AllAtOnce": j.flag("AllAtOnce"),
         "Datacenters": j.strlist("Datacenters") or ["*"],
-        "NodePool": j.str("NodePool") or "default",
+        "NodePool": j.text("NodePool") or "default",
         "Constraints": _constraints(j),
         "Affinities": j.any("Affinities"),
         "Spreads": j.any("Spreads"),
@@ -477,16 +477,16 @@ def canonicalize(raw: _Obj | dict[str, Any], namespace: str = "default") -> dict
         "Multiregion": j.any("Multiregion"),
         "Periodic": j.any("Periodic"),
         "ParameterizedJob": j.any("ParameterizedJob"),
-        "Dispatched": j.bool("Dispatched"),
-        "DispatchIdempotencyToken": j.str("DispatchIdempotencyToken"),
+        "Dispatched": j.flag("Dispatched"),
+        "DispatchIdempotencyToken": j.text("DispatchIdempotencyToken"),
         "Payload": j.any("Payload"),
         "Meta": j.strmap("Meta"),
         "ConsulToken": "",
-        "ConsulNamespace": j.str("ConsulNamespace"),
+        "ConsulNamespace": j.text("ConsulNamespace"),
         "VaultToken": "",
-        "VaultNamespace": j.str("VaultNamespace"),
+        "VaultNamespace": j.text("VaultNamespace"),
         "NomadTokenID": "",
-        "Stop": j.bool("Stop"),
+        "Stop": j.flag("Stop"),
         "Status": "",
         "StatusDescription": "",
         "Stable": False,

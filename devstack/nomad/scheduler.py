@@ -56,13 +56,15 @@ class NodeUsage:
 class ClusterView:
     """Nodes, what non-terminal allocations already use, and where this job already runs.
 
-    Ports are tracked per IP address, not per node: simulated nodes may share an address
-    (they all live on loopback), and two listeners cannot share a port on one address.
+    Static ports collide per node, as in Nomad. Dynamic ports also avoid every port used on
+    the node's IP address: simulated nodes share loopback, and two real ``raw_exec`` listeners
+    cannot share a port on one address.
     """
 
     nodes: list[NodeInfo]
     usage: dict[str, NodeUsage] = field(default_factory=dict)
-    ports: dict[str, set[int]] = field(default_factory=dict)
+    ports: dict[str, set[int]] = field(default_factory=dict)  # node id -> ports in use
+    ip_ports: dict[str, set[int]] = field(default_factory=dict)  # IP -> ports in use
     # node id -> task group -> allocations of the job being placed (for anti-affinity and
     # distinct_hosts); the job's own allocations being replaced are left out by the caller.
     job_allocs: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -263,7 +265,11 @@ def _distinct_properties(job: dict[str, Any], group: dict[str, Any]) -> list[dic
 
 
 def _pick_ports(
-    group: dict[str, Any], node: NodeInfo, taken: set[int], rng: random.Random
+    group: dict[str, Any],
+    node: NodeInfo,
+    taken: set[int],
+    shared: set[int],
+    rng: random.Random,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | str:
     """Assign static and dynamic ports on ``node``; a dimension string if they do not fit."""
     networks: list[dict[str, Any]] = []
@@ -288,7 +294,7 @@ def _pick_ports(
             value = -1
             for _ in range(20):
                 candidate = rng.randint(node.min_port, node.max_port)
-                if candidate not in taken and candidate not in chosen:
+                if candidate not in taken and candidate not in chosen and candidate not in shared:
                     value = candidate
                     break
             if value < 0:
@@ -297,6 +303,7 @@ def _pick_ports(
                     candidate = node.min_port + (start + offset) % span
                     if (
                         candidate not in taken
+                        and candidate not in shared
                         and candidate not in chosen
                         and candidate not in node.reserved_host_ports
                     ):
@@ -433,7 +440,13 @@ def place_group(
                 dimension = "disk"
             picked: Any = None
             if dimension is None:
-                picked = _pick_ports(group, node, view.ports.setdefault(node.ip, set()), rng)
+                picked = _pick_ports(
+                    group,
+                    node,
+                    view.ports.setdefault(node.id, set()),
+                    view.ip_ports.setdefault(node.ip, set()),
+                    rng,
+                )
                 if isinstance(picked, str):
                     dimension = picked
             if dimension is not None:
@@ -466,7 +479,8 @@ def place_group(
         used.cpu += cpu
         used.memory_mb += mem
         used.disk_mb += disk
-        view.ports.setdefault(node.ip, set()).update(p["Value"] for p in ports)
+        view.ports.setdefault(node.id, set()).update(p["Value"] for p in ports)
+        view.ip_ports.setdefault(node.ip, set()).update(p["Value"] for p in ports)
         view.job_allocs.setdefault(node.id, {})[gname] = (
             view.job_allocs.get(node.id, {}).get(gname, 0) + 1
         )

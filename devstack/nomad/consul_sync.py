@@ -1,0 +1,266 @@
+"""Service registration in Consul, the way a Nomad client does it, through the agent HTTP API.
+
+:func:`service_registrations` turns an allocation's ``service`` blocks into Consul agent
+registrations with Nomad's IDs (``_nomad-task-<alloc>-<task>-<service>-<port>``), addresses,
+``external-source: nomad`` meta and checks. :class:`ConsulSync` keeps Consul level-converged to
+the wanted set (register what is missing or changed, deregister what is no longer wanted,
+re-register everything periodically as Nomad's 30 s sync does), retrying while Consul is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from .taskenv import interpolate
+from .util import format_go_duration
+
+log = logging.getLogger("devstack.nomad.consul")
+RESYNC_SECONDS = 30.0
+
+
+def service_id(alloc_id: str, owner: str, service: str, port_label: str) -> str:
+    """``owner`` is the task name, or ``group-<group>`` for a group-level service."""
+    return f"_nomad-task-{alloc_id}-{owner}-{service}-{port_label}"
+
+
+def check_id(sid: str, check: dict[str, Any]) -> str:
+    h = hashlib.sha256()
+    for part in (
+        sid,
+        check["Name"],
+        check["Type"],
+        check.get("Path", ""),
+        check.get("Protocol", ""),
+        check.get("PortLabel", ""),
+        str(check.get("Interval", 0)),
+        str(check.get("Timeout", 0)),
+        check.get("Method", ""),
+    ):
+        h.update(part.encode())
+    return "_nomad-check-" + h.hexdigest()
+
+
+def resolve_port(alloc: dict[str, Any], label: str) -> tuple[str, int]:
+    """Host IP and port of a port label, as ``serviceregistration.GetAddress`` (auto/host)."""
+    shared = alloc["AllocatedResources"]["Shared"]
+    for p in shared.get("Ports") or []:
+        if p["Label"] == label:
+            return p["HostIP"], int(p["Value"])
+    nets = shared.get("Networks") or []
+    ip = nets[0]["IP"] if nets else ""
+    if label.isdigit():
+        return ip, int(label)
+    for net in nets:
+        for p in (net.get("ReservedPorts") or []) + (net.get("DynamicPorts") or []):
+            if p["Label"] == label:
+                return ip, int(p["Value"])
+    return ip, 0
+
+
+def _check(sid: str, check: dict[str, Any], ip: str, port: int, alloc: dict[str, Any]) -> dict:
+    ctype = check["Type"].lower()
+    if check.get("PortLabel"):
+        ip, port = resolve_port(alloc, check["PortLabel"])
+    out: dict[str, Any] = {
+        "CheckID": check_id(sid, check),
+        "Name": check["Name"],
+    }
+    interval = format_go_duration(check["Interval"])
+    timeout = format_go_duration(check["Timeout"]) if check.get("Timeout") else ""
+    if ctype == "http":
+        scheme = check.get("Protocol") or "http"
+        out.update({"HTTP": f"{scheme}://{ip}:{port}{check['Path']}", "Interval": interval})
+        if check.get("Method"):
+            out["Method"] = check["Method"]
+        if check.get("Header"):
+            out["Header"] = check["Header"]
+        if check.get("Body"):
+            out["Body"] = check["Body"]
+        if check.get("TLSSkipVerify"):
+            out["TLSSkipVerify"] = True
+    elif ctype == "tcp":
+        out.update({"TCP": f"{ip}:{port}", "Interval": interval})
+    elif ctype == "grpc":
+        target = f"{ip}:{port}" + (f"/{check['GRPCService']}" if check.get("GRPCService") else "")
+        out.update(
+            {"GRPC": target, "GRPCUseTLS": bool(check.get("GRPCUseTLS")), "Interval": interval}
+        )
+    else:
+        # ttl, and script checks (which Nomad runs itself and reports through a TTL check).
+        out["TTL"] = format_go_duration(check["Interval"])
+    if timeout and ctype != "ttl":
+        out["Timeout"] = timeout
+    if check.get("InitialStatus"):
+        out["Status"] = check["InitialStatus"]
+    if check.get("SuccessBeforePassing"):
+        out["SuccessBeforePassing"] = check["SuccessBeforePassing"]
+    if check.get("FailuresBeforeCritical"):
+        out["FailuresBeforeCritical"] = check["FailuresBeforeCritical"]
+    return out
+
+
+def service_registrations(
+    alloc: dict[str, Any],
+    services: list[dict[str, Any]],
+    owner: str,
+    env: dict[str, str],
+    node: dict[str, Any] | None,
+) -> list[dict[str, Any]]:
+    """Consul agent service definitions for ``services`` of ``alloc`` (checks embedded)."""
+    regs = []
+    for svc in services:
+        name = interpolate(svc["Name"], env, node)
+        label = svc["PortLabel"]
+        ip, port = resolve_port(alloc, label) if label else ("", 0)
+        if svc.get("AddressMode") == "driver" and label:
+            for p in alloc["AllocatedResources"]["Shared"].get("Ports") or []:
+                if p["Label"] == label and p.get("To"):
+                    port = int(p["To"])
+        if svc.get("Address"):
+            ip = interpolate(svc["Address"], env, node)
+        if not ip:
+            nets = alloc["AllocatedResources"]["Shared"].get("Networks") or []
+            ip = (
+                nets[0]["IP"]
+                if nets
+                else (node or {}).get("Attributes", {}).get("unique.network.ip-address", "")
+            )
+        sid = service_id(alloc["ID"], owner, name, label)
+        meta = {k: interpolate(v, env, node) for k, v in (svc.get("Meta") or {}).items()}
+        meta["external-source"] = "nomad"
+        reg: dict[str, Any] = {
+            "ID": sid,
+            "Name": name,
+            "Tags": [interpolate(t, env, node) for t in svc.get("Tags") or []],
+            "Address": ip,
+            "Port": port,
+            "Meta": meta,
+            "EnableTagOverride": bool(svc.get("EnableTagOverride")),
+            "Checks": [_check(sid, c, ip, port, alloc) for c in svc.get("Checks") or []],
+        }
+        if svc.get("TaggedAddresses"):
+            reg["TaggedAddresses"] = {
+                k: {"Address": v.rsplit(":", 1)[0], "Port": int(v.rsplit(":", 1)[1])}
+                for k, v in svc["TaggedAddresses"].items()
+                if ":" in v and v.rsplit(":", 1)[1].isdigit()
+            }
+        regs.append(reg)
+    return regs
+
+
+class ConsulSync:
+    """Converges the local Consul agent's ``_nomad-task-*`` services to the wanted set."""
+
+    def __init__(self, address: str, token: str | None = None) -> None:
+        self.base = address if "://" in address else f"http://{address}"
+        self.base = self.base.rstrip("/")
+        self.token = token
+        self._wanted: dict[str, dict[str, Any]] = {}
+        self._owners: dict[str, list[str]] = {}
+        self._applied: dict[str, dict[str, Any]] = {}
+        self._wake = asyncio.Event()
+        self._synced = asyncio.Event()
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        headers = {"X-Consul-Token": self.token} if self.token else {}
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=5), headers=headers
+        )
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def set(self, owner: str, registrations: list[dict[str, Any]]) -> None:
+        for sid in self._owners.pop(owner, []):
+            self._wanted.pop(sid, None)
+        self._owners[owner] = [r["ID"] for r in registrations]
+        for r in registrations:
+            self._wanted[r["ID"]] = r
+        self._changed()
+
+    def clear(self, owner: str) -> None:
+        ids = self._owners.pop(owner, [])
+        for sid in ids:
+            self._wanted.pop(sid, None)
+        if ids:
+            self._changed()
+
+    def _changed(self) -> None:
+        self._synced.clear()
+        self._wake.set()
+
+    async def flush(self, timeout: float = 2.0) -> bool:
+        """Wait until Consul matches the wanted set (or ``timeout``); True if it does."""
+        try:
+            await asyncio.wait_for(self._synced.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _put(self, path: str, body: Any = None) -> None:
+        assert self._session is not None
+        async with self._session.put(self.base + path, json=body) as resp:
+            if resp.status == 404 and "/deregister/" in path:
+                return
+            if resp.status >= 400:
+                text = await resp.text()
+                raise RuntimeError(f"consul {path}: {resp.status} {text.strip()}")
+
+    async def _apply_once(self) -> None:
+        limit = asyncio.Semaphore(16)
+        wanted = dict(self._wanted)
+
+        async def register(sid: str, body: dict[str, Any]) -> None:
+            async with limit:
+                await self._put("/v1/agent/service/register", body)
+            self._applied[sid] = body
+
+        async def deregister(sid: str) -> None:
+            async with limit:
+                await self._put(f"/v1/agent/service/deregister/{quote(sid, safe='')}")
+            self._applied.pop(sid, None)
+
+        jobs = [deregister(sid) for sid in list(self._applied) if sid not in wanted]
+        jobs += [register(s, b) for s, b in wanted.items() if self._applied.get(s) != b]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), RESYNC_SECONDS)
+            if not self._wake.is_set():
+                # Periodic resync: Consul may have restarted and forgotten everything.
+                self._applied.clear()
+            self._wake.clear()
+            try:
+                await self._apply_once()
+            except (aiohttp.ClientError, TimeoutError, RuntimeError, OSError) as exc:
+                log.warning("consul sync failed, retrying: %s", exc)
+                await asyncio.sleep(1.0)
+                self._wake.set()
+                continue
+            if not self._wake.is_set():
+                self._synced.set()
+
+    async def close(self) -> None:
+        """Deregister everything this client registered, then stop."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._wanted.clear()
+        self._owners.clear()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._apply_once(), 3.0)
+        if self._session is not None:
+            await self._session.close()
