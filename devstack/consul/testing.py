@@ -9,6 +9,7 @@ with ``requires_embedded`` so they are skipped against a real agent.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -112,10 +113,8 @@ def kv_prefix(consul_http: httpx.Client) -> Iterator[str]:
     """A unique KV prefix for one test, deleted afterwards (a real agent is shared)."""
     prefix = f"contract-{uuid.uuid4().hex[:12]}/"
     yield prefix
-    try:
+    with contextlib.suppress(httpx.HTTPError):
         consul_http.delete(f"/v1/kv/{prefix}", params={"recurse": ""})
-    except httpx.HTTPError:
-        pass
 
 
 @pytest.fixture

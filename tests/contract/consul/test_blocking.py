@@ -159,14 +159,14 @@ async def test_many_concurrent_blocking_queries_all_wake(
     consul_addr: str, consul_http: httpx.Client, kv_prefix: str
 ) -> None:
     prefix = f"{kv_prefix}fan/"
-    consul_http.put(f"/v1/kv/{prefix}seed", content=b"0")
-    idx = _index(consul_http.get(f"/v1/kv/{prefix}", params={"recurse": ""}))
     n = 150
     results: list[int] = []
     limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
     async with httpx.AsyncClient(
         base_url=f"http://{consul_addr}", headers=consul_http.headers, limits=limits, timeout=30
     ) as client:
+        await client.put(f"/v1/kv/{prefix}seed", content=b"0")
+        idx = _index(await client.get(f"/v1/kv/{prefix}", params={"recurse": ""}))
 
         async def watch() -> None:
             r = await client.get(

@@ -19,12 +19,14 @@ def test_put_get_shape_and_field_order(consul_http: httpx.Client, kv_prefix: str
     assert r.status_code == 200
     assert r.headers["Content-Type"].startswith("application/json")
     body = r.json()
-    assert isinstance(body, list) and len(body) == 1
+    assert isinstance(body, list)
+    assert len(body) == 1
     entry = body[0]
     assert list(entry) == ["LockIndex", "Key", "Flags", "Value", "CreateIndex", "ModifyIndex"]
     assert entry["Key"] == key
     assert base64.b64decode(entry["Value"]) == b"hello"
-    assert entry["LockIndex"] == 0 and entry["Flags"] == 0
+    assert entry["LockIndex"] == 0
+    assert entry["Flags"] == 0
     assert int(r.headers["X-Consul-Index"]) == entry["ModifyIndex"]
     assert r.headers["X-Consul-KnownLeader"] == "true"
     assert "X-Consul-LastContact" in r.headers
