@@ -318,14 +318,14 @@ def _pick_ports(
                 entry["To"] = value if to == -1 else to
             dynamic_out.append({**entry, "HostNetwork": p.get("HostNetwork") or "default"})
             ports.append({**entry, "HostIP": node.ip})
-        shared: dict[str, Any] = {"Mode": net.get("Mode") or "host", "IP": node.ip}
+        allocated: dict[str, Any] = {"Mode": net.get("Mode") or "host", "IP": node.ip}
         if net.get("MBits"):
-            shared["MBits"] = net["MBits"]
+            allocated["MBits"] = net["MBits"]
         if reserved_out:
-            shared["ReservedPorts"] = reserved_out
+            allocated["ReservedPorts"] = reserved_out
         if dynamic_out:
-            shared["DynamicPorts"] = dynamic_out
-        networks.append(shared)
+            allocated["DynamicPorts"] = dynamic_out
+        networks.append(allocated)
     return networks, ports
 
 
