@@ -38,7 +38,7 @@ MAX_LOCK_DELAY = 60.0
 MIN_TTL = 10.0
 MAX_TTL = 86400.0
 TTL_MULTIPLIER = 2
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_HEX = re.compile(r"^[0-9a-fA-F]*$")
 
 
 def session_json(s: Session) -> dict[str, Any]:
@@ -61,10 +61,17 @@ def session_json(s: Session) -> dict[str, Any]:
 
 
 def validate_uuid(value: str) -> None:
+    """memdb's UUID index parsing: 36 characters, at most 4 hyphens, hex digits otherwise."""
     if len(value) != 36:
-        raise server_error("uuid string is wrong length")
-    if not _UUID.match(value):
-        raise server_error("uuid is improperly formatted")
+        raise server_error("UUID must be 36 characters")
+    hyphens = value.count("-")
+    if hyphens > 4:
+        raise server_error(f'UUID should have maximum of 4 "-"; got {hyphens}')
+    digits = value.replace("-", "")
+    if len(digits) % 2:
+        raise server_error("Input (without hyphens) must be even length")
+    if not _HEX.match(digits):
+        raise server_error("Invalid UUID: encoding/hex: invalid byte")
 
 
 def _lock_delay(value: Any) -> int:
