@@ -254,6 +254,21 @@ def test_add_after_earliest_time_wins(queue: WorkQueue, clock: ManualClock) -> N
     assert take_ready(queue) == []  # the replaced entry does not fire again
 
 
+def test_replaced_delayed_entry_does_not_fire_for_a_later_readd(
+    queue: WorkQueue, clock: ManualClock
+) -> None:
+    queue.add_after("a", 10)
+    queue.add_after("a", 1)  # replaces the entry due at 10
+    clock.advance(1)
+    assert take_ready(queue) == ["a"]
+    queue.add_after("a", 10)  # due at 11: the replaced entry (due at 10) must not release it
+    clock.advance(9.5)
+    assert take_ready(queue) == []
+    assert queue.statistics().waiting == 1
+    clock.advance(0.5)
+    assert take_ready(queue) == ["a"]
+
+
 def test_delayed_keys_come_out_in_due_order(queue: WorkQueue, clock: ManualClock) -> None:
     queue.add_after("late", 3)
     queue.add_after("early", 1)
