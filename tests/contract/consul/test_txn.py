@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 import httpx
+import pytest
 
 
 def _b64(value: bytes) -> str:
@@ -193,8 +194,5 @@ def test_py_consul_txn(consul_client, kv_prefix: str) -> None:
         [{"KV": {"Verb": "set", "Key": kv_prefix + "p", "Value": _b64(b"1")}}]
     )
     assert ok["Errors"] is None
-    try:
+    with pytest.raises(consul.ConsulException, match="409"):
         consul_client.txn.put([{"KV": {"Verb": "get", "Key": kv_prefix + "missing"}}])
-        raise AssertionError("expected a ClientError for a 409")
-    except consul.ConsulException as exc:
-        assert "409" in str(exc)
