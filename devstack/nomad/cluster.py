@@ -667,7 +667,10 @@ class NomadCluster:
         held: dict[str, set[str]] = {g: set() for g in groups}
         live: dict[str, list[dict[str, Any]]] = {g: [] for g in groups}
         is_system = job is not None and job["Type"] in ("system", "sysbatch")
+        lost: dict[str, dict[str, Any]] = {}
         for a in self.state.job_allocs(key):
+            if a["ClientStatus"] == "lost" and not a["NextAllocation"]:
+                lost[a["Name"]] = a
             if a["DesiredStatus"] != "run":
                 continue
             gname = a["TaskGroup"]
@@ -726,7 +729,8 @@ class NomadCluster:
             for i in range(group["Count"]):
                 name = f"{job['ID']}.{gname}[{i}]"
                 if name not in names:
-                    wanted.append((gname, name, None, 0))
+                    # A replacement for a lost allocation links back to it.
+                    wanted.append((gname, name, lost.get(name), 0))
         wanted = [
             w
             for w in wanted
