@@ -225,6 +225,9 @@ class WorkQueue:
     ignored, delayed keys are dropped, keys already ready are still handed out, keys in flight
     that were re-added are still re-queued by ``done()``, and ``get()`` raises
     :class:`QueueShutDown` once nothing is ready.
+
+    Not thread-safe, like everything bound to one event loop: code running in a worker thread adds
+    keys through ``anyio.from_thread.run_sync(queue.add, key)``.
     """
 
     def __init__(
@@ -241,7 +244,9 @@ class WorkQueue:
         # Only the system clock runs in step with the event loop's own timer, which lets a parked
         # get() use a cancel scope deadline instead of a helper task racing clock.sleep().
         self._clock_is_loop_time = isinstance(clock, SystemClock)
-        self.rate_limiter: RateLimiter = rate_limiter or default_rate_limiter(clock)
+        self.rate_limiter: RateLimiter = (
+            default_rate_limiter(clock) if rate_limiter is None else rate_limiter
+        )
 
         self._queue: deque[str] = deque()
         # Every key added and not yet handed out: the ready keys plus the in-flight keys that
@@ -261,11 +266,11 @@ class WorkQueue:
         self._adds = 0
         self._retries = 0
 
-        self._metrics = metrics and name is not None
+        self._metrics = False
         # Key -> when it was added, for workqueue_queue_duration_seconds; kept only with metrics.
         self._added_at: dict[str, float] = {}
-        if self._metrics:
-            assert name is not None
+        if metrics and name is not None:
+            self._metrics = True
             m.init_workqueue(name)
             self._m_adds = m.WORKQUEUE_ADDS.labels(name=name)
             self._m_retries = m.WORKQUEUE_RETRIES.labels(name=name)
@@ -305,8 +310,7 @@ class WorkQueue:
         self._adds += 1
         if self._metrics:
             self._m_adds.inc()
-            # setdefault: a key re-added while in flight keeps its first add time, as in client-go.
-            self._added_at.setdefault(key, self._now())
+            self._added_at[key] = self._now()
         self._dirty.add(key)
         if key in self._processing:
             return
