@@ -1080,8 +1080,13 @@ class NomadCluster:
     ) -> None:
         """A client node reports an allocation's progress (``Node.UpdateAlloc``)."""
         a = self.state.allocs.get(alloc_id)
-        if a is None or a["ClientStatus"] in TERMINAL_CLIENT or not self.running:
+        if a is None or a["ClientStatus"] == "lost" or not self.running:
             return
+        was_terminal = a["ClientStatus"] in TERMINAL_CLIENT
+        if was_terminal:
+            # Task states keep arriving after the verdict (siblings being killed); the
+            # verdict itself does not change.
+            client_status, description = a["ClientStatus"], a["ClientDescription"]
         index = self.state.begin()
         now = now_ns()
         a = {
@@ -1097,7 +1102,12 @@ class NomadCluster:
         key = (a["Namespace"], a["JobID"])
         job = self.state.jobs.get(key)
         eval_id = ""
-        if client_status == "failed" and a["DesiredStatus"] == "run" and job is not None:
+        if (
+            client_status == "failed"
+            and not was_terminal
+            and a["DesiredStatus"] == "run"
+            and job is not None
+        ):
             ev = self._new_eval(job, index, "alloc-failure")
             self.state.put_eval(ev, index)
             events.append(self._eval_event("EvaluationUpdated", ev))
@@ -1106,7 +1116,7 @@ class NomadCluster:
         self.state.commit(index, events)
         if eval_id:
             self._enqueue(eval_id)
-        if client_status in TERMINAL_CLIENT:
+        if client_status in TERMINAL_CLIENT and not was_terminal:
             self._unblock_soon()
             self._maybe_finish_drain(a["NodeID"])
 
