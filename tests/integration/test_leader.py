@@ -68,7 +68,8 @@ async def test_a_single_replica_leads_and_names_itself(consul: ConsulClient) -> 
         tg.cancel_scope.cancel()
     assert sample("leader_election_master_status", name=name) == 0
     _, entry = await consul.kv_get(f"reconciler/leader/{name}")
-    assert entry is not None and entry.session is None
+    assert entry is not None
+    assert entry.session is None
 
 
 async def test_standby_takes_over_at_once_after_release(consul: ConsulClient) -> None:
