@@ -259,7 +259,7 @@ class Result:
 
 def meta_headers(core: Core, opts: QueryOptions | None, index: int | None) -> dict[str, str]:
     headers = {
-        "X-Consul-KnownLeader": "true" if core.has_leader() else "false",
+        "X-Consul-KnownLeader": "false" if core.faults.no_leader else "true",
         "X-Consul-LastContact": "0",
     }
     if opts is not None:
@@ -267,7 +267,7 @@ def meta_headers(core: Core, opts: QueryOptions | None, index: int | None) -> di
             "stale" if opts.stale else "consistent" if opts.consistent else "leader"
         )
     if index is not None:
-        headers["X-Consul-Index"] = str(max(index, 1))
+        headers["X-Consul-Index"] = str(index) if index > 0 else "1"
     return headers
 
 
@@ -282,7 +282,8 @@ def respond(
     headers = meta_headers(core, opts, result.index if index else None)
     if result.filtered and token_sent:
         headers["X-Consul-Results-Filtered-By-ACLs"] = "true"
-    headers.update(result.extra_headers)
+    if result.extra_headers:
+        headers.update(result.extra_headers)
     if result.raw is not None:
         body = result.raw
     elif result.status == 404:
@@ -290,9 +291,10 @@ def respond(
     elif opts is not None and opts.pretty:
         body = json.dumps(result.body, indent=4, ensure_ascii=False).encode() + b"\n"
     else:
-        body = dumps(result.body)
-    content_type = headers.pop("Content-Type", JSON)
-    return web.Response(body=body, status=result.status, headers=headers, content_type=content_type)
+        # Encoded once per result, so parked queries sharing a cached result share the bytes.
+        body = result.raw = dumps(result.body)
+    headers.setdefault("Content-Type", JSON)
+    return web.Response(body=body, status=result.status, headers=headers)
 
 
 def ok_json(obj: Any) -> web.Response:
