@@ -21,7 +21,9 @@ FAST_RESTART = {"Attempts": 1, "Interval": 60 * SECOND, "Delay": SECOND // 20, "
 
 
 def _one_alloc(http: httpx.Client, job_id: str, status: str) -> dict[str, Any]:
-    stub = wait_for(lambda: next((a for a in allocs(http, job_id) if a["ClientStatus"] == status), None))
+    stub = wait_for(
+        lambda: next((a for a in allocs(http, job_id) if a["ClientStatus"] == status), None)
+    )
     return dict(http.get(f"/v1/allocation/{stub['ID']}").json())
 
 
@@ -42,15 +44,25 @@ def test_lifecycle_pending_running_complete(nomad_http: httpx.Client, job_id: st
     stop = nomad_http.post(f"/v1/allocation/{running['ID']}/stop")
     assert stop.status_code == 200
     assert stop.json()["EvalID"]
-    done = wait_for(lambda: (a := nomad_http.get(f"/v1/allocation/{running['ID']}").json())
-                    ["ClientStatus"] == "complete" and a)
+    done = wait_for(
+        lambda: (
+            (a := nomad_http.get(f"/v1/allocation/{running['ID']}").json())["ClientStatus"]
+            == "complete"
+            and a
+        )
+    )
     assert done["DesiredStatus"] == "stop"
     assert done["ClientDescription"] == "All tasks have completed"
     types = [e["Type"] for e in done["TaskStates"]["main"]["Events"]]
     assert types[-2:] == ["Killing", "Killed"]
     # A stopped service allocation is replaced.
-    wait_for(lambda: [a for a in allocs(nomad_http, job_id)
-                      if a["ClientStatus"] == "running" and a["ID"] != running["ID"]])
+    wait_for(
+        lambda: [
+            a
+            for a in allocs(nomad_http, job_id)
+            if a["ClientStatus"] == "running" and a["ID"] != running["ID"]
+        ]
+    )
 
 
 def test_allocation_list_resources_and_prefix(nomad_http: httpx.Client, job_id: str) -> None:
@@ -59,9 +71,24 @@ def test_allocation_list_resources_and_prefix(nomad_http: httpx.Client, job_id: 
     plain = nomad_http.get("/v1/allocations", params={"prefix": alloc["ID"][:8]}).json()
     assert [a["ID"] for a in plain] == [alloc["ID"]]
     assert "AllocatedResources" not in plain[0]
-    for key in ("EvalID", "Name", "Namespace", "NodeID", "NodeName", "JobID", "JobType",
-                "JobVersion", "TaskGroup", "DesiredStatus", "ClientStatus", "TaskStates",
-                "CreateIndex", "ModifyIndex", "CreateTime", "ModifyTime"):
+    for key in (
+        "EvalID",
+        "Name",
+        "Namespace",
+        "NodeID",
+        "NodeName",
+        "JobID",
+        "JobType",
+        "JobVersion",
+        "TaskGroup",
+        "DesiredStatus",
+        "ClientStatus",
+        "TaskStates",
+        "CreateIndex",
+        "ModifyIndex",
+        "CreateTime",
+        "ModifyTime",
+    ):
         assert key in plain[0]
     with_res = nomad_http.get(
         "/v1/allocations", params={"prefix": alloc["ID"][:8], "resources": "true"}
@@ -97,13 +124,17 @@ def test_failed_allocation_is_rescheduled_by_policy(nomad_http: httpx.Client, jo
     job = docker_job(job_id, config={"image": "devstack/exit:3"})
     job["TaskGroups"][0]["RestartPolicy"] = {**FAST_RESTART, "Attempts": 0}
     job["TaskGroups"][0]["ReschedulePolicy"] = {
-        "Attempts": 1, "Interval": 3600 * SECOND, "Delay": SECOND // 5,
-        "DelayFunction": "constant", "Unlimited": False,
+        "Attempts": 1,
+        "Interval": 3600 * SECOND,
+        "Delay": SECOND // 5,
+        "DelayFunction": "constant",
+        "Unlimited": False,
     }
     register(nomad_http, job)
     first = _one_alloc(nomad_http, job_id, "failed")
-    second = wait_for(lambda: next((a for a in allocs(nomad_http, job_id)
-                                    if a["ID"] != first["ID"]), None))
+    second = wait_for(
+        lambda: next((a for a in allocs(nomad_http, job_id) if a["ID"] != first["ID"]), None)
+    )
     full = nomad_http.get(f"/v1/allocation/{second['ID']}").json()
     assert full["PreviousAllocation"] == first["ID"]
     assert full["RescheduleTracker"]["Events"][0]["PrevAllocID"] == first["ID"]
@@ -111,7 +142,9 @@ def test_failed_allocation_is_rescheduled_by_policy(nomad_http: httpx.Client, jo
     assert terminated[0]["ExitCode"] == 3
     assert terminated[0]["DisplayMessage"] == "Exit Code: 3"
     # One reschedule attempt only: the second failure is final.
-    wait_for(lambda: nomad_http.get(f"/v1/allocation/{second['ID']}").json()["ClientStatus"] == "failed")
+    wait_for(
+        lambda: nomad_http.get(f"/v1/allocation/{second['ID']}").json()["ClientStatus"] == "failed"
+    )
     wait_for(lambda: nomad_http.get(f"/v1/job/{job_id}").json()["Status"] == "dead")
     assert len(allocs(nomad_http, job_id)) == 2
 
@@ -181,8 +214,12 @@ def test_raw_exec_environment_and_interpolation(nomad_http: httpx.Client, job_id
 
 def test_raw_exec_restart_policy_and_exit_codes(nomad_http: httpx.Client, job_id: str) -> None:
     task = python_task("flaky", "import sys; sys.exit(7)")
-    job = raw_exec_job(job_id, [task], RestartPolicy={**FAST_RESTART, "Attempts": 2},
-                       ReschedulePolicy={"Attempts": 0, "Unlimited": False})
+    job = raw_exec_job(
+        job_id,
+        [task],
+        RestartPolicy={**FAST_RESTART, "Attempts": 2},
+        ReschedulePolicy={"Attempts": 0, "Unlimited": False},
+    )
     register(nomad_http, job)
     failed = _one_alloc(nomad_http, job_id, "failed")
     state = failed["TaskStates"]["flaky"]
@@ -192,7 +229,9 @@ def test_raw_exec_restart_policy_and_exit_codes(nomad_http: httpx.Client, job_id
     assert state["Events"][-1]["Type"] == "Not Restarting"
 
 
-def test_raw_exec_stop_kills_the_process_group(nomad_http: httpx.Client, job_id: str, tmp_path: Path) -> None:
+def test_raw_exec_stop_kills_the_process_group(
+    nomad_http: httpx.Client, job_id: str, tmp_path: Path
+) -> None:
     pids = tmp_path / "pids"
     code = (
         "import os, subprocess, sys, time; "
@@ -220,14 +259,23 @@ def test_raw_exec_stop_kills_the_process_group(nomad_http: httpx.Client, job_id:
 def test_sibling_failure_kills_the_group(nomad_http: httpx.Client, job_id: str) -> None:
     job = raw_exec_job(
         job_id,
-        [python_task("crash", "import sys; sys.exit(1)"),
-         python_task("steady", "import time; time.sleep(60)")],
+        [
+            python_task("crash", "import sys; sys.exit(1)"),
+            python_task("steady", "import time; time.sleep(60)"),
+        ],
         RestartPolicy={**FAST_RESTART, "Attempts": 0},
         ReschedulePolicy={"Attempts": 0, "Unlimited": False},
     )
     register(nomad_http, job)
     failed = _one_alloc(nomad_http, job_id, "failed")
-    steady = wait_for(lambda: (s := nomad_http.get(f"/v1/allocation/{failed['ID']}").json()
-                               ["TaskStates"]["steady"])["State"] == "dead" and s)
+    steady = wait_for(
+        lambda: (
+            (s := nomad_http.get(f"/v1/allocation/{failed['ID']}").json()["TaskStates"]["steady"])[
+                "State"
+            ]
+            == "dead"
+            and s
+        )
+    )
     assert steady["Failed"] is False
     assert "Sibling Task Failed" in [e["Type"] for e in steady["Events"]]

@@ -23,8 +23,12 @@ def test_register_returns_one_index_for_job_and_eval(nomad_http: httpx.Client, j
 def test_canonical_defaults(nomad_http: httpx.Client, job_id: str) -> None:
     job = {
         "ID": job_id,
-        "TaskGroups": [{"Name": "web", "Tasks": [{"Name": "web", "Driver": "docker",
-                                                  "Config": {"image": "nginx"}}]}],
+        "TaskGroups": [
+            {
+                "Name": "web",
+                "Tasks": [{"Name": "web", "Driver": "docker", "Config": {"image": "nginx"}}],
+            }
+        ],
     }
     register(nomad_http, job)
     got = nomad_http.get(f"/v1/job/{job_id}").json()
@@ -55,7 +59,9 @@ def test_canonical_defaults(nomad_http: httpx.Client, job_id: str) -> None:
     assert task["Resources"]["MemoryMB"] == 300
 
 
-def test_missing_driver_is_a_500_with_multierror_text(nomad_http: httpx.Client, job_id: str) -> None:
+def test_missing_driver_is_a_500_with_multierror_text(
+    nomad_http: httpx.Client, job_id: str
+) -> None:
     job = {"ID": job_id, "TaskGroups": [{"Name": "web", "Tasks": [{"Name": "web"}]}]}
     resp = nomad_http.post("/v1/jobs", json={"Job": job})
     assert resp.status_code == 500
@@ -71,25 +77,50 @@ def test_missing_driver_is_a_500_with_multierror_text(nomad_http: httpx.Client, 
     [
         (lambda j: j.update(Type="foo"), 'Invalid job type: "foo"'),
         (lambda j: j.update(TaskGroups=[]), "Missing job task groups"),
-        (lambda j: j["TaskGroups"].append(dict(j["TaskGroups"][0])),
-         "Job task group 2 redefines 'app' from group 1"),
+        (
+            lambda j: j["TaskGroups"].append(dict(j["TaskGroups"][0])),
+            "Job task group 2 redefines 'app' from group 1",
+        ),
         (lambda j: j["TaskGroups"][0].update(Tasks=[]), "Missing tasks for task group"),
         (lambda j: j["TaskGroups"][0].update(Count=-1), "Task group count can't be negative"),
-        (lambda j: j["TaskGroups"][0]["Tasks"][0]["Resources"].update(CPU=0),
-         "minimum CPU value is 1; got 0"),
-        (lambda j: j["TaskGroups"][0].update(
-            Services=[{"Name": "web", "PortLabel": "http", "Provider": "nomad"}]),
-         'port label "http" referenced by services [web] does not exist'),
-        (lambda j: j["TaskGroups"][0].update(
-            Networks=[{"DynamicPorts": [{"Label": "http"}]}],
-            Services=[{"Name": "web", "PortLabel": "http", "Provider": "nomad",
-                       "Checks": [{"Type": "http", "Interval": SECOND, "Timeout": SECOND}]}]),
-         "http type must have http path"),
-        (lambda j: j["TaskGroups"][0].update(
-            Networks=[{"DynamicPorts": [{"Label": "http"}]}],
-            Services=[{"Name": "web", "PortLabel": "http", "Provider": "nomad",
-                       "Checks": [{"Type": "tcp", "Interval": SECOND // 2, "Timeout": SECOND}]}]),
-         "interval (500ms) cannot be lower than 1s"),
+        (
+            lambda j: j["TaskGroups"][0]["Tasks"][0]["Resources"].update(CPU=0),
+            "minimum CPU value is 1; got 0",
+        ),
+        (
+            lambda j: j["TaskGroups"][0].update(
+                Services=[{"Name": "web", "PortLabel": "http", "Provider": "nomad"}]
+            ),
+            'port label "http" referenced by services [web] does not exist',
+        ),
+        (
+            lambda j: j["TaskGroups"][0].update(
+                Networks=[{"DynamicPorts": [{"Label": "http"}]}],
+                Services=[
+                    {
+                        "Name": "web",
+                        "PortLabel": "http",
+                        "Provider": "nomad",
+                        "Checks": [{"Type": "http", "Interval": SECOND, "Timeout": SECOND}],
+                    }
+                ],
+            ),
+            "http type must have http path",
+        ),
+        (
+            lambda j: j["TaskGroups"][0].update(
+                Networks=[{"DynamicPorts": [{"Label": "http"}]}],
+                Services=[
+                    {
+                        "Name": "web",
+                        "PortLabel": "http",
+                        "Provider": "nomad",
+                        "Checks": [{"Type": "tcp", "Interval": SECOND // 2, "Timeout": SECOND}],
+                    }
+                ],
+            ),
+            "interval (500ms) cannot be lower than 1s",
+        ),
     ],
 )
 def test_validation_messages(nomad_http: httpx.Client, job_id: str, mutate, message) -> None:  # type: ignore[no-untyped-def]
@@ -140,7 +171,9 @@ def test_enforce_index_check_and_set(nomad_http: httpx.Client, job_id: str) -> N
     assert missing.status_code == 500
     assert missing.text == "Enforcing job modify index 5: job does not exist"
     created = register(nomad_http, job, EnforceIndex=True, JobModifyIndex=0)
-    again = nomad_http.post("/v1/jobs", json={"Job": job, "EnforceIndex": True, "JobModifyIndex": 0})
+    again = nomad_http.post(
+        "/v1/jobs", json={"Job": job, "EnforceIndex": True, "JobModifyIndex": 0}
+    )
     assert again.status_code == 500
     assert again.text == "Enforcing job modify index 0: job already exists"
     stale = created["JobModifyIndex"] - 1
@@ -153,9 +186,7 @@ def test_enforce_index_check_and_set(nomad_http: httpx.Client, job_id: str) -> N
         f"{created['JobModifyIndex']}"
     )
     job["Meta"] = {"rev": "2"}
-    updated = register(
-        nomad_http, job, EnforceIndex=True, JobModifyIndex=created["JobModifyIndex"]
-    )
+    updated = register(nomad_http, job, EnforceIndex=True, JobModifyIndex=created["JobModifyIndex"])
     assert updated["JobModifyIndex"] > created["JobModifyIndex"]
 
 
@@ -191,13 +222,31 @@ def test_list_with_prefix_and_stub_fields(nomad_http: httpx.Client, job_id: str)
         stubs = nomad_http.get("/v1/jobs", params={"prefix": job_id}).json()
         assert [s["ID"] for s in stubs] == [job_id, job_id + "-b"]
         stub = stubs[0]
-        for key in ("ParentID", "Name", "Namespace", "Datacenters", "NodePool", "Type",
-                    "Priority", "Periodic", "ParameterizedJob", "Stop", "Status",
-                    "StatusDescription", "JobSummary", "CreateIndex", "ModifyIndex",
-                    "JobModifyIndex", "SubmitTime"):
+        for key in (
+            "ParentID",
+            "Name",
+            "Namespace",
+            "Datacenters",
+            "NodePool",
+            "Type",
+            "Priority",
+            "Periodic",
+            "ParameterizedJob",
+            "Stop",
+            "Status",
+            "StatusDescription",
+            "JobSummary",
+            "CreateIndex",
+            "ModifyIndex",
+            "JobModifyIndex",
+            "SubmitTime",
+        ):
             assert key in stub
         assert "Meta" not in stub
-        assert "Meta" in nomad_http.get("/v1/jobs", params={"prefix": job_id, "meta": "true"}).json()[0]
+        assert (
+            "Meta"
+            in nomad_http.get("/v1/jobs", params={"prefix": job_id, "meta": "true"}).json()[0]
+        )
         assert nomad_http.get("/v1/jobs", params={"prefix": "zz-nothing-here"}).json() == []
     finally:
         nomad_http.delete(f"/v1/job/{job_id}-b", params={"purge": "true"})
@@ -219,7 +268,9 @@ def test_stop_without_purge_keeps_job_and_bumps_version(
 
 
 def test_purge_removes_job_but_keeps_allocations_visible(
-    nomad_http: httpx.Client, nomad_target, job_id: str  # type: ignore[no-untyped-def]
+    nomad_http: httpx.Client,
+    nomad_target,
+    job_id: str,  # type: ignore[no-untyped-def]
 ) -> None:
     register(nomad_http, docker_job(job_id))
     if nomad_target.embedded:
@@ -260,8 +311,14 @@ def test_summary_and_evaluations(nomad_http: httpx.Client, job_id: str) -> None:
     reply = register(nomad_http, docker_job(job_id, count=2))
     summary = nomad_http.get(f"/v1/job/{job_id}/summary").json()
     assert summary["JobID"] == job_id
-    assert set(summary["Summary"]["app"]) >= {"Queued", "Starting", "Running", "Complete",
-                                             "Failed", "Lost"}
+    assert set(summary["Summary"]["app"]) >= {
+        "Queued",
+        "Starting",
+        "Running",
+        "Complete",
+        "Failed",
+        "Lost",
+    }
     found = evals(nomad_http, job_id)
     ours = next(e for e in found if e["ID"] == reply["EvalID"])
     assert ours["TriggeredBy"] == "job-register"

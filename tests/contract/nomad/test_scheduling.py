@@ -36,7 +36,9 @@ def test_placement_fills_resources_and_ports(nomad_http: httpx.Client, job_id: s
     assert len(set(_node_of(nomad_http, job_id))) == 3
 
 
-def test_bin_packing_prefers_the_fullest_node(nomad_server: EmbeddedNomad, nomad_http: httpx.Client) -> None:
+def test_bin_packing_prefers_the_fullest_node(
+    nomad_server: EmbeddedNomad, nomad_http: httpx.Client
+) -> None:
     register(nomad_http, docker_job("big", cpu=3000, memory=100))
     first = wait_for(lambda: running_allocs(nomad_http, "big", 1))[0]["NodeID"]
     register(nomad_http, docker_job("small", cpu=500, memory=100))
@@ -77,7 +79,9 @@ def test_memory_exhaustion_blocks_then_unblocks_when_capacity_frees(
     assert wait_for(lambda: nomad_http.get("/v1/job/late").json()["Status"] == "running")
 
 
-def test_a_new_node_unblocks_a_blocked_job(nomad_server: EmbeddedNomad, nomad_http: httpx.Client) -> None:
+def test_a_new_node_unblocks_a_blocked_job(
+    nomad_server: EmbeddedNomad, nomad_http: httpx.Client
+) -> None:
     register(nomad_http, docker_job("wide", count=4, static={"admin": 9100}))
     wait_for(lambda: running_allocs(nomad_http, "wide", 3))
     blocked = wait_for(lambda: [e for e in evals(nomad_http, "wide") if e["Status"] == "blocked"])
@@ -88,7 +92,9 @@ def test_a_new_node_unblocks_a_blocked_job(nomad_server: EmbeddedNomad, nomad_ht
     assert new_node in {a["NodeID"] for a in live}
 
 
-def test_constraints_on_meta_attr_and_datacenter(nomad_server: EmbeddedNomad, nomad_http: httpx.Client) -> None:
+def test_constraints_on_meta_attr_and_datacenter(
+    nomad_server: EmbeddedNomad, nomad_http: httpx.Client
+) -> None:
     special = nomad_server.add_node(name="gpu-box", meta={"gpu": "yes"}, datacenter="dc2")
     job = docker_job(
         "picky",
@@ -103,11 +109,16 @@ def test_constraints_on_meta_attr_and_datacenter(nomad_server: EmbeddedNomad, no
     assert nomad_http.get(f"/v1/node/{special}").json()["Datacenter"] == "dc2"
     # Only one node matches and distinct_hosts is not set: both land there.
     assert wait_for(lambda: running_allocs(nomad_http, "picky", 2))
-    register(nomad_http, docker_job(
-        "nowhere",
-        constraints=[{"LTarget": "${node.datacenter}", "RTarget": "dc9", "Operand": "="}],
-    ))
-    blocked = wait_for(lambda: [e for e in evals(nomad_http, "nowhere") if e["Status"] == "blocked"])
+    register(
+        nomad_http,
+        docker_job(
+            "nowhere",
+            constraints=[{"LTarget": "${node.datacenter}", "RTarget": "dc9", "Operand": "="}],
+        ),
+    )
+    blocked = wait_for(
+        lambda: [e for e in evals(nomad_http, "nowhere") if e["Status"] == "blocked"]
+    )
     failed = blocked[0]["FailedTGAllocs"]["app"]
     assert failed["ConstraintFiltered"] == {"${node.datacenter} = dc9": 3}
     assert failed["NodesFiltered"] == 3
@@ -139,12 +150,23 @@ def test_node_down_makes_allocs_lost_and_reschedules(
     live = wait_for(lambda: running_allocs(nomad_http, "survivor", 2))
     victim = live[0]
     nomad_server.set_node_status(victim["NodeID"], "down")
-    lost = wait_for(lambda: next((a for a in allocs(nomad_http, "survivor")
-                                  if a["ID"] == victim["ID"] and a["ClientStatus"] == "lost"), None))
+    lost = wait_for(
+        lambda: next(
+            (
+                a
+                for a in allocs(nomad_http, "survivor")
+                if a["ID"] == victim["ID"] and a["ClientStatus"] == "lost"
+            ),
+            None,
+        )
+    )
     assert lost["DesiredStatus"] == "stop"
     assert lost["DesiredDescription"] == "alloc is lost since its node is down"
-    replacement = wait_for(lambda: [a for a in running_allocs(nomad_http, "survivor", 2) or []
-                                    if a["ID"] != live[1]["ID"]])
+    replacement = wait_for(
+        lambda: [
+            a for a in running_allocs(nomad_http, "survivor", 2) or [] if a["ID"] != live[1]["ID"]
+        ]
+    )
     assert replacement[0]["NodeID"] != victim["NodeID"]
     assert replacement[0]["Name"] == victim["Name"]
     full = nomad_http.get(f"/v1/allocation/{replacement[0]['ID']}").json()
@@ -162,41 +184,65 @@ def test_drain_migrates_allocations(nomad_server: EmbeddedNomad, nomad_http: htt
     node_id = live[0]["NodeID"]
     resp = nomad_http.post(
         f"/v1/node/{node_id}/drain",
-        json={"DrainSpec": {"Deadline": 60_000_000_000, "IgnoreSystemJobs": False},
-              "MarkEligible": False},
+        json={
+            "DrainSpec": {"Deadline": 60_000_000_000, "IgnoreSystemJobs": False},
+            "MarkEligible": False,
+        },
     )
     assert resp.status_code == 200
     assert resp.json()["NodeModifyIndex"] > 0
     assert resp.json()["EvalIDs"]
 
     def migrated() -> bool:
-        running = [a for a in allocs(nomad_http, "movable")
-                   if a["ClientStatus"] == "running" and a["DesiredStatus"] == "run"]
+        running = [
+            a
+            for a in allocs(nomad_http, "movable")
+            if a["ClientStatus"] == "running" and a["DesiredStatus"] == "run"
+        ]
         return len(running) == 3 and all(a["NodeID"] != node_id for a in running)
 
     wait_for(migrated)
     stopped = [a for a in allocs(nomad_http, "movable") if a["NodeID"] == node_id]
     assert all(a["DesiredDescription"] == "alloc is being migrated" for a in stopped)
-    node = wait_for(lambda: (n := nomad_http.get(f"/v1/node/{node_id}").json())["DrainStrategy"] is None and n)
+    node = wait_for(
+        lambda: (n := nomad_http.get(f"/v1/node/{node_id}").json())["DrainStrategy"] is None and n
+    )
     assert node["SchedulingEligibility"] == "ineligible"
     assert node["LastDrain"]["Status"] == "complete"
     stubs = {n["ID"]: n for n in nomad_http.get("/v1/nodes").json()}
     assert stubs[node_id]["Drain"] is False
 
 
-def test_eligibility_and_node_endpoints(nomad_server: EmbeddedNomad, nomad_http: httpx.Client) -> None:
+def test_eligibility_and_node_endpoints(
+    nomad_server: EmbeddedNomad, nomad_http: httpx.Client
+) -> None:
     nodes = nomad_http.get("/v1/nodes").json()
     assert len(nodes) == 3
-    for key in ("Address", "ID", "Datacenter", "Name", "NodePool", "NodeClass", "Version", "Drain",
-                "SchedulingEligibility", "Status", "StatusDescription", "Drivers", "CreateIndex",
-                "ModifyIndex"):
+    for key in (
+        "Address",
+        "ID",
+        "Datacenter",
+        "Name",
+        "NodePool",
+        "NodeClass",
+        "Version",
+        "Drain",
+        "SchedulingEligibility",
+        "Status",
+        "StatusDescription",
+        "Drivers",
+        "CreateIndex",
+        "ModifyIndex",
+    ):
         assert key in nodes[0]
     assert "NodeResources" not in nodes[0]
     with_res = nomad_http.get("/v1/nodes", params={"resources": "true"}).json()[0]
     assert with_res["NodeResources"]["Cpu"]["CpuShares"] == 4000
     assert with_res["NodeResources"]["MinDynamicPort"] == 20000
     for node in nodes[1:]:
-        r = nomad_http.post(f"/v1/node/{node['ID']}/eligibility", json={"Eligibility": "ineligible"})
+        r = nomad_http.post(
+            f"/v1/node/{node['ID']}/eligibility", json={"Eligibility": "ineligible"}
+        )
         assert r.status_code == 200
     register(nomad_http, docker_job("one-place", count=2))
     live = wait_for(lambda: running_allocs(nomad_http, "one-place", 2))
@@ -228,8 +274,9 @@ def test_scale_down_and_update_in_place(nomad_http: httpx.Client) -> None:
     assert {a["DesiredDescription"] for a in stopped} == {"alloc not needed due to job update"}
     job["TaskGroups"][0]["Tasks"][0]["Config"]["image"] = "nginx:1.28"
     register(nomad_http, job)
-    replaced = wait_for(lambda: [a for a in running_allocs(nomad_http, "scaler", 1) or []
-                                 if a["ID"] not in before])
+    replaced = wait_for(
+        lambda: [a for a in running_allocs(nomad_http, "scaler", 1) or [] if a["ID"] not in before]
+    )
     assert replaced[0]["JobVersion"] == 2
     old = next(a for a in allocs(nomad_http, "scaler") if a["ID"] == remaining[0]["ID"])
     assert old["DesiredDescription"] == "alloc is being updated due to job update"
