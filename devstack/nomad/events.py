@@ -56,7 +56,7 @@ class Event:
         }
 
 
-@dataclass
+@dataclass(eq=False)
 class Subscription:
     topics: dict[str, set[str]]
     namespace: str
