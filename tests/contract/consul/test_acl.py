@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 from collections.abc import Iterator
 
@@ -58,7 +59,10 @@ def test_anonymous_and_unknown_tokens_are_refused(
 
 
 def test_hcl_policy_least_privilege(admin: httpx.Client, anon: httpx.Client, prefix: str) -> None:
-    rules = f'key_prefix "{prefix}app/" {{ policy = "write" }}\nkey_prefix "{prefix}ro/" {{ policy = "read" }}'
+    rules = (
+        f'key_prefix "{prefix}app/" {{ policy = "write" }}\n'
+        f'key_prefix "{prefix}ro/" {{ policy = "read" }}'
+    )
     token = _token(admin, rules)
     admin.put(f"/v1/kv/{prefix}ro/x", content=b"r")
     hdr = {"X-Consul-Token": token}
@@ -82,9 +86,8 @@ def test_token_sources(admin: httpx.Client, anon: httpx.Client, prefix: str) -> 
 def test_json_rules_longest_prefix_and_filtered_lists(
     admin: httpx.Client, anon: httpx.Client, prefix: str
 ) -> None:
-    rules = '{"key_prefix": {"%s": {"policy": "read"}, "%ssecret/": {"policy": "deny"}}}' % (
-        prefix,
-        prefix,
+    rules = json.dumps(
+        {"key_prefix": {prefix: {"policy": "read"}, f"{prefix}secret/": {"policy": "deny"}}}
     )
     token = _token(admin, rules)
     for k in ("a", "secret/b", "c"):
