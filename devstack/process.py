@@ -55,10 +55,10 @@ def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
             sock.close()
 
 
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    """``(status, body)`` of a GET; raises :class:`OSError` when nothing answers."""
+def http_get(url: str, timeout: float = 2.0, *, method: str = "GET") -> tuple[int, bytes]:
+    """``(status, body)`` of a request without a body; :class:`OSError` when nothing answers."""
     try:
-        with _opener.open(url, timeout=timeout) as response:
+        with _opener.open(urllib.request.Request(url, method=method), timeout=timeout) as response:
             return int(response.status), response.read()
     except urllib.error.HTTPError as exc:
         return int(exc.code), exc.read()
