@@ -337,6 +337,9 @@ class AllocRunner:
                 t.kill(f'Task\'s sibling "{failed.name}" failed')
 
     def _setup_dirs(self) -> None:
+        # Only processes read the directories; simulated containers skip the disk work.
+        if all(t.task["Driver"] != "raw_exec" for t in self.tasks):
+            return
         for sub in ("alloc/data", "alloc/logs", "alloc/tmp"):
             os.makedirs(os.path.join(self.alloc_dir, sub), exist_ok=True)
         for t in self.tasks:

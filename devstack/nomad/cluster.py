@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import jobs as jobspec
 from .events import Event
-from .scheduler import ClusterView, NodeInfo, place_group
+from .scheduler import ClusterView, NodeInfo, NodeUsage, place_group
 from .state import (
     TERMINAL_CLIENT,
     TERMINAL_EVAL,
@@ -32,6 +32,7 @@ from .state import (
     StateStore,
     alloc_client_terminal,
     alloc_terminal,
+    alloc_usage,
 )
 from .util import SECOND, new_id, now_ns
 
@@ -184,13 +185,6 @@ def job_stub(job: dict[str, Any], summary: dict[str, Any] | None, meta: bool = F
     return stub
 
 
-def _alloc_usage(a: dict[str, Any]) -> tuple[int, int, int]:
-    res = a["AllocatedResources"]
-    cpu = sum(t["Cpu"]["CpuShares"] for t in res["Tasks"].values())
-    mem = sum(t["Memory"]["MemoryMB"] for t in res["Tasks"].values())
-    return cpu, mem, res["Shared"]["DiskMB"]
-
-
 class NomadCluster:
     """One region's server plus its simulated client nodes."""
 
@@ -206,6 +200,7 @@ class NomadCluster:
         self.data_dir = self.config.data_dir or tempfile.mkdtemp(prefix="devstack-nomad-")
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._blocked: dict[JobKey, str] = {}
+        self._node_infos: dict[str, tuple[int, NodeInfo]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._worker: asyncio.Task[None] | None = None
         self._unblock_pending = False
@@ -571,56 +566,66 @@ class NomadCluster:
             if self._queue.qsize() and self._queue.qsize() % 16 == 0:
                 await asyncio.sleep(0)
 
+    def _node_info(self, n: dict[str, Any]) -> NodeInfo:
+        cached = self._node_infos.get(n["ID"])
+        if cached is not None and cached[0] == n["ModifyIndex"]:
+            return cached[1]
+        res, rsv = n["NodeResources"], n["ReservedResources"]
+        reserved_ports: set[int] = set()
+        for part in (rsv["Networks"]["ReservedHostPorts"] or "").split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = part.split("-", 1)
+                reserved_ports.update(range(int(lo), int(hi) + 1))
+            elif part.isdigit():
+                reserved_ports.add(int(part))
+        info = NodeInfo(
+            id=n["ID"],
+            name=n["Name"],
+            datacenter=n["Datacenter"],
+            node_pool=n["NodePool"],
+            node_class=n["NodeClass"],
+            region=self.config.region,
+            status=n["Status"],
+            eligible=n["SchedulingEligibility"] == "eligible",
+            draining=n["DrainStrategy"] is not None,
+            attributes=n["Attributes"],
+            meta=n["Meta"],
+            drivers=frozenset(
+                d for d, info in n["Drivers"].items() if info["Detected"] and info["Healthy"]
+            ),
+            ip=n["Attributes"]["unique.network.ip-address"],
+            cpu=res["Cpu"]["CpuShares"] - rsv["Cpu"]["CpuShares"],
+            memory_mb=res["Memory"]["MemoryMB"] - rsv["Memory"]["MemoryMB"],
+            disk_mb=res["Disk"]["DiskMB"] - rsv["Disk"]["DiskMB"],
+            min_port=res["MinDynamicPort"],
+            max_port=res["MaxDynamicPort"],
+            reserved_host_ports=frozenset(reserved_ports),
+        )
+        self._node_infos[n["ID"]] = (n["ModifyIndex"], info)
+        return info
+
     def _view(self, exclude: set[str], job_key: JobKey) -> ClusterView:
-        nodes: list[NodeInfo] = []
-        view = ClusterView(nodes=nodes)
-        for n in self.state.nodes.values():
-            res, rsv = n["NodeResources"], n["ReservedResources"]
-            reserved_ports: set[int] = set()
-            for part in (rsv["Networks"]["ReservedHostPorts"] or "").split(","):
-                part = part.strip()
-                if "-" in part:
-                    lo, hi = part.split("-", 1)
-                    reserved_ports.update(range(int(lo), int(hi) + 1))
-                elif part.isdigit():
-                    reserved_ports.add(int(part))
-            info = NodeInfo(
-                id=n["ID"],
-                name=n["Name"],
-                datacenter=n["Datacenter"],
-                node_pool=n["NodePool"],
-                node_class=n["NodeClass"],
-                region=self.config.region,
-                status=n["Status"],
-                eligible=n["SchedulingEligibility"] == "eligible",
-                draining=n["DrainStrategy"] is not None,
-                attributes=n["Attributes"],
-                meta=n["Meta"],
-                drivers=frozenset(
-                    d for d, info in n["Drivers"].items() if info["Detected"] and info["Healthy"]
-                ),
-                ip=n["Attributes"]["unique.network.ip-address"],
-                cpu=res["Cpu"]["CpuShares"] - rsv["Cpu"]["CpuShares"],
-                memory_mb=res["Memory"]["MemoryMB"] - rsv["Memory"]["MemoryMB"],
-                disk_mb=res["Disk"]["DiskMB"] - rsv["Disk"]["DiskMB"],
-                min_port=res["MinDynamicPort"],
-                max_port=res["MaxDynamicPort"],
-                reserved_host_ports=frozenset(reserved_ports),
-            )
-            nodes.append(info)
-            usage = view.used(info.id)
-            ports = view.ports.setdefault(info.id, set())
-            ip_ports = view.ip_ports.setdefault(info.ip, set())
-            for a in self.state.node_allocs(info.id):
-                if alloc_client_terminal(a) or a["ID"] in exclude:
-                    continue
-                cpu, mem, disk = _alloc_usage(a)
-                usage.cpu += cpu
-                usage.memory_mb += mem
-                usage.disk_mb += disk
-                used_ports = [p["Value"] for p in a["AllocatedResources"]["Shared"]["Ports"]]
-                ports.update(used_ports)
-                ip_ports.update(used_ports)
+        """The scheduler's input: nodes, their usage (without ``exclude``), this job's spread."""
+        view = ClusterView(nodes=[self._node_info(n) for n in self.state.nodes.values()])
+        for info in view.nodes:
+            cpu, mem, disk = self.state.node_usage[info.id]
+            view.usage[info.id] = NodeUsage(cpu, mem, disk)
+            ports = set(self.state.node_ports[info.id])
+            view.ports[info.id] = ports
+            view.ip_ports.setdefault(info.ip, set()).update(ports)
+        for alloc_id in exclude:
+            a = self.state.allocs[alloc_id]
+            if alloc_client_terminal(a) or a["NodeID"] not in view.usage:
+                continue
+            cpu, mem, disk = alloc_usage(a)
+            used = view.usage[a["NodeID"]]
+            used.cpu -= cpu
+            used.memory_mb -= mem
+            used.disk_mb -= disk
+            for p in a["AllocatedResources"]["Shared"]["Ports"] or []:
+                if self.state.node_ports[a["NodeID"]][p["Value"]] <= 1:
+                    view.ports[a["NodeID"]].discard(p["Value"])
         for a in self.state.job_allocs(job_key):
             if alloc_terminal(a) or a["ID"] in exclude:
                 continue

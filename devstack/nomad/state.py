@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 from .events import Event, EventBroker
@@ -25,6 +25,14 @@ TERMINAL_EVAL = frozenset({"complete", "failed", "canceled"})
 
 def alloc_client_terminal(alloc: dict[str, Any]) -> bool:
     return alloc["ClientStatus"] in TERMINAL_CLIENT
+
+
+def alloc_usage(a: dict[str, Any]) -> tuple[int, int, int]:
+    """CPU shares, memory MB and disk MB an allocation holds on its node."""
+    res = a["AllocatedResources"]
+    cpu = sum(t["Cpu"]["CpuShares"] for t in res["Tasks"].values())
+    mem = sum(t["Memory"]["MemoryMB"] for t in res["Tasks"].values())
+    return cpu, mem, res["Shared"]["DiskMB"]
 
 
 def alloc_terminal(alloc: dict[str, Any]) -> bool:
@@ -46,6 +54,10 @@ class StateStore:
         self.evals_by_job: dict[JobKey, dict[str, None]] = defaultdict(dict)
         self.nodes: dict[str, dict[str, Any]] = {}
         self.services: dict[str, dict[str, Any]] = {}
+        # What non-client-terminal allocations hold per node, kept as allocations are written
+        # so that scheduling does not rescan every allocation for every evaluation.
+        self.node_usage: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+        self.node_ports: dict[str, Counter[int]] = defaultdict(Counter)
         self.broker = EventBroker()
         self._changed = asyncio.Event()
 
@@ -68,7 +80,21 @@ class StateStore:
         self.jobs[(job["Namespace"], job["ID"])] = job
         self.touch("jobs", index)
 
+    def _account(self, alloc: dict[str, Any] | None, sign: int) -> None:
+        if alloc is None or alloc_client_terminal(alloc):
+            return
+        usage = self.node_usage[alloc["NodeID"]]
+        for i, amount in enumerate(alloc_usage(alloc)):
+            usage[i] += sign * amount
+        ports = self.node_ports[alloc["NodeID"]]
+        for p in alloc["AllocatedResources"]["Shared"]["Ports"] or []:
+            ports[p["Value"]] += sign
+            if ports[p["Value"]] <= 0:
+                del ports[p["Value"]]
+
     def put_alloc(self, alloc: dict[str, Any], index: int) -> None:
+        self._account(self.allocs.get(alloc["ID"]), -1)
+        self._account(alloc, +1)
         self.allocs[alloc["ID"]] = alloc
         self.allocs_by_job[(alloc["Namespace"], alloc["JobID"])][alloc["ID"]] = None
         self.allocs_by_node[alloc["NodeID"]][alloc["ID"]] = None
