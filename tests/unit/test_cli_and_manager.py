@@ -45,7 +45,10 @@ def test_help_is_available_everywhere(capsys) -> None:
     ("argv", "message"),
     [
         (["run"], "name at least one controller"),
-        (["run", "nope"], "unknown controller(s) nope; registered: greeter, sample-alpha, sample-beta"),
+        (
+            ["run", "nope"],
+            "unknown controller(s) nope; registered: greeter, sample-alpha, sample-beta",
+        ),
         (["run", "--all", "sample-alpha"], "not both"),
     ],
 )
