@@ -65,6 +65,23 @@ class ConsulTarget:
         return self.server is not None
 
 
+@contextlib.contextmanager
+def py_consul(address: str, token: str | None = None) -> Iterator[Any]:
+    """A py-consul client whose HTTP session is really closed afterwards.
+
+    py-consul's own ``close()`` leaves its ``requests`` session open, which pytest's
+    warnings-as-errors turns into a failure.
+    """
+    import consul
+
+    host, port = address.rsplit(":", 1)
+    client = consul.Consul(host=host, port=int(port), token=token)
+    try:
+        yield client
+    finally:
+        client.http.session.close()
+
+
 @pytest.fixture
 def consul_server() -> Iterator[ConsulServer]:
     """A fresh embedded agent (ACLs off), stopped after the test."""
@@ -99,13 +116,11 @@ def consul_http(consul_target: ConsulTarget) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def consul_client(consul_target: ConsulTarget) -> Any:
+def consul_client(consul_target: ConsulTarget) -> Iterator[Any]:
     """A py-consul client for the agent under test."""
-    import consul
 
-    return consul.Consul(
-        host=consul_target.host, port=consul_target.port, token=consul_target.token
-    )
+    with py_consul(consul_target.address, consul_target.token) as client:
+        yield client
 
 
 @pytest.fixture

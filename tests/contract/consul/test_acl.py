@@ -11,7 +11,7 @@ import consul
 import httpx
 import pytest
 
-from devstack.consul.testing import ConsulTarget, requires_embedded
+from devstack.consul.testing import ConsulTarget, py_consul, requires_embedded
 
 
 @pytest.fixture
@@ -164,13 +164,12 @@ def test_py_consul_with_tokens(
     consul_acl_target: ConsulTarget, admin: httpx.Client, prefix: str
 ) -> None:
     token = _token(admin, f'key_prefix "{prefix}" {{ policy = "write" }}')
-    host, port = consul_acl_target.host, consul_acl_target.port
-    scoped = consul.Consul(host=host, port=port, token=token)
-    assert scoped.kv.put(prefix + "x", "1") is True
-    with pytest.raises(consul.ACLPermissionDenied):
-        scoped.kv.put("elsewhere-" + prefix + "x", "1")
-    mgmt = consul.Consul(host=host, port=port, token=consul_acl_target.token)
-    assert any(t["Description"].startswith("contract-") for t in mgmt.acl.token.list())
+    with py_consul(consul_acl_target.address, token) as scoped:
+        assert scoped.kv.put(prefix + "x", "1") is True
+        with pytest.raises(consul.ACLPermissionDenied):
+            scoped.kv.put("elsewhere-" + prefix + "x", "1")
+    with py_consul(consul_acl_target.address, consul_acl_target.token) as mgmt:
+        assert any(t["Description"].startswith("contract-") for t in mgmt.acl.token.list())
 
 
 def test_bad_rules_are_400(admin: httpx.Client) -> None:

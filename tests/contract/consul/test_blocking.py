@@ -9,6 +9,8 @@ import anyio
 import httpx
 import pytest
 
+from devstack.consul.testing import py_consul
+
 
 def _index(r: httpx.Response) -> int:
     return int(r.headers["X-Consul-Index"])
@@ -137,19 +139,13 @@ def test_index_zero_does_not_block(consul_http: httpx.Client, kv_prefix: str) ->
 
 
 def test_py_consul_blocking_get(consul_client, consul_addr: str, kv_prefix: str) -> None:
-    import consul
-
     key = kv_prefix + "pc"
     consul_client.kv.put(key, "1")
     index, _ = consul_client.kv.get(key)
-    other = consul.Consul(
-        host=consul_addr.rsplit(":", 1)[0],
-        port=int(consul_addr.rsplit(":", 1)[1]),
-        token=consul_client.token,
-    )
-    t = _later(0.1, lambda: other.kv.put(key, "2"))
-    new_index, data = consul_client.kv.get(key, index=index, wait="5s")
-    t.join()
+    with py_consul(consul_addr, consul_client.token) as other:
+        t = _later(0.1, lambda: other.kv.put(key, "2"))
+        new_index, data = consul_client.kv.get(key, index=index, wait="5s")
+        t.join()
     assert int(new_index) > int(index)
     assert data["Value"] == b"2"
 
