@@ -695,9 +695,8 @@ class NomadCluster:
                 decision, when, delay = self._reschedule_decision(a, now)
                 if decision == "now":
                     wanted.append((gname, a["Name"], a, delay))
-                elif decision == "later":
-                    if not a["FollowupEvalID"]:
-                        followups.append((a, when))
+                elif decision == "later" and not a["FollowupEvalID"]:
+                    followups.append((a, when))
                 held[gname].add(a["Name"] if not is_system else a["NodeID"])
                 continue
             if (a["DesiredTransition"] or {}).get("Migrate"):

@@ -145,13 +145,19 @@ class _Process:
         signum = getattr(signal, sig or "SIGTERM", signal.SIGTERM)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signum)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.proc.wait(), timeout)
-        except TimeoutError:
-            pass
         self._reap_group()
         with contextlib.suppress(ProcessLookupError):
             await self.proc.wait()
+
+
+def _open_logs(logs_dir: str, task: str) -> tuple[Any, Any]:
+    # Nomad's layout: alloc/logs/<task>.stdout.0 and .stderr.0 (tiny local files).
+    os.makedirs(logs_dir, exist_ok=True)
+    out = open(os.path.join(logs_dir, f"{task}.stdout.0"), "ab")  # noqa: SIM115
+    err = open(os.path.join(logs_dir, f"{task}.stderr.0"), "ab")  # noqa: SIM115
+    return out, err
 
 
 class RawExecDriver:
@@ -164,10 +170,8 @@ class RawExecDriver:
         args = ctx.config.get("args") or []
         if not isinstance(args, list):
             raise DriverError("failed to parse config: args must be a list of strings")
-        os.makedirs(ctx.logs_dir, exist_ok=True)
-        out_path = os.path.join(ctx.logs_dir, f"{ctx.task_name}.stdout.0")
-        err_path = os.path.join(ctx.logs_dir, f"{ctx.task_name}.stderr.0")
-        with open(out_path, "ab") as out, open(err_path, "ab") as err:
+        out, err = _open_logs(ctx.logs_dir, ctx.task_name)
+        with out, err:
             try:
                 proc = await asyncio.create_subprocess_exec(
                     command,

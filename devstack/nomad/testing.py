@@ -11,6 +11,7 @@ cluster.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -113,10 +114,8 @@ def job_id(nomad_http: httpx.Client) -> Iterator[str]:
     """A unique job ID for one test, purged afterwards (a real cluster is shared)."""
     jid = f"contract-{uuid.uuid4().hex[:10]}"
     yield jid
-    try:
+    with contextlib.suppress(httpx.HTTPError):
         nomad_http.delete(f"/v1/job/{jid}", params={"purge": "true"})
-    except httpx.HTTPError:
-        pass
 
 
 @pytest.fixture

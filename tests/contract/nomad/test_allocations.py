@@ -94,7 +94,8 @@ def test_allocation_list_resources_and_prefix(nomad_http: httpx.Client, job_id: 
         "/v1/allocations", params={"prefix": alloc["ID"][:8], "resources": "true"}
     ).json()
     ports = with_res[0]["AllocatedResources"]["Shared"]["Ports"]
-    assert ports[0]["Label"] == "http" and ports[0]["HostIP"] == "127.0.0.1"
+    assert ports[0]["Label"] == "http"
+    assert ports[0]["HostIP"] == "127.0.0.1"
     job_stubs = nomad_http.get(f"/v1/job/{job_id}/allocations").json()
     assert "AllocatedResources" not in job_stubs[0]
     assert nomad_http.get("/v1/allocation/00000000-0000-0000-0000-000000000000").text == (
@@ -110,10 +111,12 @@ def test_docker_start_failure_restarts_then_fails(nomad_http: httpx.Client, job_
     failed = _one_alloc(nomad_http, job_id, "failed")
     assert failed["ClientDescription"] == "Failed tasks"
     state = failed["TaskStates"]["main"]
-    assert state["State"] == "dead" and state["Failed"] is True
+    assert state["State"] == "dead"
+    assert state["Failed"] is True
     assert state["Restarts"] == 1
     types = [e["Type"] for e in state["Events"]]
-    assert "Driver Failure" in types and "Restarting" in types
+    assert "Driver Failure" in types
+    assert "Restarting" in types
     assert types[-1] == "Not Restarting"
     assert 'mode is "fail"' in state["Events"][-1]["DisplayMessage"]
     summary = nomad_http.get(f"/v1/job/{job_id}/summary").json()["Summary"]["app"]
@@ -225,7 +228,8 @@ def test_raw_exec_restart_policy_and_exit_codes(nomad_http: httpx.Client, job_id
     state = failed["TaskStates"]["flaky"]
     assert state["Restarts"] == 2
     codes = [e["ExitCode"] for e in state["Events"] if e["Type"] == "Terminated"]
-    assert codes and set(codes) == {7}
+    assert codes
+    assert set(codes) == {7}
     assert state["Events"][-1]["Type"] == "Not Restarting"
 
 

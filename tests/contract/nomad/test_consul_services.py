@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -111,7 +111,8 @@ def test_raw_exec_http_service_becomes_passing_then_critical(
     assert service["Tags"] == ["v1", "alloc-0"]
     assert service["Meta"] == {"owner": "contract", "external-source": "nomad"}
     check = next(c for c in entries[0]["Checks"] if c["ServiceID"] == service["ID"])
-    assert check["CheckID"].startswith("_nomad-check-") and len(check["CheckID"]) == 13 + 64
+    assert check["CheckID"].startswith("_nomad-check-")
+    assert len(check["CheckID"]) == 13 + 64
     assert check["Name"] == "alive"
     group_svc = wait_for(
         lambda: [

@@ -196,7 +196,8 @@ def test_identical_spec_makes_no_new_version_but_a_new_eval(
     job = docker_job(job_id)
     first = register(nomad_http, job)
     second = register(nomad_http, job)
-    assert second["EvalID"] and second["EvalID"] != first["EvalID"]
+    assert second["EvalID"]
+    assert second["EvalID"] != first["EvalID"]
     assert second["JobModifyIndex"] == first["JobModifyIndex"]
     got = nomad_http.get(f"/v1/job/{job_id}").json()
     assert got["Version"] == 0
@@ -259,7 +260,8 @@ def test_stop_without_purge_keeps_job_and_bumps_version(
     resp = nomad_http.delete(f"/v1/job/{job_id}")
     assert resp.status_code == 200
     body = resp.json()
-    assert body["EvalID"] and body["JobModifyIndex"] == body["EvalCreateIndex"]
+    assert body["EvalID"]
+    assert body["JobModifyIndex"] == body["EvalCreateIndex"]
     assert "VolumeEvalID" in body
     got = nomad_http.get(f"/v1/job/{job_id}").json()
     assert got["Stop"] is True

@@ -175,7 +175,8 @@ def test_node_down_makes_allocs_lost_and_reschedules(
     assert node["Status"] == "down"
     assert any(e["TriggeredBy"] == "node-update" for e in evals(nomad_http, "survivor"))
     summary = nomad_http.get("/v1/job/survivor/summary").json()["Summary"]["app"]
-    assert summary["Lost"] == 1 and summary["Running"] == 2
+    assert summary["Lost"] == 1
+    assert summary["Running"] == 2
 
 
 def test_drain_migrates_allocations(nomad_server: EmbeddedNomad, nomad_http: httpx.Client) -> None:

@@ -124,7 +124,8 @@ def test_event_stream_heartbeat_and_job_events(
     assert got[0] == {}
     events = [e for frame in got[1:] for e in frame["Events"]]
     job_events = [e for e in events if e["Topic"] == "Job"]
-    assert job_events and job_events[0]["Key"] == job_id
+    assert job_events
+    assert job_events[0]["Key"] == job_id
     assert job_events[0]["Type"] == "JobRegistered"
     assert job_events[0]["Payload"]["Job"]["ID"] == job_id
     eval_events = [e for e in events if e["Topic"] == "Evaluation"]
@@ -194,7 +195,8 @@ def test_acl_permission_denied(nomad_acl_target: NomadTarget) -> None:
 
 def test_status_agent_and_regions(nomad_http: httpx.Client) -> None:
     leader = nomad_http.get("/v1/status/leader")
-    assert leader.status_code == 200 and ":" in leader.json()
+    assert leader.status_code == 200
+    assert ":" in leader.json()
     assert nomad_http.get("/v1/regions").json() == ["global"]
     me = nomad_http.get("/v1/agent/self").json()
     assert me["config"]["Region"] == "global"
