@@ -179,6 +179,7 @@ def _p(values: list[float], q: float) -> float:
 
 
 def run() -> str:
+    load_before = os.getloadavg()[0]
     proc, host, port = _start_server()
     try:
         rate, writes = asyncio.run(_writes(host, port))
@@ -205,7 +206,9 @@ def run() -> str:
         f"{WRITE_SECONDS:.0f} s. Wake-up latency: {WATCHERS} connections park "
         "`GET /v1/kv/bench/watch/?recurse&index=N` (confirmed through `/_devstack/stats`), one "
         "PUT under the prefix is sent, and each delay runs from just before that PUT to the "
-        "moment its response is fully read by the client."
+        "moment its response is fully read by the client. The machine is shared: the 1-minute "
+        f"load average was {load_before:.2f} when the run started, and other processes on the "
+        "same cores widen the tail."
     )
 
 

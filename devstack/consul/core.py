@@ -144,7 +144,8 @@ class Core:
         return authz
 
     def token_sent(self, request: web.Request) -> bool:
-        return bool(request_token(request))
+        # Only consulted for the filtered-by-ACLs header, which needs ACLs on.
+        return self.acl.enabled and bool(request_token(request))
 
     def require(self, request: web.Request, resource: str, name: str, need: int) -> None:
         authz = self.authz(request)
