@@ -1,0 +1,1 @@
+"""Integration tests of the devstack launchers: HAProxy, the ELB endpoint, `devstack up`."""
