@@ -233,7 +233,12 @@ class LeaderElector:
             acquired_at=dt.datetime.now(dt.UTC),
         )
         value = record.model_dump_json().encode()
+        held_back = False
         while True:
+            if held_back:
+                # The key was free yet the acquire failed: lock-delay after the previous
+                # holder's session was invalidated. Retry a few times per lock-delay.
+                await self._clock.sleep(max(0.05, min(self.lock_delay, 1.0) / 4))
             if await self._client.kv_put(self.lock_key, value, acquire=session):
                 return
             self._set_leading(False)
@@ -241,15 +246,15 @@ class LeaderElector:
             # already, held back only by lock-delay); then block on the key itself: a held key
             # only changes when its holder writes it, releases it or loses its session.
             index = 0
+            held_back = True
             while True:
                 new_index, entry = await self._client.kv_get_blocking(
                     self.lock_key, index=index, wait=self.ttl
                 )
-                index = max(new_index if new_index >= index else 0, 1)
                 if entry is None or entry.session is None:
                     break
-            # A lock freed by an invalidated session stays unacquirable for lock-delay.
-            await self._clock.sleep(max(0.05, min(self.lock_delay, 1.0) / 4))
+                held_back = False
+                index = max(new_index if new_index >= index else 0, 1)
 
     async def _renew_loop(self, session: str, lose: Callable[[str], None]) -> None:
         last_ok = self._clock.monotonic()
