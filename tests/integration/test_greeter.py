@@ -69,7 +69,9 @@ async def test_standby_replica_takes_over_when_the_leader_stops(consul_server) -
             # the standby's sources are warm: it sees inputs although it does not act on them
             await consul.kv_put(f"{IN}carol", b'{"greeting": "hey"}')
             await wait_for_value(consul, f"{OUT}carol", b'{"message":"hey, carol!"}')
-            await eventually(lambda: f"{IN}carol" in second.runners["greeter"].sources[f"kv:{IN}"].items())
+            await eventually(
+                lambda: f"{IN}carol" in second.runners["greeter"].sources[f"kv:{IN}"].items()
+            )
 
             first.stop()
             await eventually(lambda: second.runners["greeter"].is_leader, timeout=5)
