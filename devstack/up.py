@@ -307,7 +307,7 @@ class DevStack:
         if state is None:
             return
         pid = int(state.get("pid", 0))
-        if pid != os.getpid() and _same_process(pid, state.get("cmdline", "")):
+        if _same_process(pid, state.get("cmdline", "")):
             raise DevStackError(
                 f"a devstack already runs from {self.home} (pid {pid}); "
                 "stop it with `devstack down` or choose another --home"
