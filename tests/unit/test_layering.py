@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_clients_contract_lists_every_framework_module() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     contracts = config["tool"]["importlinter"]["contracts"]
-    clients = next(c for c in contracts if c["source_modules"] == ["reconciler.clients"])
+    clients = next(c for c in contracts if c.get("source_modules") == ["reconciler.clients"])
     forbidden = set(clients["forbidden_modules"])
     modules = {
         f"reconciler.{p.stem}" if p.is_file() else f"reconciler.{p.name}"
