@@ -638,14 +638,15 @@ def run(args: argparse.Namespace) -> int:
     def on_hup(signum: int, frame: FrameType | None) -> None:
         reload_requested.set()
 
-    try:
-        proxy.start(args.config.read_text() if args.config else None)
-    except (HAProxyError, OSError) as exc:
-        print(f"devstack haproxy: {exc}", file=sys.stderr, flush=True)
-        return 1
+    # Handlers first: a signal that arrives while HAProxy starts must not kill us and orphan it.
     previous = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
     try:
+        try:
+            proxy.start(args.config.read_text() if args.config else None)
+        except (HAProxyError, OSError) as exc:
+            print(f"devstack haproxy: {exc}", file=sys.stderr, flush=True)
+            return 1
         print(
             f"haproxy ready on {proxy.url} (stats {proxy.stats_url}, "
             f"master socket {proxy.master_socket}, config {proxy.config_path})",

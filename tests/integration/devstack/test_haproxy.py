@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from devstack.haproxy import ConfigInvalid, HAProxy, ReloadFailed
-from devstack.process import free_ports, http_get, pid_alive, wait_until
+from devstack.process import free_ports, http_get, http_ok, pid_alive, wait_until
 
 from .conftest import Backend
 
@@ -246,3 +250,54 @@ def test_stop_leaves_no_process_and_no_socket(proxy: HAProxy) -> None:
 def test_attach_without_a_running_proxy_fails_clearly(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="no running HAProxy"):
         HAProxy.attach(tmp_path / "nothing-here")
+
+
+def test_devstack_haproxy_command_serves_reloads_on_sighup_and_stops(
+    tmp_path: Path, http_backend_a: Backend, tcp_echo_backend: Backend, tcp_port: int
+) -> None:
+    config_dir = tmp_path / "cli"
+    source = tmp_path / "routes.cfg"
+    port, stats_port = free_ports(2)
+    template = HAProxy(config_dir, port=port, stats_port=stats_port)
+    source.write_text(template.bootstrap_config())
+    argv = [sys.executable, "-m", "devstack", "haproxy", "--port", str(port)]
+    argv += ["--stats-port", str(stats_port), "--config-dir", str(config_dir)]
+    argv += ["--config", str(source)]
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(
+        target=lambda: lines.extend(line.rstrip() for line in proc.stdout or ()), daemon=True
+    )
+    reader.start()
+    master: int | None = None
+    try:
+        assert wait_until(lambda: bool(lines), 15), "no ready line"
+        assert lines[0].startswith(f"haproxy ready on http://127.0.0.1:{port}")
+        assert http_ok(template.health_url)
+        master = HAProxy.attach(config_dir).status().master_pid
+        assert get_body(template.url) == (503, "no route\n")
+
+        source.write_text(routing_config(template, http_backend_a, tcp_port, tcp_echo_backend))
+        proc.send_signal(signal.SIGHUP)
+
+        assert wait_until(lambda: get_body(template.url) == (200, "backend-a"), 10), lines
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        reader.join(5)
+        assert any(line.startswith("haproxy reloaded") for line in lines)
+        assert lines[-1] == "haproxy stopped"
+        assert master is not None
+        assert not pid_alive(master)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        if master is not None and pid_alive(master):
+            os.kill(master, signal.SIGKILL)
+        if proc.stdout is not None:
+            proc.stdout.close()
