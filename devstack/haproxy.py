@@ -36,6 +36,7 @@ from devstack.process import (
     LOOPBACK,
     free_ports,
     pid_alive,
+    pid_cmdline,
     signal_pid,
     spawn_options,
     wait_pid_gone,
@@ -499,7 +500,11 @@ class HAProxy:
             pid = int(self.pid_file.read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
-        return pid if pid_alive(pid) else None
+        # A stale pid file may name a recycled pid: only an haproxy process counts.
+        cmdline = pid_cmdline(pid)
+        if not pid_alive(pid) or (cmdline and "haproxy" not in cmdline):
+            return None
+        return pid
 
     def master_command(self, command: str, timeout: float = 5.0) -> str:
         """A command on the master CLI (``show proc``, ``@1 show info``, ...)."""

@@ -237,3 +237,19 @@ def test_a_service_that_cannot_start_is_reported(tmp_path: Path) -> None:
     assert time.monotonic() - started < 15
     assert not any(child.running() for child in stack.children.values())
     assert read_state(tmp_path) is None
+
+
+def test_children_do_not_outlive_a_killed_up(start_up: Any) -> None:
+    up = start_up("--only", "haproxy")
+    up.wait_ready()
+    services = set(up.pids) - {up.proc.pid}
+
+    up.proc.kill()  # no chance to clean up: the children must notice on their own
+
+    assert up.proc.wait(10) == -signal.SIGKILL
+    assert wait_until(lambda: not any(pid_alive(pid) for pid in services), 10), up.output
+    status = run_devstack("status", "--home", str(up.home))
+    assert status.returncode == 1
+    assert "down" in status.stdout
+    assert run_devstack("down", "--home", str(up.home)).returncode == 0
+    assert read_state(up.home) is None
