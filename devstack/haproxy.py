@@ -266,9 +266,21 @@ class HAProxy:
         self._lock = threading.Lock()
 
     @classmethod
-    def attach(cls, config_dir: Path | str, **options: object) -> HAProxy:
-        """A handle on an HAProxy another process started with the same ``config_dir``."""
-        proxy = cls(config_dir, **options)  # type: ignore[arg-type]
+    def attach(
+        cls,
+        config_dir: Path | str,
+        *,
+        port: int = DEFAULT_PORT,
+        stats_port: int = DEFAULT_STATS_PORT,
+        host: str = LOOPBACK,
+        binary: str = "haproxy",
+    ) -> HAProxy:
+        """A handle on an HAProxy another process started with the same ``config_dir``.
+
+        The ports only matter for :meth:`bootstrap_config`, :attr:`url` and the stats URLs;
+        status, validation and reloads go through the files and sockets in ``config_dir``.
+        """
+        proxy = cls(config_dir, port=port, stats_port=stats_port, host=host, binary=binary)
         if proxy.master_pid() is None:
             raise HAProxyError(f"no running HAProxy for {proxy.config_dir}")
         return proxy
