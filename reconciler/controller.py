@@ -47,7 +47,8 @@ def strip_prefix(prefix: str) -> KeyMapper:
         if not item.startswith(prefix):
             return ()
         rest = item[len(prefix) :].split("/", 1)[0]
-        return (rest,) if rest else ()
+        # "." and ".." cannot be addressed as keys (an HTTP path resolves them): never a key.
+        return (rest,) if rest and rest not in (".", "..") else ()
 
     return mapper
 
@@ -380,14 +381,17 @@ class ControllerRunner:
         A leader-elected controller releases its lock first so a standby takes over at once;
         releasing cancels its in-flight reconciles, exactly as a lost lock does (they are
         idempotent, and the new leader owns those keys now; any write that raced the release is
-        rejected by fencing). A controller without leadership lets in-flight reconciles finish,
-        bounded by ``drain_timeout``. Returns False when the drain timed out.
+        rejected by fencing), so there is nothing left to drain. A controller without leadership
+        lets in-flight reconciles finish, bounded by ``drain_timeout``. Returns False when the
+        drain timed out.
         """
         self._stopping = True
         self.queue.shutdown()
         if self.elector is not None:
             await self.elector.release()
-        drained = await self.queue.shutdown_with_drain(drain_timeout)
+            drained = True
+        else:
+            drained = await self.queue.shutdown_with_drain(drain_timeout)
         if self._workers_scope is not None:
             self._workers_scope.cancel()
         return drained

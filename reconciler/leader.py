@@ -166,17 +166,36 @@ class LeaderElector:
         with anyio.CancelScope() as scope:
             self._run_scope = scope
             while not self._stopping:
+                # _term runs a task group, so its errors arrive as exception groups. A Consul
+                # error, or any bug, ends this term only: back off and campaign again.
+                failure: BaseException | None = None
                 try:
                     await self._term(lead)
                     backoff.reset()
-                except ClientError as exc:
-                    self._set_leading(False)
-                    delay = backoff.next_delay()
+                except* Exception as group:
+                    failure = _first_leaf(group)
+                if failure is None:
+                    continue
+                # Not "standby": a replica that cannot reach Consul does not know who leads.
+                self._leading = False
+                self._status.set(0)
+                delay = backoff.next_delay()
+                if isinstance(failure, ClientError):
                     log.warning(
                         "leader election failed, retrying",
-                        extra={"controller": self.controller, "error": str(exc), "retry_in": delay},
+                        extra={
+                            "controller": self.controller,
+                            "error": str(failure),
+                            "retry_in": delay,
+                        },
                     )
-                    await self._clock.sleep(delay)
+                else:
+                    log.error(
+                        "leader election raised unexpectedly, retrying",
+                        exc_info=failure,
+                        extra={"controller": self.controller, "retry_in": delay},
+                    )
+                await self._clock.sleep(delay)
 
     async def _term(self, lead: Callable[[], Awaitable[None]]) -> None:
         session = await self._client.session_create(
@@ -327,6 +346,11 @@ class LeaderElector:
                     )
         if self._run_scope is not None:
             self._run_scope.cancel()
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 class FencedKV:

@@ -504,8 +504,16 @@ def _index(raw: Any) -> int:
 
 
 def _check_key(key: str) -> None:
+    """Refuse keys an HTTP path cannot carry faithfully.
+
+    Keys travel in the URL path, where ``.`` and ``..`` segments are resolved away (by httpx, and
+    by a real agent's router): ``in/..`` would silently address ``in``'s parent. Such keys can
+    only be made through ``/v1/txn``; they are refused here rather than aliased.
+    """
     if key.startswith("/"):
         raise BadRequest(f"Consul key {key!r} must not start with '/'")
+    if any(segment in (".", "..") for segment in key.split("/")):
+        raise BadRequest(f"Consul key {key!r} has a '.' or '..' segment")
 
 
 class ConsulClient:

@@ -173,17 +173,6 @@ def test_sigkilled_leader_is_replaced_only_after_its_session_ttl(
     assert_structured_reconcile_log(standby, "bob")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "reconciler/controller.py ControllerRunner.stop(): after release() the runner has no "
-        "workers (a standby never had any), yet it waits in queue.shutdown_with_drain() for "
-        "ready keys that only workers take; a standby's sources keep queueing keys, so SIGTERM "
-        "on a standby waits the whole --drain-timeout and exits 1 ('drain timed out'). A "
-        "runner that is not leading should drop its ready keys (the leader owns them) and "
-        "drain only in-flight work."
-    ),
-)
 @pytest.mark.timeout(30)
 def test_sigterm_on_a_standby_exits_0_without_waiting_for_the_drain_timeout(
     procs: Processes, consul: ConsulHTTP

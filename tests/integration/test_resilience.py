@@ -340,17 +340,6 @@ async def test_leaderless_period_keeps_the_lock_and_convergence_resumes(
         c.assert_nobody_crashed()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "reconciler/leader.py: _campaign() runs inside _term()'s task group (line 203), so a "
-        "ClientError from its kv_put(acquire=...) or kv_get_blocking() reaches run() wrapped in "
-        "a BaseExceptionGroup (anyio 4 wraps exceptions raised in a task group body); run()'s "
-        "`except ClientError` (line 172) does not match it, and the whole Manager dies. A standby "
-        "that re-campaigns while Consul answers 500 (here: no cluster leader) takes its process "
-        "down."
-    ),
-)
 @pytest.mark.timeout(30)
 async def test_standby_survives_recampaigning_while_consul_has_no_leader(
     consul_server: ConsulServer,
@@ -591,18 +580,6 @@ async def test_hostile_input_is_counted_and_never_touches_good_users(
         c.assert_nobody_crashed()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "reconciler/clients/consul.py: keys are put into the URL path (py-consul's /v1/kv/<key>) "
-        "and httpx removes dot segments, so kv_get('examples/greetings/in/..') reads "
-        "'examples/greetings' (a real agent's Go ServeMux cleans the path the same way); "
-        "_check_key() only rejects a leading '/'. A user named '..' (a key created through "
-        "/v1/txn) is converged from a key outside the input prefix, and its output outlives "
-        "its input. _check_key should refuse '.', '..' and empty segments (BadRequest), and "
-        "such names should be refused as invalid input."
-    ),
-)
 @pytest.mark.timeout(20)
 async def test_dot_segment_names_never_alias_keys_outside_the_prefix(
     consul_server: ConsulServer,

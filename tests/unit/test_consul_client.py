@@ -524,3 +524,15 @@ async def test_concurrent_calls_do_not_mix_up_responses(server: Scripted) -> Non
             tg.start_soon(bad)
     assert results["ok"] is True
     assert isinstance(results["bad"], PermissionDenied)
+
+
+@pytest.mark.parametrize("key", ["a/../b", "in/..", "./x", "a/./b"])
+async def test_dot_segment_keys_are_refused_before_any_request(key: str) -> None:
+    client = ConsulClient(ConsulConfig.from_env({"CONSUL_HTTP_ADDR": "127.0.0.1:1"}))
+    try:
+        with pytest.raises(BadRequest, match="segment"):
+            await client.kv_get(key)
+        with pytest.raises(BadRequest, match="segment"):
+            await client.kv_put(key, b"x")
+    finally:
+        await client.aclose()

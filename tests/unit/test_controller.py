@@ -363,3 +363,10 @@ def test_duplicate_watch_names_are_refused() -> None:
     watches = [Watch("w", lambda d: source), Watch("w", lambda d: source)]
     with pytest.raises(ConfigError, match="unique"):
         Controller(name="dup", reconcile=reconcile, watches=watches)
+
+
+def test_strip_prefix_never_yields_dot_segment_keys() -> None:
+    mapper = strip_prefix("in/")
+    assert list(mapper("in/..")) == []
+    assert list(mapper("in/./x")) == []
+    assert list(mapper("in/a..b")) == ["a..b"]
