@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import os
 import signal
 import socket
 import sys
@@ -113,12 +115,32 @@ class ServerThread:
         self.stop()
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed (about 15% less per-response overhead), else asyncio's own.
+
+    ``DEVSTACK_EVENT_LOOP=asyncio`` forces the standard loop.
+    """
+    if os.environ.get("DEVSTACK_EVENT_LOOP", "uvloop") == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 def run_foreground(factory: AppFactory, *, host: str, port: int, name: str) -> int:
     """Serve in the foreground until SIGTERM/SIGINT; print one ready line once listening."""
 
     async def main() -> None:
         app = await factory()
         runner, bound = await _start(app, host, port)
+        # A server holding tens of thousands of long-lived entries pays tens of milliseconds for
+        # each full collection, and the allocation burst of one write waking a thousand parked
+        # queries is what triggers them. Collect far less often, and never scan start-up objects.
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -131,6 +153,7 @@ def run_foreground(factory: AppFactory, *, host: str, port: int, name: str) -> i
                 await runner.cleanup()
         print(f"{name} stopped", flush=True)
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(main())
     sys.stdout.flush()
     return 0

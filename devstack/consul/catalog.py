@@ -426,11 +426,11 @@ def filtered(result: list[Any], opts_filter: str) -> list[Any]:
 # -- HTTP ---------------------------------------------------------------------------------------
 
 
-async def datacenters(request: web.Request) -> web.Response:
+async def datacenters(request: web.Request) -> web.StreamResponse:
     return ok_json([core_of(request).config.datacenter])
 
 
-async def list_nodes(request: web.Request) -> web.Response:
+async def list_nodes(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
     opts = parse_query_options(request, core)
     st = core.state
@@ -445,7 +445,7 @@ async def list_nodes(request: web.Request) -> web.Response:
     return respond(core, result, opts, token_sent=core.token_sent(request))
 
 
-async def list_services(request: web.Request) -> web.Response:
+async def list_services(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
     opts = parse_query_options(request, core)
     st = core.state
@@ -483,7 +483,7 @@ def instances(core: Core, name: str, tags: list[str]) -> list[tuple[Node, Servic
     return out
 
 
-async def service_nodes(request: web.Request) -> web.Response:
+async def service_nodes(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
     opts = parse_query_options(request, core)
     name = request.match_info["name"]
@@ -502,7 +502,7 @@ async def service_nodes(request: web.Request) -> web.Response:
     return respond(core, result, opts, token_sent=core.token_sent(request))
 
 
-async def node_services(request: web.Request) -> web.Response:
+async def node_services(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
     opts = parse_query_options(request, core)
     name = request.match_info["node"]
@@ -526,7 +526,7 @@ async def node_services(request: web.Request) -> web.Response:
     return respond(core, result, opts, token_sent=core.token_sent(request))
 
 
-async def register(request: web.Request) -> web.Response:
+async def register(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
     parse_query_options(request, core)
     body = await read_object(request)
@@ -592,7 +592,7 @@ async def register(request: web.Request) -> web.Response:
     return ok_json(True)
 
 
-async def deregister(request: web.Request) -> web.Response:
+async def deregister(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
     parse_query_options(request, core)
     body = await read_object(request)

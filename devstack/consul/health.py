@@ -30,7 +30,7 @@ def _checks_for(checks: dict[str, Check], service_id: str) -> list[Check]:
     return [checks[cid] for cid in sorted(checks) if checks[cid].service_id in ("", service_id)]
 
 
-async def service(request: web.Request) -> web.Response:
+async def service(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
     opts = parse_query_options(request, core)
     name = request.match_info["name"]
@@ -68,7 +68,7 @@ async def service(request: web.Request) -> web.Response:
     return respond(core, result, opts, token_sent=core.token_sent(request))
 
 
-async def service_checks(request: web.Request) -> web.Response:
+async def service_checks(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
     opts = parse_query_options(request, core)
     name = request.match_info["name"]
@@ -98,7 +98,7 @@ def _visible_checks(core: Any, request: web.Request, checks: list[Check]) -> lis
     return out
 
 
-async def state(request: web.Request) -> web.Response:
+async def state(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
     opts = parse_query_options(request, core)
     wanted = request.match_info["state"]
@@ -116,7 +116,7 @@ async def state(request: web.Request) -> web.Response:
     return respond(core, result, opts, token_sent=core.token_sent(request))
 
 
-async def node(request: web.Request) -> web.Response:
+async def node(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
     opts = parse_query_options(request, core)
     name = request.match_info["node"]

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
 
 if TYPE_CHECKING:
     from devstack.consul.core import Core
@@ -271,6 +273,48 @@ def meta_headers(core: Core, opts: QueryOptions | None, index: int | None) -> di
     return headers
 
 
+class Prewritten(web.StreamResponse):
+    """A response already written to the socket in one piece; aiohttp only closes the books.
+
+    A write under a watched prefix can wake a thousand parked reads at once. Each then needs the
+    same bytes on its own connection, and aiohttp's per-response machinery (header objects,
+    payload writer, three writes) costs more than the socket send itself. The hot read path
+    therefore writes status line, headers and body with one ``transport.write`` and hands
+    aiohttp a response that is already finished.
+    """
+
+    def __init__(self, status: int, keep_alive: bool) -> None:
+        super().__init__(status=status)
+        self._keep_alive = keep_alive
+        self._eof_sent = True
+
+
+_REASONS = {200: "OK", 403: "Forbidden", 404: "Not Found"}
+
+
+def _write_whole(
+    request: web.Request, status: int, headers: dict[str, str], body: bytes
+) -> web.StreamResponse | None:
+    """Write the response in one piece when the connection allows it; None otherwise."""
+    transport = request.transport
+    if (
+        request.method != "GET"
+        or request.version != HttpVersion11
+        or not request.keep_alive
+        or status not in _REASONS
+        or transport is None
+        or transport.is_closing()
+    ):
+        return None
+    head = [f"HTTP/1.1 {status} {_REASONS[status]}"]
+    head.extend(f"{name}: {value}" for name, value in headers.items())
+    head.append(f"Content-Length: {len(body)}")
+    head.append(f"Date: {rfc822_formatted_time()}")
+    head.append(f"Server: {SERVER_SOFTWARE}")
+    transport.write("\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + body)
+    return Prewritten(status, keep_alive=True)
+
+
 def respond(
     core: Core,
     result: Result,
@@ -278,7 +322,8 @@ def respond(
     *,
     token_sent: bool = False,
     index: bool = True,
-) -> web.Response:
+    request: web.Request | None = None,
+) -> web.StreamResponse:
     headers = meta_headers(core, opts, result.index if index else None)
     if result.filtered and token_sent:
         headers["X-Consul-Results-Filtered-By-ACLs"] = "true"
@@ -294,6 +339,10 @@ def respond(
         # Encoded once per result, so parked queries sharing a cached result share the bytes.
         body = result.raw = dumps(result.body)
     headers.setdefault("Content-Type", JSON)
+    if request is not None:
+        whole = _write_whole(request, result.status, headers, body)
+        if whole is not None:
+            return whole
     return web.Response(body=body, status=result.status, headers=headers)
 
 

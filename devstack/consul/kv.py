@@ -196,7 +196,7 @@ def _cached(st: State, cache_key: tuple[Any, ...], compute: Callable[[], Result]
     return hit
 
 
-async def kv_get(request: web.Request) -> web.Response:
+async def kv_get(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
     opts = parse_query_options(request, core)
     key = _key(request)
@@ -234,7 +234,7 @@ async def kv_get(request: web.Request) -> web.Response:
             return _cached(st, ("get", key, raw), lambda: _get(st, key, raw))
 
         result = await blocking(core, opts, run, prefixes=(key,))
-    return respond(core, result, opts, token_sent=core.token_sent(request))
+    return respond(core, result, opts, token_sent=core.token_sent(request), request=request)
 
 
 def _fallback(st: State, prefix: str) -> tuple[str, ...]:
@@ -332,7 +332,7 @@ def _too_large(size: int) -> ConsulError:
     )
 
 
-async def kv_put(request: web.Request) -> web.Response:
+async def kv_put(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
     parse_query_options(request, core)
     key = _key(request)
@@ -362,7 +362,7 @@ async def kv_put(request: web.Request) -> web.Response:
     return web.Response(body=TRUE if ok else FALSE, content_type="application/json")
 
 
-async def kv_delete_handler(request: web.Request) -> web.Response:
+async def kv_delete_handler(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
     parse_query_options(request, core)
     key = _key(request)

@@ -214,7 +214,7 @@ def invalidate_for_node(core: Core, node: str) -> None:
 # -- HTTP ---------------------------------------------------------------------------------------
 
 
-async def create(request: web.Request) -> web.Response:
+async def create(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
     parse_query_options(request, core)
     body = await read_object(request)
@@ -225,7 +225,7 @@ async def create(request: web.Request) -> web.Response:
     return ok_json({"ID": session.id})
 
 
-async def destroy(request: web.Request) -> web.Response:
+async def destroy(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
     parse_query_options(request, core)
     sid = request.match_info["id"]
@@ -237,7 +237,7 @@ async def destroy(request: web.Request) -> web.Response:
     return ok_json(True)
 
 
-async def renew(request: web.Request) -> web.Response:
+async def renew(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
     parse_query_options(request, core)
     sid = request.match_info["id"]
@@ -261,7 +261,7 @@ def _visible(
     return keep, len(keep) != len(sessions)
 
 
-async def info(request: web.Request) -> web.Response:
+async def info(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
     opts = parse_query_options(request, core)
     sid = request.match_info["id"]
@@ -279,7 +279,7 @@ async def info(request: web.Request) -> web.Response:
     return respond(core, result, opts, token_sent=core.token_sent(request))
 
 
-async def list_all(request: web.Request) -> web.Response:
+async def list_all(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
     opts = parse_query_options(request, core)
     st = core.state
@@ -295,7 +295,7 @@ async def list_all(request: web.Request) -> web.Response:
     return respond(core, result, opts, token_sent=core.token_sent(request))
 
 
-async def list_node(request: web.Request) -> web.Response:
+async def list_node(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
     opts = parse_query_options(request, core)
     node = request.match_info["node"]
