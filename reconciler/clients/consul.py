@@ -39,14 +39,12 @@ from reconciler.clients.config import ConsulConfig
 from reconciler.clients.errors import (
     BadRequest,
     ClientError,
-    Conflict,
     NotFound,
-    PermissionDenied,
-    Throttled,
     Timeout,
     TooLarge,
     TransactionRolledBack,
     Unavailable,
+    error_for_status,
 )
 
 log = logging.getLogger(__name__)
@@ -462,25 +460,11 @@ def translate_status(status: int | None, body: str | None, *, what: str) -> Clie
     msg = f"{what}: HTTP {status}: {text}" if status is not None else f"{what}: {text}"
     if status is None:
         return Unavailable(msg, status=status, body=body)
-    if status == 400:
-        return BadRequest(msg, status=status, body=body)
-    if status in (401, 403):
-        return PermissionDenied(msg, status=status, body=body)
-    if status == 404:
-        return NotFound(msg, status=status, body=body)
-    if status == 409:
-        return Conflict(msg, status=status, body=body)
-    if status == 413:
-        return TooLarge(msg, status=status, body=body)
-    if status == 429:
-        return Throttled(msg, status=status, body=body)
-    if 400 <= status < 500:
-        return ClientError(msg, status=status, body=body)
     if status == 500 and text.startswith("invalid session"):
         return NotFound(msg, status=status, body=body)
     if status == 500 and any(marker in text for marker in _BAD_REQUEST_500):
         return BadRequest(msg, status=status, body=body)
-    return Unavailable(msg, status=status, body=body)
+    return error_for_status(status, msg, body)
 
 
 def _txn_errors(body: str | None) -> list[tuple[int, str]]:

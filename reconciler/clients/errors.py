@@ -86,3 +86,24 @@ class TransactionRolledBack(Conflict):
 
 class QuotaExceeded(TooLarge):
     """A cloud quota was hit (too many ELB listeners or load balancers): not worth retrying."""
+
+
+_BY_STATUS: dict[int, type[ClientError]] = {
+    400: BadRequest,
+    401: PermissionDenied,
+    403: PermissionDenied,
+    404: NotFound,
+    409: Conflict,
+    413: TooLarge,
+    429: Throttled,
+}
+
+
+def error_for_status(status: int, message: str, body: str | None = None) -> ClientError:
+    """The generic place of an HTTP error status in the tree; 5xx and the unknown are retryable.
+
+    Each client first handles what its product means by a status (Consul's 500 ``invalid
+    session``, Nomad's 500 validation texts) and defers the rest here.
+    """
+    cls = _BY_STATUS.get(status) or (ClientError if 400 <= status < 500 else Unavailable)
+    return cls(message, status=status, body=body)

@@ -33,11 +33,9 @@ from reconciler.clients.errors import (
     ClientError,
     Conflict,
     NotFound,
-    PermissionDenied,
-    Throttled,
     Timeout,
-    TooLarge,
     Unavailable,
+    error_for_status,
 )
 
 log = logging.getLogger(__name__)
@@ -244,23 +242,9 @@ def translate_status(status: int, body: str, *, what: str) -> ClientError:
     msg = f"{what}: HTTP {status}: {text}" if text else f"{what}: HTTP {status}"
     if text.startswith("Enforcing job modify index"):
         return Conflict(msg, status=status, body=body)
-    if status == 400:
-        return BadRequest(msg, status=status, body=body)
-    if status in (401, 403):
-        return PermissionDenied(msg, status=status, body=body)
-    if status == 404:
-        return NotFound(msg, status=status, body=body)
-    if status == 409:
-        return Conflict(msg, status=status, body=body)
-    if status == 413:
-        return TooLarge(msg, status=status, body=body)
-    if status == 429:
-        return Throttled(msg, status=status, body=body)
-    if 400 <= status < 500:
-        return ClientError(msg, status=status, body=body)
     if status == 500 and any(marker in text for marker in _VALIDATION_MARKERS):
         return BadRequest(msg, status=status, body=body)
-    return Unavailable(msg, status=status, body=body)
+    return error_for_status(status, msg, body)
 
 
 def _transport_error(what: str, exc: httpx.HTTPError) -> ClientError:
