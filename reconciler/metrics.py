@@ -139,6 +139,8 @@ INVALID_INPUT = Counter(
 )
 
 FENCING_OUTCOMES = ("committed", "rejected", "conflict")
+# The kinds reconciler.kv.decode() reports; a controller may add its own.
+INVALID_KINDS = ("malformed-json", "schema", "empty", "oversized")
 
 
 def init_controller(name: str) -> None:
@@ -154,6 +156,8 @@ def init_controller(name: str) -> None:
     LEADER_STATUS.labels(name=name)
     for outcome in FENCING_OUTCOMES:
         FENCED_WRITES.labels(controller=name, outcome=outcome)
+    for kind in INVALID_KINDS:
+        INVALID_INPUT.labels(controller=name, kind=kind)
     init_workqueue(name)
 
 
