@@ -13,12 +13,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import structlog
 
 from reconciler import metrics
+from reconciler.clients.consul import ConsulClient
 from reconciler.clients.errors import ConfigError, FencingError
 from reconciler.leader import FencedKV, LeaderElector, LockClient
 from reconciler.logging import get_logger
@@ -26,6 +27,12 @@ from reconciler.ratelimit import SYSTEM_CLOCK, Clock
 from reconciler.result import InvalidValue, Result, TemporaryError, TerminalError
 from reconciler.sources.base import Source
 from reconciler.workqueue import QueueShutDown, WorkQueue, default_rate_limiter
+
+if TYPE_CHECKING:
+    # Imported for types only: boto3 takes a noticeable time to import, and most controllers
+    # never need it.
+    from reconciler.clients.elb import ELBClient
+    from reconciler.clients.nomad import NomadClient
 
 log = get_logger("reconciler.controller")
 
@@ -86,9 +93,9 @@ class Dependencies:
     controller declares it needs them.
     """
 
-    consul: Any
-    nomad: Any = None
-    elb: Any = None
+    consul: ConsulClient
+    nomad: NomadClient | None = None
+    elb: ELBClient | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -134,15 +141,19 @@ class Context:
     log: Any
 
     @property
-    def consul(self) -> Any:
+    def consul(self) -> ConsulClient:
         return self.deps.consul
 
     @property
-    def nomad(self) -> Any:
+    def nomad(self) -> NomadClient:
+        if self.deps.nomad is None:
+            raise ConfigError(f"{self.controller}: declare needs={{'consul', 'nomad'}}")
         return self.deps.nomad
 
     @property
-    def elb(self) -> Any:
+    def elb(self) -> ELBClient:
+        if self.deps.elb is None:
+            raise ConfigError(f"{self.controller}: declare needs={{'consul', 'elb'}}")
         return self.deps.elb
 
     def cache(self, watch: str) -> Mapping[str, Any]:
