@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 .PHONY: help
 help: ## List every target with what it does
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
-		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,8 +60,12 @@ schemas-check: $(STAMP) ## Fail when crds-equivalent-schemas/ is stale
 	$(BIN)/python -m reconciler.schemas crds-equivalent-schemas --check
 
 .PHONY: test
-test: install lint typecheck schemas-check ## Install, check, and run the whole test suite
+test: install lint typecheck schemas-check contract-external ## Install, check, run every test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+.PHONY: contract-external
+contract-external: $(STAMP) ## Contract suites in real-agent mode, against devstack processes
+	$(BIN)/python tests/run_external_contract.py
 
 .PHONY: bench
 bench: install ## Run the benchmarks and write docs/benchmarks.md
