@@ -204,10 +204,8 @@ class ControllerRunner:
             )
         self.kv = FencedKV(consul, name, self.elector)
         self._workers_scope: anyio.CancelScope | None = None
-        self._stopping = False
         self._m = _RunnerMetrics(name)
         self._m.max_concurrent.set(spec.workers)
-        self._in_flight = 0
 
     # -- readiness ---------------------------------------------------------------------------
     @property
@@ -297,14 +295,12 @@ class ControllerRunner:
                 key = await self.queue.get()
             except QueueShutDown:
                 return
-            self._in_flight += 1
             self._m.active.inc()
             cancelled = True
             try:
                 await self._process(key)
                 cancelled = False
             finally:
-                self._in_flight -= 1
                 self._m.active.dec()
                 self.queue.done(key)
                 if cancelled and not self.queue.shutting_down:
@@ -396,7 +392,6 @@ class ControllerRunner:
         lets in-flight reconciles finish, bounded by ``drain_timeout``. Returns False when the
         drain timed out.
         """
-        self._stopping = True
         self.queue.shutdown()
         if self.elector is not None:
             await self.elector.release()
