@@ -17,7 +17,8 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 SUBDOMAIN_PATTERN = r"^[a-z0-9]{16,63}$"
-DOMAIN_PATTERN = r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$"
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+DOMAIN_PATTERN = rf"^{_LABEL}(?:\.{_LABEL})*$"
 ROLE_PATTERN = r"^[a-z][a-z0-9-]{0,31}$"
 
 
@@ -41,7 +42,7 @@ def _ip_port(text: str) -> str:
 IPAddress = Annotated[str, AfterValidator(_ip)]
 Address = Annotated[str, AfterValidator(_ip_port)]
 Subdomain = Annotated[str, StringConstraints(pattern=SUBDOMAIN_PATTERN)]
-DomainName = Annotated[str, StringConstraints(pattern=DOMAIN_PATTERN)]
+DomainName = Annotated[str, StringConstraints(pattern=DOMAIN_PATTERN, max_length=253)]
 Role = Annotated[str, StringConstraints(pattern=ROLE_PATTERN)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 

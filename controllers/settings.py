@@ -1,0 +1,197 @@
+"""Manticore's configuration: read once from the environment, validated at start, one object.
+
+Manticore's own variable names are accepted where they exist (``DOMAIN_NAME``,
+``HAPROXY_HTTP_LISTEN`` / ``HAPROXY_HTTP_PORT``, ``TCP_PORT_RANGE_START``/``END``,
+``ELB_MANTICORE_NAME``, ``ELB_SSL_PORT``, ``ELB_WS_PORT``, ``AWS_REGION``, ``MAX_USERS``,
+``USAGE_DURATION``, ``WARNING_DURATION``, ``RESET_TIMER_ALLOWED``, ``JWT_SECRET``...), ours are
+prefixed ``MANTICORE_``. Every variable is listed in one table in the README. A bad value is a
+:class:`~reconciler.clients.errors.ConfigError` naming the variable, raised when a controller
+starts, never at reconcile time.
+
+Settings are grouped by the part of the system that reads them; each group is a strict model,
+so a typo in code is a type error and a bad value in the environment is a clear message.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from controllers.api.haproxy import DomainName
+from reconciler.clients.errors import ConfigError
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class JobSettings(_Group):
+    """What the jobs controller puts in each user's Nomad job."""
+
+    template: Path | None = Field(
+        default=None,
+        alias="MANTICORE_JOB_TEMPLATE",
+        description="Nomad JSON job template file (default: the production docker template)",
+    )
+    datacenters: tuple[str, ...] = Field(default=("dc1",), alias="MANTICORE_DATACENTERS")
+    core_version: str = Field(default="8.2.0", alias="MANTICORE_DEFAULT_CORE_VERSION")
+    core_build: str = Field(default="default", alias="MANTICORE_DEFAULT_CORE_BUILD")
+    hmi_type: str = Field(default="generic", alias="MANTICORE_DEFAULT_HMI_TYPE")
+    hmi_version: str = Field(default="master", alias="MANTICORE_DEFAULT_HMI_VERSION")
+    core_versions: tuple[str, ...] = Field(default=("8.2.0",), alias="MANTICORE_CORE_VERSIONS")
+    core_builds: tuple[str, ...] = Field(default=("default",), alias="MANTICORE_CORE_BUILDS")
+    hmi_types: tuple[str, ...] = Field(default=("generic",), alias="MANTICORE_HMI_TYPES")
+    hmi_versions: tuple[str, ...] = Field(default=("master",), alias="MANTICORE_HMI_VERSIONS")
+
+
+class CapacitySettings(_Group):
+    """How many users the waitlist may claim."""
+
+    max_users: int | None = Field(default=None, ge=0, alias="MAX_USERS")
+
+
+class HAProxySettings(_Group):
+    """Routing: what haproxy-kv publishes and the haproxy controller renders."""
+
+    domain_name: DomainName = Field(default="manticore.localhost", alias="DOMAIN_NAME")
+    main_port: int = Field(default=8080, ge=1, le=65535, alias="HAPROXY_HTTP_LISTEN")
+    tcp_port_range_start: int = Field(default=20000, ge=1, le=65535, alias="TCP_PORT_RANGE_START")
+    tcp_port_range_end: int = Field(default=20999, ge=1, le=65535, alias="TCP_PORT_RANGE_END")
+    web_app_service: str = Field(default="manticore-service", alias="MANTICORE_WEB_APP_SERVICE")
+
+    @model_validator(mode="after")
+    def _range(self) -> HAProxySettings:
+        if self.tcp_port_range_end < self.tcp_port_range_start:
+            raise ValueError("TCP_PORT_RANGE_END must be >= TCP_PORT_RANGE_START")
+        if self.tcp_port_range_start <= self.main_port <= self.tcp_port_range_end:
+            raise ValueError("HAPROXY_HTTP_LISTEN must lie outside the TCP port range")
+        return self
+
+
+class ELBSettings(_Group):
+    """The Classic ELB(s) in front of HAProxy."""
+
+    load_balancers: tuple[str, ...] = Field(default=(), alias="ELB_MANTICORE_NAME")
+    region: str | None = Field(default=None, alias="AWS_REGION")
+    http_port: int = Field(default=80, ge=1, le=65535, alias="MANTICORE_ELB_HTTP_PORT")
+    ssl_port: int | None = Field(default=None, ge=1, le=65535, alias="ELB_SSL_PORT")
+    ws_port: int | None = Field(default=None, ge=1, le=65535, alias="ELB_WS_PORT")
+    listener_quota: int = Field(default=100, ge=1, alias="MANTICORE_ELB_LISTENER_QUOTA")
+    certificate_arn: str | None = Field(default=None, alias="SSL_CERTIFICATE_ARN")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.load_balancers)
+
+
+class UsageSettings(_Group):
+    """How long a claimed user may keep their pair."""
+
+    usage_duration: float | None = Field(default=None, gt=0, alias="USAGE_DURATION")
+    warning_duration: float = Field(default=60.0, ge=0, alias="WARNING_DURATION")
+    reset_timer_allowed: bool = Field(default=False, alias="RESET_TIMER_ALLOWED")
+
+
+class APISettings(_Group):
+    """The intake API."""
+
+    jwt_secret: str | None = Field(default=None, alias="JWT_SECRET", repr=False)
+    http_port: int = Field(default=4000, ge=0, le=65535, alias="HTTP_PORT")
+
+
+class Settings(_Group):
+    """Everything Manticore's controllers and API are configured with."""
+
+    jobs: JobSettings = Field(default_factory=JobSettings)
+    capacity: CapacitySettings = Field(default_factory=CapacitySettings)
+    haproxy: HAProxySettings = Field(default_factory=HAProxySettings)
+    elb: ELBSettings = Field(default_factory=ELBSettings)
+    usage: UsageSettings = Field(default_factory=UsageSettings)
+    api: APISettings = Field(default_factory=APISettings)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        groups: dict[str, Any] = {}
+        for name, field in cls.model_fields.items():
+            group_cls = field.annotation
+            assert isinstance(group_cls, type)
+            assert issubclass(group_cls, _Group)
+            groups[name] = _read_group(group_cls, env)
+        return cls(**groups)
+
+
+def _aliases(group: type[_Group]) -> dict[str, str]:
+    return {f.alias: name for name, f in group.model_fields.items() if f.alias}
+
+
+# Manticore v2 names the HAProxy main port HAPROXY_HTTP_PORT; v1 HAPROXY_HTTP_LISTEN.
+_SYNONYMS = {"HAPROXY_HTTP_PORT": "HAPROXY_HTTP_LISTEN"}
+
+
+def _read_group(group: type[_Group], env: Mapping[str, str]) -> _Group:
+    values: dict[str, Any] = {}
+    for alias, name in _aliases(group).items():
+        raw = env.get(alias)
+        if raw is None:
+            raw = next(
+                (env[s] for s, target in _SYNONYMS.items() if target == alias and s in env), None
+            )
+        if raw is None:
+            continue
+        values[alias] = _coerce(group.model_fields[name].annotation, raw.strip(), alias)
+    try:
+        return group.model_validate(values)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = err.get("loc") or ()
+            where = str(loc[0]) if loc else group.__name__
+            problems.append(f"{where}: {err.get('msg')}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from exc
+
+
+def _coerce(annotation: Any, raw: str, alias: str) -> Any:
+    text = str(annotation)
+    if "tuple" in text:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if annotation is bool or text == "bool":
+        lowered = raw.lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ConfigError(f"invalid configuration: {alias}: expected true or false, got {raw!r}")
+    if raw == "" and "None" in text:
+        return None
+    return raw
+
+
+@functools.cache
+def settings() -> Settings:
+    """The process's settings, read once (tests build :class:`Settings` themselves)."""
+    return Settings.from_env()
+
+
+def env_table() -> list[tuple[str, str, str]]:
+    """(variable, default, description) of every setting: the README's table is made from it."""
+    rows: list[tuple[str, str, str]] = []
+    for field in Settings.model_fields.values():
+        group = field.annotation
+        assert isinstance(group, type)
+        assert issubclass(group, _Group)
+        for sub in group.model_fields.values():
+            default = sub.get_default(call_default_factory=True)
+            shown = ",".join(default) if isinstance(default, tuple) else default
+            rows.append(
+                (str(sub.alias), "" if shown is None else str(shown), sub.description or "")
+            )
+    return rows
