@@ -4,7 +4,8 @@ Start one with :class:`EmbeddedNomad` (tests: the fixtures in :mod:`devstack.nom
 or ``devstack nomad`` / ``python -m devstack.nomad`` in the foreground.
 """
 
-from .cluster import NomadCluster, NomadConfig
+from .cluster import NomadCluster
+from .config import NomadConfig
 from .embedded import EmbeddedNomad
 
 __all__ = ["EmbeddedNomad", "NomadCluster", "NomadConfig"]

@@ -6,8 +6,8 @@ import argparse
 
 from devstack._server import run_foreground
 
-from .app import app_factory
-from .cluster import NomadConfig
+from .cluster import app_factory
+from .config import NomadConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,8 +11,9 @@ from typing import Any
 
 from devstack._server import ServerThread
 
-from .app import CLUSTER_KEY, app_factory
-from .cluster import NomadCluster, NomadConfig
+from .cluster import NomadCluster, app_factory
+from .config import NomadConfig
+from .http import SERVER_KEY
 
 
 class EmbeddedNomad:
@@ -36,7 +37,9 @@ class EmbeddedNomad:
     def cluster(self) -> NomadCluster:
         """The server state; only touch it through :meth:`call` (it lives on another loop)."""
         assert self._thread.app is not None
-        return self._thread.app[CLUSTER_KEY]
+        cluster = self._thread.app[SERVER_KEY]
+        assert isinstance(cluster, NomadCluster)
+        return cluster
 
     def start(self) -> EmbeddedNomad:
         self._thread.start()

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from devstack.nomad.jobs import canonicalize
+from devstack.nomad.jobspec import canonicalize
 from devstack.nomad.scheduler import ClusterView, NodeInfo, NodeUsage, Placement, place_group
 
 

@@ -32,7 +32,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .util import parse_go_duration
+from devstack.nomad.util import parse_go_duration
 
 
 class DriverError(Exception):

@@ -13,25 +13,39 @@ import contextlib
 import os
 import shutil
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from . import jobs as jobspec
-from .consul_sync import service_registrations
+from devstack.nomad import jobspec
+from devstack.nomad.config import NomadConfig
+from devstack.nomad.structs import rfc3339 as _rfc3339
+from devstack.nomad.util import format_go_duration, now_ns
+
+from .consul_sync import ConsulSync, service_registrations
 from .drivers import DRIVERS, DriverError, ExitResult, TaskContext, TaskHandle
 from .taskenv import interpolate_any, task_env
-from .util import format_go_duration, now_ns
-
-if TYPE_CHECKING:
-    from .cluster import NomadCluster
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 MAX_EVENTS = 10
 
 
-def _rfc3339(ns: int) -> str:
-    from .cluster import rfc3339
+class ServerLink(Protocol):
+    """What a client node needs from its server and agent (declared here, where it is used)."""
 
-    return rfc3339(ns)
+    config: NomadConfig
+    data_dir: str
+    consul: ConsulSync | None
+
+    def node(self, node_id: str) -> dict[str, Any]: ...
+
+    def update_alloc_client(
+        self, alloc_id: str, client_status: str, description: str, task_states: dict[str, Any]
+    ) -> None: ...
+
+    def register_native(
+        self, owner: str, alloc: dict[str, Any], regs: list[dict[str, Any]]
+    ) -> None: ...
+
+    def deregister_native(self, owner: str) -> None: ...
 
 
 def task_event(type_: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -275,7 +289,7 @@ class AllocRunner:
         self.client = client
         self.cluster = client.cluster
         self.alloc = alloc
-        self.node = self.cluster.state.nodes[client.node_id]
+        self.node = self.cluster.node(client.node_id)
         group = jobspec.group_spec(alloc["Job"], alloc["TaskGroup"])
         assert group is not None
         self.group = group
@@ -410,7 +424,7 @@ class AllocRunner:
 class NodeClient:
     """One simulated Nomad client: the allocation runners of one node."""
 
-    def __init__(self, cluster: NomadCluster, node_id: str) -> None:
+    def __init__(self, cluster: ServerLink, node_id: str) -> None:
         self.cluster = cluster
         self.node_id = node_id
         self.runners: dict[str, AllocRunner] = {}

@@ -18,8 +18,9 @@ from urllib.parse import quote
 
 import aiohttp
 
+from devstack.nomad.util import format_go_duration
+
 from .taskenv import interpolate
-from .util import format_go_duration
 
 log = logging.getLogger("devstack.nomad.consul")
 RESYNC_SECONDS = 30.0

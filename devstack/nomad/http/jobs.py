@@ -1,0 +1,185 @@
+"""Job endpoints: ``/v1/jobs``, ``/v1/job/<id>[/...]`` and ``/v1/validate/job``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from devstack.nomad import jobspec
+from devstack.nomad.errors import NomadError
+from devstack.nomad.structs import alloc_stub, job_stub, strip_zero
+
+from .common import (
+    READ,
+    WRITE,
+    APIBase,
+    bool_param,
+    json_response,
+    methods,
+    ns_match,
+    query_namespace,
+    read_body,
+)
+
+
+class JobsAPI(APIBase):
+    async def jobs(self, request: web.Request) -> web.Response:
+        methods(request, READ + WRITE)
+        if request.method in WRITE:
+            reply = self.cluster.register_job(
+                await read_body(request), None, query_namespace(request)
+            )
+            return json_response(reply, reply["Index"])
+        prefix = request.query.get("prefix", "")
+        meta = bool_param(request, "meta")
+
+        def compute() -> tuple[int, Any]:
+            items = [
+                job_stub(j, self.state.summaries.get(k), meta)
+                for k, j in sorted(self.state.jobs.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+                if j["ID"].startswith(prefix) and ns_match(request, j["Namespace"])
+            ]
+            index = max(self.state.table_index["jobs"], self.state.table_index["job_summary"])
+            return index, items
+
+        items_resp = await self.blocking(request, compute)
+        return await self._page(request, items_resp)
+
+    async def job(self, request: web.Request) -> web.StreamResponse:
+        tail = request.match_info["tail"]
+        ns = query_namespace(request)
+        for suffix, handler in (
+            ("/allocations", self.job_allocations),
+            ("/evaluations", self.job_evaluations),
+            ("/versions", self.job_versions),
+            ("/summary", self.job_summary),
+            ("/evaluate", self.job_evaluate),
+            ("/deployments", self.job_deployments),
+            ("/deployment", self.job_deployment),
+            ("/services", self.job_services),
+        ):
+            if tail.endswith(suffix) and len(tail) > len(suffix):
+                return await handler(request, tail[: -len(suffix)], ns)
+        job_id = tail
+        if request.method == "DELETE":
+            purge = bool_param(request, "purge")
+            reply = self.cluster.deregister_job(job_id, ns, purge)
+            return json_response(reply, reply["Index"])
+        methods(request, READ + WRITE)
+        if request.method in WRITE:
+            reply = self.cluster.register_job(await read_body(request), job_id, ns)
+            return json_response(reply, reply["Index"])
+
+        def compute() -> tuple[int, Any]:
+            job = self.state.jobs.get((ns, job_id))
+            if job is None:
+                return self.state.table_index["jobs"], NomadError(404, "job not found")
+            return job["ModifyIndex"], job
+
+        return await self.blocking(request, compute)
+
+    async def job_allocations(self, request: web.Request, job_id: str, ns: str) -> web.Response:
+        methods(request, READ)
+        every = bool_param(request, "all")
+
+        def compute() -> tuple[int, Any]:
+            job = self.state.jobs.get((ns, job_id))
+            out = []
+            for a in self.state.job_allocs((ns, job_id)):
+                if not every and job is not None and a["Job"]["CreateIndex"] != job["CreateIndex"]:
+                    continue
+                out.append(alloc_stub(a))
+            out.sort(key=lambda s: s["CreateIndex"], reverse=True)
+            return self.state.table_index["allocs"], out
+
+        return await self.blocking(request, compute)
+
+    async def job_evaluations(self, request: web.Request, job_id: str, ns: str) -> web.Response:
+        methods(request, READ)
+
+        def compute() -> tuple[int, Any]:
+            evals = [strip_zero(e) for e in self.state.job_evals((ns, job_id))]
+            evals.sort(key=lambda e: e["CreateIndex"], reverse=True)
+            return self.state.table_index["evals"], evals
+
+        return await self.blocking(request, compute)
+
+    async def job_versions(self, request: web.Request, job_id: str, ns: str) -> web.Response:
+        methods(request, READ)
+
+        def compute() -> tuple[int, Any]:
+            versions = self.state.versions.get((ns, job_id))
+            if not versions:
+                return self.state.table_index["job_version"], NomadError(
+                    404, "job versions not found"
+                )
+            return self.state.table_index["job_version"], {
+                "Versions": versions,
+                "Diffs": None,
+                "Index": self.state.table_index["job_version"],
+                "LastContact": 0,
+                "KnownLeader": True,
+                "NextToken": "",
+            }
+
+        return await self.blocking(request, compute)
+
+    async def job_summary(self, request: web.Request, job_id: str, ns: str) -> web.Response:
+        methods(request, READ)
+
+        def compute() -> tuple[int, Any]:
+            summary = self.state.summaries.get((ns, job_id))
+            if summary is None:
+                return self.state.table_index["job_summary"], NomadError(404, "job not found")
+            return summary["ModifyIndex"], summary
+
+        return await self.blocking(request, compute)
+
+    async def job_evaluate(self, request: web.Request, job_id: str, ns: str) -> web.Response:
+        methods(request, WRITE)
+        reply = self.cluster.evaluate_job(job_id, ns)
+        return json_response(reply, reply["Index"])
+
+    async def job_deployments(self, request: web.Request, job_id: str, ns: str) -> web.Response:
+        methods(request, READ)
+        return json_response([], self.state.index)
+
+    async def job_deployment(self, request: web.Request, job_id: str, ns: str) -> web.Response:
+        methods(request, READ)
+        return json_response(None, self.state.index)
+
+    async def job_services(self, request: web.Request, job_id: str, ns: str) -> web.Response:
+        methods(request, READ)
+
+        def compute() -> tuple[int, Any]:
+            out = [
+                self._public(s)
+                for s in self.state.services.values()
+                if s["JobID"] == job_id and s["Namespace"] == ns
+            ]
+            return self.state.table_index["services"], out
+
+        return await self.blocking(request, compute)
+
+    async def validate(self, request: web.Request) -> web.Response:
+        methods(request, WRITE)
+        body = await read_body(request)
+        try:
+            raw, _ = jobspec.decode_register_body(body)
+            job = jobspec.canonicalize(raw, query_namespace(request))
+            jobspec.validate(job)
+        except jobspec.DecodeError as exc:
+            raise NomadError(400, str(exc)) from exc
+        except jobspec.ValidationError as exc:
+            return json_response(
+                {
+                    "DriverConfigValidated": True,
+                    "ValidationErrors": [str(exc)],
+                    "Error": str(exc),
+                    "Warnings": "",
+                }
+            )
+        return json_response(
+            {"DriverConfigValidated": True, "ValidationErrors": None, "Error": "", "Warnings": ""}
+        )

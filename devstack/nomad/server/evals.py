@@ -1,0 +1,146 @@
+"""The evaluation worker and Nomad's reconciler: what to stop, update in place and place.
+
+An evaluation re-reads the job and its allocations and decides, like Nomad's
+``scheduler/reconcile.go``: allocations of removed groups or beyond ``Count`` stop, destructive
+spec changes replace, failed allocations reschedule under the group's reschedule policy (now or
+through a delayed follow-up evaluation), lost ones are replaced, missing ones are placed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from devstack.nomad import jobspec
+from devstack.nomad.state import alloc_client_terminal
+from devstack.nomad.structs import alloc_index
+from devstack.nomad.util import now_ns
+
+from .plan import Planner
+
+log = logging.getLogger("devstack.nomad")
+
+
+class Reconciler(Planner):
+    # --- evaluation processing --------------------------------------------------------------
+
+    async def _eval_worker(self) -> None:
+        while True:
+            eval_id = await self._queue.get()
+            try:
+                self.process_eval(eval_id)
+            except Exception:
+                log.exception("evaluation %s failed", eval_id)
+            # Let HTTP handlers and clients run between evaluations under load.
+            if self._queue.qsize() and self._queue.qsize() % 16 == 0:
+                await asyncio.sleep(0)
+
+    def _reschedule_decision(self, a: dict[str, Any], now: int) -> tuple[str, int, int]:
+        """("now" | "later" | "never", when ns, delay ns) for a failed allocation."""
+        group = jobspec.group_spec(a["Job"], a["TaskGroup"])
+        policy = (group or {}).get("ReschedulePolicy")
+        if not policy:
+            return "never", 0, 0
+        events = (a["RescheduleTracker"] or {}).get("Events") or []
+        if not policy["Unlimited"]:
+            window = [e for e in events if e["RescheduleTime"] > now - policy["Interval"]]
+            if len(window) >= policy["Attempts"]:
+                return "never", 0, 0
+        delay = policy["Delay"]
+        if events and policy["DelayFunction"] == "exponential":
+            delay = events[-1]["Delay"] * 2
+        elif events and policy["DelayFunction"] == "fibonacci":
+            prev = events[-2]["Delay"] if len(events) > 1 else 0
+            delay = events[-1]["Delay"] + prev
+        if policy["MaxDelay"]:
+            delay = min(delay, policy["MaxDelay"])
+        when = a["ModifyTime"] + delay
+        return ("now" if now >= when else "later"), when, delay
+
+    def process_eval(self, eval_id: str) -> None:
+        ev = self.state.evals.get(eval_id)
+        if ev is None or ev["Status"] != "pending":
+            return
+        key = (ev["Namespace"], ev["JobID"])
+        job = self.state.jobs.get(key)
+        now = now_ns()
+        stops: dict[str, str] = {}
+        inplace: list[dict[str, Any]] = []
+        followups: list[tuple[dict[str, Any], int]] = []  # (failed alloc, when)
+        # (group, name, previous alloc or None, reschedule delay)
+        wanted: list[tuple[str, str, dict[str, Any] | None, int]] = []
+        stopped = job is None or job["Stop"]
+        groups = {} if stopped or job is None else {g["Name"]: g for g in job["TaskGroups"]}
+        held: dict[str, set[str]] = {g: set() for g in groups}
+        live: dict[str, list[dict[str, Any]]] = {g: [] for g in groups}
+        is_system = job is not None and job["Type"] in ("system", "sysbatch")
+        lost: dict[str, dict[str, Any]] = {}
+        for a in self.state.job_allocs(key):
+            if a["ClientStatus"] == "lost" and not a["NextAllocation"]:
+                lost[a["Name"]] = a
+            if a["DesiredStatus"] != "run":
+                continue
+            gname = a["TaskGroup"]
+            if gname not in groups:
+                if not alloc_client_terminal(a):
+                    stops[a["ID"]] = "alloc not needed due to job update"
+                continue
+            if a["ClientStatus"] == "lost":
+                continue
+            if a["ClientStatus"] == "complete":
+                if job is not None and job["Type"] in ("batch", "sysbatch"):
+                    held[gname].add(a["Name"] if not is_system else a["NodeID"])
+                continue
+            if a["ClientStatus"] == "failed":
+                if a["NextAllocation"]:
+                    continue
+                decision, when, delay = self._reschedule_decision(a, now)
+                if decision == "now":
+                    wanted.append((gname, a["Name"], a, delay))
+                elif decision == "later" and not a["FollowupEvalID"]:
+                    followups.append((a, when))
+                held[gname].add(a["Name"] if not is_system else a["NodeID"])
+                continue
+            if (a["DesiredTransition"] or {}).get("Migrate"):
+                stops[a["ID"]] = "alloc is being migrated"
+                wanted.append((gname, a["Name"], a, 0))
+                continue
+            live[gname].append(a)
+        assert job is not None or not groups
+        for gname, group in groups.items():
+            assert job is not None
+            current = []
+            for a in sorted(live[gname], key=lambda x: (alloc_index(x["Name"]), x["CreateIndex"])):
+                if a["Job"]["JobModifyIndex"] != job["JobModifyIndex"] or a["Job"] is not job:
+                    if jobspec.group_destructively_changed(a["Job"], job, gname):
+                        stops[a["ID"]] = "alloc is being updated due to job update"
+                        wanted.append((gname, a["Name"], None, 0))
+                        continue
+                    if a["Job"] is not job:
+                        inplace.append(a)
+                current.append(a)
+            if is_system:
+                for a in current:
+                    held[gname].add(a["NodeID"])
+                continue
+            names = set()
+            for a in current:
+                if alloc_index(a["Name"]) >= group["Count"] or a["Name"] in names:
+                    stops[a["ID"]] = "alloc not needed due to job update"
+                    inplace[:] = [x for x in inplace if x["ID"] != a["ID"]]
+                else:
+                    names.add(a["Name"])
+            names |= held[gname]
+            names |= {w[1] for w in wanted if w[0] == gname}
+            for i in range(group["Count"]):
+                name = f"{job['ID']}.{gname}[{i}]"
+                if name not in names:
+                    # A replacement for a lost allocation links back to it.
+                    wanted.append((gname, name, lost.get(name), 0))
+        wanted = [
+            w
+            for w in wanted
+            if w[0] in groups and (is_system or alloc_index(w[1]) < groups[w[0]]["Count"])
+        ]
+        self._apply_plan(ev, job, key, stops, inplace, wanted, followups, held, now)
