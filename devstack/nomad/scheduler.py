@@ -43,6 +43,7 @@ class NodeInfo:
     min_port: int = 20000
     max_port: int = 32000
     reserved_host_ports: frozenset[int] = frozenset()
+    device: str = "lo"
 
 
 @dataclass
@@ -84,6 +85,8 @@ class Placement:
     networks: list[dict[str, Any]]
     ports: list[dict[str, Any]]
     metrics: dict[str, Any]
+    # Ports of the deprecated task-level networks (``resources { network {...} }``), per task.
+    task_networks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -265,17 +268,18 @@ def _distinct_properties(job: dict[str, Any], group: dict[str, Any]) -> list[dic
 
 
 def _pick_ports(
-    group: dict[str, Any],
+    asks: list[dict[str, Any]],
     node: NodeInfo,
     taken: set[int],
     shared: set[int],
     rng: random.Random,
+    chosen: set[int],
+    task_level: bool = False,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | str:
     """Assign static and dynamic ports on ``node``; a dimension string if they do not fit."""
     networks: list[dict[str, Any]] = []
     ports: list[dict[str, Any]] = []
-    chosen: set[int] = set()
-    for net in group.get("Networks") or []:
+    for net in asks:
         reserved_out = []
         for p in net.get("ReservedPorts") or []:
             value = int(p.get("Value", 0))
@@ -319,6 +323,11 @@ def _pick_ports(
             dynamic_out.append({**entry, "HostNetwork": p.get("HostNetwork") or "default"})
             ports.append({**entry, "HostIP": node.ip})
         allocated: dict[str, Any] = {"Mode": net.get("Mode") or "host", "IP": node.ip}
+        if task_level:
+            # A task network's offer names the host device and address, as NetworkIndex does.
+            allocated = {"Device": node.device, "IP": node.ip}
+            if net.get("Mode"):
+                allocated["Mode"] = net["Mode"]
         if net.get("MBits"):
             allocated["MBits"] = net["MBits"]
         if reserved_out:
@@ -327,6 +336,28 @@ def _pick_ports(
             allocated["DynamicPorts"] = dynamic_out
         networks.append(allocated)
     return networks, ports
+
+
+def _pick_all_ports(
+    group: dict[str, Any], node: NodeInfo, view: ClusterView, rng: random.Random
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, list[dict[str, Any]]]] | str:
+    """The group's network ports, then each task's own (first) network, as Nomad's bin-packer."""
+    taken = view.ports.setdefault(node.id, set())
+    shared = view.ip_ports.setdefault(node.ip, set())
+    chosen: set[int] = set()
+    picked = _pick_ports(group.get("Networks") or [], node, taken, shared, rng, chosen)
+    if isinstance(picked, str):
+        return picked
+    task_networks: dict[str, list[dict[str, Any]]] = {}
+    for task in group.get("Tasks") or []:
+        asks = (task.get("Resources") or {}).get("Networks") or []
+        if not asks:
+            continue
+        offer = _pick_ports(asks[:1], node, taken, shared, rng, chosen, task_level=True)
+        if isinstance(offer, str):
+            return offer
+        task_networks[task["Name"]] = offer[0]
+    return picked[0], picked[1], task_networks
 
 
 def group_demand(group: dict[str, Any]) -> tuple[int, int, int]:
@@ -400,7 +431,7 @@ def place_group(
                 metric["NodesAvailable"][dc] = 0
         order = list(ready)
         rng.shuffle(order)
-        best: tuple[float, NodeInfo, list[dict[str, Any]], list[dict[str, Any]]] | None = None
+        best: tuple[float, NodeInfo, Any] | None = None
         for node in order:
             metric["NodesEvaluated"] += 1
             if not drivers <= node.drivers:
@@ -440,13 +471,7 @@ def place_group(
                 dimension = "disk"
             picked: Any = None
             if dimension is None:
-                picked = _pick_ports(
-                    group,
-                    node,
-                    view.ports.setdefault(node.id, set()),
-                    view.ip_ports.setdefault(node.ip, set()),
-                    rng,
-                )
+                picked = _pick_all_ports(group, node, view, rng)
                 if isinstance(picked, str):
                     dimension = picked
             if dimension is not None:
@@ -469,18 +494,24 @@ def place_group(
             if collisions:
                 score -= (collisions + 1) / max(group.get("Count", 1), 1)
             if best is None or score > best[0]:
-                best = (score, node, picked[0], picked[1])
+                best = (score, node, picked)
         if best is None:
             metric["CoalescedFailures"] = count - i - 1
             result.failed = metric
             return result
-        _, node, networks, ports = best
+        _, node, (networks, ports, task_networks) = best
         used = view.used(node.id)
         used.cpu += cpu
         used.memory_mb += mem
         used.disk_mb += disk
-        view.ports.setdefault(node.id, set()).update(p["Value"] for p in ports)
-        view.ip_ports.setdefault(node.ip, set()).update(p["Value"] for p in ports)
+        values = [p["Value"] for p in ports] + [
+            p["Value"]
+            for nets in task_networks.values()
+            for n in nets
+            for p in (n.get("ReservedPorts") or []) + (n.get("DynamicPorts") or [])
+        ]
+        view.ports.setdefault(node.id, set()).update(values)
+        view.ip_ports.setdefault(node.ip, set()).update(values)
         view.job_allocs.setdefault(node.id, {})[gname] = (
             view.job_allocs.get(node.id, {}).get(gname, 0) + 1
         )
@@ -497,6 +528,7 @@ def place_group(
                 networks=networks,
                 ports=ports,
                 metrics=metric,
+                task_networks=task_networks,
             )
         )
     return result

@@ -35,6 +35,17 @@ def alloc_usage(a: dict[str, Any]) -> tuple[int, int, int]:
     return cpu, mem, res["Shared"]["DiskMB"]
 
 
+def alloc_host_ports(a: dict[str, Any]) -> list[int]:
+    """Every host port an allocation holds: group ports and its tasks' own networks."""
+    res = a["AllocatedResources"]
+    values = [p["Value"] for p in res["Shared"]["Ports"] or []]
+    for task in res["Tasks"].values():
+        for net in task.get("Networks") or []:
+            for p in (net.get("ReservedPorts") or []) + (net.get("DynamicPorts") or []):
+                values.append(p["Value"])
+    return values
+
+
 def alloc_terminal(alloc: dict[str, Any]) -> bool:
     """Nomad's ``TerminalStatus``: desired stop/evict, or the client is done with it."""
     return alloc["DesiredStatus"] in ("stop", "evict") or alloc_client_terminal(alloc)
@@ -87,10 +98,10 @@ class StateStore:
         for i, amount in enumerate(alloc_usage(alloc)):
             usage[i] += sign * amount
         ports = self.node_ports[alloc["NodeID"]]
-        for p in alloc["AllocatedResources"]["Shared"]["Ports"] or []:
-            ports[p["Value"]] += sign
-            if ports[p["Value"]] <= 0:
-                del ports[p["Value"]]
+        for value in alloc_host_ports(alloc):
+            ports[value] += sign
+            if ports[value] <= 0:
+                del ports[value]
 
     def put_alloc(self, alloc: dict[str, Any], index: int) -> None:
         self._account(self.allocs.get(alloc["ID"]), -1)

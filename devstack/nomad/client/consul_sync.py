@@ -20,7 +20,7 @@ import aiohttp
 
 from devstack.nomad.util import format_go_duration
 
-from .taskenv import interpolate
+from .taskenv import interpolate, port_map
 
 log = logging.getLogger("devstack.nomad.consul")
 RESYNC_SECONDS = 30.0
@@ -48,27 +48,49 @@ def check_id(sid: str, check: dict[str, Any]) -> str:
     return "_nomad-check-" + h.hexdigest()
 
 
-def resolve_port(alloc: dict[str, Any], label: str) -> tuple[str, int]:
-    """Host IP and port of a port label, as ``serviceregistration.GetAddress`` (auto/host)."""
+class AddressError(ValueError):
+    """A service or check names a port the allocation does not have (Nomad's client error)."""
+
+
+def resolve_port(
+    alloc: dict[str, Any], label: str, networks: list[dict[str, Any]] | None = None
+) -> tuple[str, int]:
+    """Host IP and port of a port label, as ``serviceregistration.GetAddress`` (auto/host).
+
+    Group ports first, then ``networks`` (a task's own networks for a task service, the
+    group's for a group service), then a numeric label; anything else is an error.
+    """
     shared = alloc["AllocatedResources"]["Shared"]
     for p in shared.get("Ports") or []:
         if p["Label"] == label:
             return p["HostIP"], int(p["Value"])
-    nets = shared.get("Networks") or []
-    ip = nets[0]["IP"] if nets else ""
-    if label.isdigit():
-        return ip, int(label)
+    nets = shared.get("Networks") or [] if networks is None else networks
     for net in nets:
         for p in (net.get("ReservedPorts") or []) + (net.get("DynamicPorts") or []):
-            if p["Label"] == label:
-                return ip, int(p["Value"])
-    return ip, 0
+            if p["Label"] == label and p.get("Value"):
+                return net.get("IP", ""), int(p["Value"])
+    if not label.isdigit():
+        raise AddressError(f"invalid port {label!r}: port label not found".replace("'", '"'))
+    if int(label) <= 0:
+        raise AddressError(f'invalid port: "{label}": port must be >0')
+    # A bare number: the Consul agent's address with that port.
+    return "", int(label)
 
 
-def _check(sid: str, check: dict[str, Any], ip: str, port: int, alloc: dict[str, Any]) -> dict:
+def _check(
+    sid: str,
+    check: dict[str, Any],
+    ip: str,
+    port: int,
+    alloc: dict[str, Any],
+    networks: list[dict[str, Any]] | None,
+) -> dict:
     ctype = check["Type"].lower()
     if check.get("PortLabel"):
-        ip, port = resolve_port(alloc, check["PortLabel"])
+        try:
+            ip, port = resolve_port(alloc, check["PortLabel"], networks)
+        except AddressError as exc:
+            raise AddressError(f'unable to get address for check "{check["Name"]}": {exc}') from exc
     out: dict[str, Any] = {
         "CheckID": check_id(sid, check),
         "Name": check["Name"],
@@ -113,17 +135,33 @@ def service_registrations(
     owner: str,
     env: dict[str, str],
     node: dict[str, Any] | None,
+    task: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Consul agent service definitions for ``services`` of ``alloc`` (checks embedded)."""
+    """Consul agent service definitions for ``services`` of ``alloc`` (checks embedded).
+
+    ``task`` is the task owning task-level services: its own networks and the docker
+    ``port_map`` take part in address resolution. Raises :class:`AddressError` with Nomad's
+    text when a port label resolves to nothing, so no service is ever registered on port 0.
+    """
+    networks = None
+    mapped: dict[str, int] = {}
+    if task is not None:
+        networks = alloc["AllocatedResources"]["Tasks"].get(task["Name"], {}).get("Networks") or []
+        mapped = port_map(task)
     regs = []
     for svc in services:
         name = interpolate(svc["Name"], env, node)
         label = svc["PortLabel"]
-        ip, port = resolve_port(alloc, label) if label else ("", 0)
+        try:
+            ip, port = resolve_port(alloc, label, networks) if label else ("", 0)
+        except AddressError as exc:
+            raise AddressError(f'unable to get address for service "{name}": {exc}') from exc
         if svc.get("AddressMode") == "driver" and label:
             for p in alloc["AllocatedResources"]["Shared"].get("Ports") or []:
                 if p["Label"] == label and p.get("To"):
                     port = int(p["To"])
+            if label in mapped:
+                port = mapped[label]
         if svc.get("Address"):
             ip = interpolate(svc["Address"], env, node)
         if not ip:
@@ -144,7 +182,7 @@ def service_registrations(
             "Port": port,
             "Meta": meta,
             "EnableTagOverride": bool(svc.get("EnableTagOverride")),
-            "Checks": [_check(sid, c, ip, port, alloc) for c in svc.get("Checks") or []],
+            "Checks": [_check(sid, c, ip, port, alloc, networks) for c in svc.get("Checks") or []],
         }
         if svc.get("TaggedAddresses"):
             reg["TaggedAddresses"] = {

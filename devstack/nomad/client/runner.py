@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import time
@@ -20,10 +21,11 @@ from devstack.nomad.config import NomadConfig
 from devstack.nomad.structs import rfc3339 as _rfc3339
 from devstack.nomad.util import format_go_duration, now_ns
 
-from .consul_sync import ConsulSync, service_registrations
+from .consul_sync import AddressError, ConsulSync, service_registrations
 from .drivers import DRIVERS, DriverError, ExitResult, TaskContext, TaskHandle
 from .taskenv import interpolate_any, task_env
 
+log = logging.getLogger("devstack.nomad.client")
 ZERO_TIME = "0001-01-01T00:00:00Z"
 MAX_EVENTS = 10
 
@@ -361,21 +363,26 @@ class AllocRunner:
                 os.makedirs(os.path.join(self.task_dir(t.name), sub), exist_ok=True)
 
     def _services(
-        self, services: list[dict[str, Any]] | None, owner: str, env: dict[str, str]
+        self,
+        services: list[dict[str, Any]] | None,
+        owner: str,
+        env: dict[str, str],
+        task: dict[str, Any] | None = None,
     ) -> None:
+        """Register ``services``; :class:`AddressError` if a port label resolves to nothing."""
         if not services:
             return
         consul = [s for s in services if s["Provider"] == "consul"]
         native = [s for s in services if s["Provider"] == "nomad"]
+        # Build every registration first: like RegisterWorkload, one bad port registers none.
+        consul_regs = service_registrations(self.alloc, consul, owner, env, self.node, task)
+        native_regs = service_registrations(self.alloc, native, owner, env, self.node, task)
         key = f"{self.alloc['ID']}/{owner}"
         self._owners.append(key)
         if consul and self.cluster.consul is not None:
-            self.cluster.consul.set(
-                key, service_registrations(self.alloc, consul, owner, env, self.node)
-            )
+            self.cluster.consul.set(key, consul_regs)
         if native:
-            regs = service_registrations(self.alloc, native, owner, env, self.node)
-            self.cluster.register_native(key, self.alloc, regs)
+            self.cluster.register_native(key, self.alloc, native_regs)
 
     async def _drop_services(self, owner: str) -> None:
         key = f"{self.alloc['ID']}/{owner}"
@@ -385,7 +392,11 @@ class AllocRunner:
             await self.cluster.consul.flush(2.0)
 
     def register_task_services(self, task: dict[str, Any], env: dict[str, str]) -> None:
-        self._services(task["Services"], task["Name"], env)
+        # Nomad's service hook failing in poststart is logged; the task keeps running.
+        try:
+            self._services(task["Services"], task["Name"], env, task)
+        except AddressError as exc:
+            log.error("poststart failed: alloc %s task %s: %s", self.alloc["ID"], task["Name"], exc)
 
     async def deregister_task_services(self, task: dict[str, Any]) -> None:
         if task["Services"]:
@@ -405,7 +416,17 @@ class AllocRunner:
                 self.alloc_dir,
                 False,
             )
-            self._services(self.group["Services"], f"group-{self.group['Name']}", env)
+            try:
+                self._services(self.group["Services"], f"group-{self.group['Name']}", env)
+            except AddressError as exc:
+                # A failed prerun hook fails every task of the allocation before it starts.
+                reason = f'failed to setup alloc: pre-run hook "group_services" failed: {exc}'
+                for t in self.tasks:
+                    t.emit(task_event("Setup Failure", reason, FailsTask=True, SetupError=reason))
+                    t.state.update({"State": "dead", "Failed": True})
+                    t.state["FinishedAt"] = _rfc3339(now_ns())
+                self.changed()
+                return
         runs = {asyncio.ensure_future(t.run()): t for t in self.tasks}
         pending = set(runs)
         while pending:

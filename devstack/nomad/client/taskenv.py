@@ -81,6 +81,51 @@ def port_env(alloc: dict[str, Any]) -> dict[str, str]:
     return env
 
 
+def port_map(task: dict[str, Any]) -> dict[str, int]:
+    """The docker driver's deprecated ``port_map`` (label -> container port), if any.
+
+    HCL1 decodes the block to a list of maps, JSON clients send either form.
+    """
+    if task.get("Driver") != "docker":
+        return {}
+    raw = (task.get("Config") or {}).get("port_map")
+    items = raw if isinstance(raw, list) else [raw]
+    out: dict[str, int] = {}
+    for item in items:
+        if isinstance(item, dict):
+            for label, port in item.items():
+                if isinstance(port, int) or (isinstance(port, str) and port.isdigit()):
+                    out[str(label)] = int(port)
+    return out
+
+
+def task_network_env(alloc: dict[str, Any], task: dict[str, Any]) -> dict[str, str]:
+    """Variables of the deprecated task-level networks, as Nomad's env builder sets them.
+
+    The task's own ports: ``NOMAD_IP_``/``NOMAD_HOST_PORT_``/``NOMAD_ADDR_<label>`` name the host
+    side, ``NOMAD_PORT_<label>`` the driver's ``port_map`` port when there is one. Ports of the
+    group's other tasks appear as ``NOMAD_{ADDR,IP,PORT}_<task>_<label>``.
+    """
+    env: dict[str, str] = {}
+    mapped = port_map(task)
+    for name, res in alloc["AllocatedResources"]["Tasks"].items():
+        for net in res.get("Networks") or []:
+            ip = net.get("IP", "")
+            for p in (net.get("ReservedPorts") or []) + (net.get("DynamicPorts") or []):
+                label, value = _ENV_KEY.sub("_", p["Label"]), p["Value"]
+                if name == task["Name"]:
+                    env[f"NOMAD_IP_{label}"] = ip
+                    env[f"NOMAD_HOST_PORT_{label}"] = str(value)
+                    env[f"NOMAD_ADDR_{label}"] = f"{ip}:{value}"
+                    env[f"NOMAD_PORT_{label}"] = str(mapped.get(p["Label"], value))
+                else:
+                    other = _ENV_KEY.sub("_", name)
+                    env[f"NOMAD_ADDR_{other}_{label}"] = f"{ip}:{value}"
+                    env[f"NOMAD_IP_{other}_{label}"] = ip
+                    env[f"NOMAD_PORT_{other}_{label}"] = str(value)
+    return env
+
+
 def task_env(
     alloc: dict[str, Any],
     task: dict[str, Any],
@@ -121,6 +166,7 @@ def task_env(
         }
     )
     env.update(port_env(alloc))
+    env.update(task_network_env(alloc, task))
     meta: dict[str, str] = {}
     for source in (job.get("Meta"), group.get("Meta"), task.get("Meta")):
         meta.update(source or {})

@@ -150,6 +150,32 @@ def _port_labels(group: dict[str, Any]) -> set[str]:
     return labels
 
 
+def _task_port_errors(task: dict[str, Any], group: dict[str, Any]) -> list[str]:
+    """``validateServices``: a task service's port labels must exist in the group's first
+    network or the task's own (deprecated) networks; checks inherit the service's port."""
+    wanted: dict[str, set[str]] = {}
+    for svc in task["Services"] or []:
+        label = svc["PortLabel"]
+        if label and not (svc.get("AddressMode") == "driver" and label.isdigit()):
+            wanted.setdefault(label, set()).add(svc["Name"])
+        for check in svc.get("Checks") or []:
+            if check["Type"] not in ("http", "tcp", "grpc"):
+                continue
+            port = check.get("PortLabel") or label
+            if port and not port.isdigit():
+                wanted.setdefault(port, set()).add(svc["Name"])
+    labels: set[str] = set()
+    nets = (group["Networks"] or [])[:1] + list(task["Resources"]["Networks"] or [])
+    for net in nets:
+        for p in (net.get("ReservedPorts") or []) + (net.get("DynamicPorts") or []):
+            labels.add(p["Label"])
+    return [
+        f'port label "{label}" referenced by services {", ".join(sorted(names))} does not exist'
+        for label, names in sorted(wanted.items())
+        if label not in labels
+    ]
+
+
 def _group_errors(group: dict[str, Any], job: dict[str, Any]) -> list[str]:
     errs = []
     if group["Count"] < 0:
@@ -198,15 +224,15 @@ def _group_errors(group: dict[str, Any], job: dict[str, Any]) -> list[str]:
             tasks[task["Name"]] = idx
     for task in group["Tasks"] or []:
         te = _task_errors(task)
+        pe = _task_port_errors(task, group)
+        if pe:
+            te.append(go_multierror(pe))
         if te:
             errs.append(f"Task {task['Name']} validation failed: {go_multierror(te)}")
     # Every port label a service or check names must exist in the group (or task) networks.
     labels = _port_labels(group)
     by_label: dict[str, list[str]] = {}
-    services = list(group["Services"] or [])
-    for task in group["Tasks"] or []:
-        services.extend(task["Services"] or [])
-    for svc in services:
+    for svc in group["Services"] or []:
         label = svc["PortLabel"]
         if label and not label.isdigit() and label not in labels:
             by_label.setdefault(label, []).append(svc["Name"])

@@ -17,6 +17,7 @@ from devstack.nomad.state import (
     TERMINAL_EVAL,
     JobKey,
     alloc_client_terminal,
+    alloc_host_ports,
     alloc_terminal,
     alloc_usage,
 )
@@ -84,9 +85,9 @@ class Planner(ServerCore):
             used.cpu -= cpu
             used.memory_mb -= mem
             used.disk_mb -= disk
-            for p in a["AllocatedResources"]["Shared"]["Ports"] or []:
-                if self.state.node_ports[a["NodeID"]][p["Value"]] <= 1:
-                    view.ports[a["NodeID"]].discard(p["Value"])
+            for value in alloc_host_ports(a):
+                if self.state.node_ports[a["NodeID"]][value] <= 1:
+                    view.ports[a["NodeID"]].discard(value)
         for a in self.state.job_allocs(job_key):
             if alloc_terminal(a) or a["ID"] in exclude:
                 continue
@@ -308,10 +309,11 @@ class Planner(ServerCore):
         lifecycles = {}
         for t in group["Tasks"]:
             cpu, mem = p.task_resources[t["Name"]]
+            task_nets = p.task_networks.get(t["Name"]) or None
             tasks[t["Name"]] = {
                 "Cpu": {"CpuShares": cpu, "ReservedCores": None},
                 "Memory": {"MemoryMB": mem, "MemoryMaxMB": t["Resources"]["MemoryMaxMB"]},
-                "Networks": None,
+                "Networks": task_nets,
                 "Devices": None,
             }
             task_resources[t["Name"]] = {
@@ -321,7 +323,7 @@ class Planner(ServerCore):
                 "MemoryMaxMB": t["Resources"]["MemoryMaxMB"],
                 "DiskMB": 0,
                 "IOPS": 0,
-                "Networks": None,
+                "Networks": task_nets,
                 "Devices": None,
             }
             lifecycles[t["Name"]] = t["Lifecycle"]
@@ -359,7 +361,9 @@ class Planner(ServerCore):
                 "MemoryMaxMB": 0,
                 "DiskMB": p.disk_mb,
                 "IOPS": 0,
-                "Networks": p.networks or None,
+                # The deprecated combined view: group networks, then every task's own.
+                "Networks": (p.networks + [n for nets in p.task_networks.values() for n in nets])
+                or None,
                 "Devices": None,
             },
             "SharedResources": {"DiskMB": p.disk_mb, "Networks": p.networks or None},
