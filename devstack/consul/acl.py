@@ -19,8 +19,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
-
 ANONYMOUS_ACCESSOR = "00000000-0000-0000-0000-000000000002"
 ANONYMOUS_SECRET = "anonymous"
 MANAGEMENT_POLICY_ID = "00000000-0000-0000-0000-000000000001"
@@ -361,18 +359,3 @@ class AclStore:
             return Authorizer(None, WRITE, tok.accessor)
         rules = [self.policies[p].rules for p in tok.policy_ids if p in self.policies]
         return Authorizer(rules, self.default, tok.accessor)
-
-
-def request_token(request: web.Request) -> str:
-    """The secret a request carries, in Consul's order of precedence."""
-    token = request.query.get("token")
-    if token:
-        return token
-    token = request.headers.get("X-Consul-Token", "")
-    if token:
-        return token
-    auth = request.headers.get("Authorization", "")
-    parts = auth.split()
-    if len(parts) >= 2 and parts[0].lower() == "bearer":
-        return parts[1]
-    return ""

@@ -13,10 +13,12 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from devstack.consul import acl_api, admin, agent, catalog, health, kv, sessions, txn
-from devstack.consul.checks import CheckRunner
-from devstack.consul.core import CORE_KEY, Config, Core
-from devstack.consul.http import ConsulError
+from devstack.consul.api import acl as acl_api
+from devstack.consul.api import admin, agent, catalog, health, kv, status, txn
+from devstack.consul.api import session as sessions
+from devstack.consul.api.common import CORE_KEY
+from devstack.consul.core import Config, Core
+from devstack.consul.errors import ConsulError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = logging.getLogger("devstack.consul")
@@ -56,8 +58,8 @@ ROUTES: list[tuple[str, dict[str, Handler]]] = [
     ("/v1/agent/check/warn/{id}", {"PUT": agent.check_warn}),
     ("/v1/agent/check/fail/{id}", {"PUT": agent.check_fail}),
     ("/v1/agent/check/update/{id}", {"PUT": agent.check_update}),
-    ("/v1/status/leader", {"GET": agent.status_leader}),
-    ("/v1/status/peers", {"GET": agent.status_peers}),
+    ("/v1/status/leader", {"GET": status.status_leader}),
+    ("/v1/status/peers", {"GET": status.status_peers}),
     ("/v1/acl/policy", {"PUT": acl_api.policy_create}),
     ("/v1/acl/policy/name/{name}", {"GET": acl_api.policy_by_name}),
     (
@@ -137,8 +139,7 @@ async def create_app(config: Config | None = None) -> web.Application:
     core = Core(config or Config())
     app = web.Application(middlewares=[consul_middleware], client_max_size=16 * 1024 * 1024)
     app[CORE_KEY] = core
-    runner = CheckRunner(core)
-    core.checks = runner
+    runner = core.checks
     for path, methods in ROUTES:
         app.router.add_route("*", path, _dispatch(methods))
 

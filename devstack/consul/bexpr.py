@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from devstack.consul.http import bad_request
+from devstack.consul.errors import bad_request
 
 _TOKENS = re.compile(
     r'\s+|(?P<str>"(?:[^"\\]|\\.)*"|`[^`]*`)|(?P<op>==|!=|\(|\)|\[|\]|\.)|(?P<word>[^\s"()\[\].=!`]+)'

@@ -1,4 +1,4 @@
-"""The service catalog: nodes, service instances and health checks, and ``/v1/catalog/*``.
+"""The service catalog: nodes, service instances and health checks, and their JSON shapes.
 
 Writes follow ``agent/consul/state/catalog.go``: an identical re-registration changes nothing (so
 periodic syncs from Nomad do not churn indexes), every change bumps its table index and the
@@ -11,24 +11,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from aiohttp import web
-
-from devstack.consul.acl import READ, WRITE
-from devstack.consul.bexpr import apply_filter
-from devstack.consul.core import Core, core_of
-from devstack.consul.http import (
-    CI,
-    ConsulError,
-    Result,
-    bad_request,
-    blocking,
-    ok_json,
-    parse_query_options,
-    read_object,
-    respond,
-)
+from devstack.consul.encoding import CI
+from devstack.consul.errors import ConsulError, bad_request
 from devstack.consul.sessions import invalidate_for_check, invalidate_for_node
-from devstack.consul.state import Check, Node, ServiceInstance
+from devstack.consul.state import Check, Node, ServiceInstance, State
 
 STATUSES = ("passing", "warning", "critical")
 PROXY: dict[str, Any] = {"Mode": "", "MeshGateway": {}, "Expose": {}}
@@ -127,7 +113,7 @@ def check_json(c: Check) -> dict[str, Any]:
 
 
 def ensure_node(
-    core: Core,
+    st: State,
     name: str,
     address: str,
     *,
@@ -135,7 +121,6 @@ def ensure_node(
     tagged: dict[str, str] | None = None,
     meta: dict[str, str] | None = None,
 ) -> None:
-    st = core.state
     existing = st.nodes.get(name)
     tagged = tagged if tagged is not None else (existing.tagged_addresses if existing else {})
     meta = meta if meta is not None else (existing.meta if existing else {})
@@ -158,7 +143,7 @@ def ensure_node(
             id=node_id or str(uuid.uuid4()),
             name=name,
             address=address,
-            datacenter=core.config.datacenter,
+            datacenter=st.datacenter,
             tagged_addresses=tagged,
             meta=meta,
             create_index=idx,
@@ -169,8 +154,7 @@ def ensure_node(
         st.bump_service(svc, idx)
 
 
-def ensure_service(core: Core, svc: ServiceInstance) -> None:
-    st = core.state
+def ensure_service(st: State, svc: ServiceInstance) -> None:
     node_services = st.services.setdefault(svc.node, {})
     existing = node_services.get(svc.id)
     if existing is not None and _same_service(existing, svc):
@@ -207,8 +191,7 @@ def _same_service(a: ServiceInstance, b: ServiceInstance) -> bool:
     )
 
 
-def ensure_check(core: Core, check: Check) -> None:
-    st = core.state
+def ensure_check(st: State, check: Check) -> None:
     node_checks = st.checks.setdefault(check.node, {})
     existing = node_checks.get(check.id)
     if check.service_id:
@@ -222,7 +205,7 @@ def ensure_check(core: Core, check: Check) -> None:
     check.create_index = existing.create_index if existing else idx
     check.modify_index = idx
     node_checks[check.id] = check
-    _bump_check(core, check, idx)
+    _bump_check(st, check, idx)
     if (
         existing is not None
         and existing.service_name
@@ -230,7 +213,7 @@ def ensure_check(core: Core, check: Check) -> None:
     ):
         st.bump_service(existing.service_name, idx)
     if check.status == "critical" and (existing is None or existing.status != "critical"):
-        invalidate_for_check(core, check.node, check.id)
+        invalidate_for_check(st, check.node, check.id)
 
 
 def _same_check(a: Check, b: Check) -> bool:
@@ -247,8 +230,7 @@ def _same_check(a: Check, b: Check) -> bool:
     )
 
 
-def _bump_check(core: Core, check: Check, idx: int) -> None:
-    st = core.state
+def _bump_check(st: State, check: Check, idx: int) -> None:
     st.bump("checks", idx)
     if check.service_id:
         st.bump_service(check.service_name, idx)
@@ -257,9 +239,8 @@ def _bump_check(core: Core, check: Check, idx: int) -> None:
             st.bump_service(name, idx)
 
 
-def set_check_status(core: Core, node: str, check_id: str, status: str, output: str) -> bool:
+def set_check_status(st: State, node: str, check_id: str, status: str, output: str) -> bool:
     """Record a check result; only a status change is a catalog write (as anti-entropy does)."""
-    st = core.state
     check = st.checks.get(node, {}).get(check_id)
     if check is None:
         return False
@@ -270,47 +251,44 @@ def set_check_status(core: Core, node: str, check_id: str, status: str, output: 
         return True
     idx = st.next_index()
     check.status, check.output, check.modify_index = status, output, idx
-    _bump_check(core, check, idx)
+    _bump_check(st, check, idx)
     if status == "critical":
-        invalidate_for_check(core, node, check_id)
+        invalidate_for_check(st, node, check_id)
     return True
 
 
-def delete_check(core: Core, node: str, check_id: str) -> bool:
-    st = core.state
+def delete_check(st: State, node: str, check_id: str) -> bool:
     check = st.checks.get(node, {}).pop(check_id, None)
     if check is None:
         return False
     idx = st.next_index()
-    _bump_check(core, check, idx)
-    invalidate_for_check(core, node, check_id)
-    if core.checks is not None and node == core.node_name:
-        core.checks.stop(check_id)
+    _bump_check(st, check, idx)
+    invalidate_for_check(st, node, check_id)
+    for listener in st.check_removed:
+        listener(node, check_id)
     return True
 
 
-def delete_service(core: Core, node: str, service_id: str) -> bool:
-    st = core.state
+def delete_service(st: State, node: str, service_id: str) -> bool:
     svc = st.services.get(node, {}).pop(service_id, None)
     if svc is None:
         return False
     for cid in [c.id for c in st.checks.get(node, {}).values() if c.service_id == service_id]:
-        delete_check(core, node, cid)
+        delete_check(st, node, cid)
     idx = st.next_index()
     st.bump("services", idx)
     st.bump_service(svc.name, idx)
     return True
 
 
-def delete_node(core: Core, node: str) -> bool:
-    st = core.state
+def delete_node(st: State, node: str) -> bool:
     if node not in st.nodes:
         return False
     for sid in list(st.services.get(node, {})):
-        delete_service(core, node, sid)
+        delete_service(st, node, sid)
     for cid in list(st.checks.get(node, {})):
-        delete_check(core, node, cid)
-    invalidate_for_node(core, node)
+        delete_check(st, node, cid)
+    invalidate_for_node(st, node)
     del st.nodes[node]
     st.services.pop(node, None)
     st.checks.pop(node, None)
@@ -406,71 +384,10 @@ def status_of(value: Any, default: str = "critical") -> str:
     return str(value)
 
 
-# -- filtering helpers shared with health/agent -------------------------------------------------
+# -- reads ------------------------------------------------------------------------------------
 
 
-def can_read_service(core: Core, request: web.Request, name: str) -> bool:
-    authz = core.authz(request)
-    return authz is None or authz.allowed("service", name, READ)
-
-
-def can_read_node(core: Core, request: web.Request, name: str) -> bool:
-    authz = core.authz(request)
-    return authz is None or authz.allowed("node", name, READ)
-
-
-def filtered(result: list[Any], opts_filter: str) -> list[Any]:
-    return apply_filter(result, opts_filter) if opts_filter else result
-
-
-# -- HTTP ---------------------------------------------------------------------------------------
-
-
-async def datacenters(request: web.Request) -> web.StreamResponse:
-    return ok_json([core_of(request).config.datacenter])
-
-
-async def list_nodes(request: web.Request) -> web.StreamResponse:
-    core = core_of(request)
-    opts = parse_query_options(request, core)
-    st = core.state
-
-    def run() -> Result:
-        nodes = [st.nodes[n] for n in sorted(st.nodes)]
-        keep = [n for n in nodes if can_read_node(core, request, n.name)]
-        body = filtered([node_json(n) for n in keep], opts.filter)
-        return Result(st.table_index["nodes"], body, filtered=len(keep) != len(nodes))
-
-    result = await blocking(core, opts, run, topics=("nodes",))
-    return respond(core, result, opts, token_sent=core.token_sent(request))
-
-
-async def list_services(request: web.Request) -> web.StreamResponse:
-    core = core_of(request)
-    opts = parse_query_options(request, core)
-    st = core.state
-
-    def run() -> Result:
-        tags: dict[str, set[str]] = {}
-        hidden = False
-        for node in sorted(st.services):
-            if not can_read_node(core, request, node):
-                hidden = hidden or bool(st.services[node])
-                continue
-            for svc in st.services[node].values():
-                if not can_read_service(core, request, svc.name):
-                    hidden = True
-                    continue
-                tags.setdefault(svc.name, set()).update(svc.tags)
-        body = {name: sorted(tags[name]) for name in sorted(tags)}
-        return Result(st.table_index["services"], body, filtered=hidden)
-
-    result = await blocking(core, opts, run, topics=("services",))
-    return respond(core, result, opts, token_sent=core.token_sent(request))
-
-
-def instances(core: Core, name: str, tags: list[str]) -> list[tuple[Node, ServiceInstance]]:
-    st = core.state
+def instances(st: State, name: str, tags: list[str]) -> list[tuple[Node, ServiceInstance]]:
     out: list[tuple[Node, ServiceInstance]] = []
     for node_name in sorted(st.services):
         node = st.nodes.get(node_name)
@@ -481,142 +398,3 @@ def instances(core: Core, name: str, tags: list[str]) -> list[tuple[Node, Servic
             if svc.name == name and all(t in svc.tags for t in tags):
                 out.append((node, svc))
     return out
-
-
-async def service_nodes(request: web.Request) -> web.StreamResponse:
-    core = core_of(request)
-    opts = parse_query_options(request, core)
-    name = request.match_info["name"]
-    tags = request.query.getall("tag", [])
-    st = core.state
-
-    def run() -> Result:
-        found = instances(core, name, tags)
-        if not can_read_service(core, request, name):
-            return Result(st.health_service_index(name), [], filtered=bool(found))
-        keep = [(n, s) for n, s in found if can_read_node(core, request, n.name)]
-        body = filtered([catalog_service_json(n, s) for n, s in keep], opts.filter)
-        return Result(st.health_service_index(name), body, filtered=len(keep) != len(found))
-
-    result = await blocking(core, opts, run, topics=("svc:" + name,))
-    return respond(core, result, opts, token_sent=core.token_sent(request))
-
-
-async def node_services(request: web.Request) -> web.StreamResponse:
-    core = core_of(request)
-    opts = parse_query_options(request, core)
-    name = request.match_info["node"]
-    st = core.state
-
-    def run() -> Result:
-        index = st.max_index("nodes", "services")
-        node = st.nodes.get(name)
-        if node is None or not can_read_node(core, request, name):
-            return Result(index, None, filtered=node is not None)
-        services = st.services.get(name, {})
-        keep = {
-            sid: service_json(s)
-            for sid, s in sorted(services.items())
-            if can_read_service(core, request, s.name)
-        }
-        body = {"Node": node_json(node), "Services": keep}
-        return Result(index, body, filtered=len(keep) != len(services))
-
-    result = await blocking(core, opts, run, topics=("nodes", "services"))
-    return respond(core, result, opts, token_sent=core.token_sent(request))
-
-
-async def register(request: web.Request) -> web.StreamResponse:
-    core = core_of(request)
-    parse_query_options(request, core)
-    body = await read_object(request)
-    node = body.text("Node")
-    if not node:
-        raise bad_request("Must provide node")
-    skip_node = bool(body.get("SkipNodeUpdate", default=False))
-    address = body.text("Address")
-    if not address and not skip_node:
-        raise bad_request("Must provide address if SkipNodeUpdate is not set")
-    svc_body = body.obj("Service")
-    service = service_from(node, svc_body) if svc_body is not None else None
-    check_bodies: list[CI] = []
-    single = body.obj("Check")
-    if single is not None:
-        check_bodies.append(single)
-    many = body.get("Checks")
-    if many is not None:
-        if not isinstance(many, list) or not all(isinstance(c, dict) for c in many):
-            raise bad_request("Request decode failed: Checks must be a list of objects")
-        check_bodies.extend(CI(c) for c in many)
-    core.require(request, "node", node, WRITE)
-    if service is not None:
-        core.require(request, "service", service.name, WRITE)
-    core.require_leader()
-    st = core.state
-    if not skip_node or node not in st.nodes:
-        ensure_node(
-            core,
-            node,
-            address,
-            node_id=body.text("ID"),
-            tagged=str_map(body.get("TaggedAddresses"), "TaggedAddresses") or None,
-            meta=str_map(body.get("NodeMeta"), "NodeMeta") or None,
-        )
-    if service is not None:
-        ensure_service(core, service)
-    for cb in check_bodies:
-        cid = cb.text("CheckID", "ID")
-        if not cid:
-            raise bad_request("Missing check ID")
-        definition = cb.obj("Definition")
-        ensure_check(
-            core,
-            Check(
-                node=node,
-                id=cid,
-                name=cb.text("Name") or cid,
-                status=status_of(cb.get("Status")),
-                notes=cb.text("Notes"),
-                output=cb.text("Output"),
-                service_id=cb.text("ServiceID"),
-                service_name="",
-                service_tags=[],
-                type=cb.text("Type"),
-                interval=definition.text("Interval") if definition else "",
-                timeout=definition.text("Timeout") if definition else "",
-                create_index=0,
-                modify_index=0,
-                definition=definition.raw if definition else {},
-            ),
-        )
-    return ok_json(True)
-
-
-async def deregister(request: web.Request) -> web.StreamResponse:
-    core = core_of(request)
-    parse_query_options(request, core)
-    body = await read_object(request)
-    node = body.text("Node")
-    if not node:
-        raise bad_request("Must provide node")
-    service_id = body.text("ServiceID")
-    check_id = body.text("CheckID")
-    st = core.state
-    if service_id:
-        svc = st.services.get(node, {}).get(service_id)
-        core.require(request, "service", svc.name if svc else service_id, WRITE)
-        core.require_leader()
-        delete_service(core, node, service_id)
-    elif check_id:
-        check = st.checks.get(node, {}).get(check_id)
-        if check is not None and check.service_id:
-            core.require(request, "service", check.service_name, WRITE)
-        else:
-            core.require(request, "node", node, WRITE)
-        core.require_leader()
-        delete_check(core, node, check_id)
-    else:
-        core.require(request, "node", node, WRITE)
-        core.require_leader()
-        delete_node(core, node)
-    return ok_json(True)

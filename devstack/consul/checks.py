@@ -15,14 +15,14 @@ import contextlib
 import random
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 
-from devstack.consul.http import CI, bad_request, format_duration, parse_duration
-
-if TYPE_CHECKING:
-    from devstack.consul.core import Core
+from devstack.consul.catalog import delete_service, set_check_status
+from devstack.consul.encoding import CI, format_duration, parse_duration
+from devstack.consul.errors import bad_request
+from devstack.consul.state import State
 
 MIN_INTERVAL = 1.0
 DEFAULT_TIMEOUT = 10.0
@@ -151,8 +151,8 @@ def parse_definition(body: CI, default_id: str, default_name: str) -> CheckDefin
 class CheckRunner:
     """Runs the probes of the agent's local checks as tasks on the server loop."""
 
-    def __init__(self, core: Core) -> None:
-        self.core = core
+    def __init__(self, state: State) -> None:
+        self.state = state
         self.definitions: dict[str, CheckDefinition] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._ttl_timers: dict[str, asyncio.TimerHandle] = {}
@@ -160,6 +160,7 @@ class CheckRunner:
         self.critical_since: dict[str, float] = {}
         self._session: aiohttp.ClientSession | None = None
         self._reaper: asyncio.Task[None] | None = None
+        state.check_removed.append(self._removed)
 
     async def start(self) -> None:
         self._reaper = asyncio.create_task(self._reap_loop())
@@ -191,6 +192,10 @@ class CheckRunner:
         elif defn.kind in ("http", "tcp", "grpc"):
             self._tasks[defn.id] = asyncio.create_task(self._probe_loop(defn))
 
+    def _removed(self, node: str, check_id: str) -> None:
+        if node == self.state.node_name:
+            self.stop(check_id)
+
     def stop(self, check_id: str) -> None:
         self.definitions.pop(check_id, None)
         self._streaks.pop(check_id, None)
@@ -221,8 +226,6 @@ class CheckRunner:
 
     def report(self, check_id: str, status: str, output: str, *, direct: bool = False) -> None:
         """Record a probe result, applying the consecutive success/failure thresholds."""
-        from devstack.consul.catalog import set_check_status
-
         defn = self.definitions.get(check_id)
         if defn is None:
             return
@@ -240,7 +243,7 @@ class CheckRunner:
             self.critical_since.setdefault(check_id, time.monotonic())
         else:
             self.critical_since.pop(check_id, None)
-        set_check_status(self.core, self.core.node_name, check_id, status, output[:OUTPUT_MAX])
+        set_check_status(self.state, self.state.node_name, check_id, status, output[:OUTPUT_MAX])
 
     # -- probes --------------------------------------------------------------------------------
 
@@ -327,8 +330,6 @@ class CheckRunner:
     # -- DeregisterCriticalServiceAfter ---------------------------------------------------------
 
     async def _reap_loop(self) -> None:
-        from devstack.consul.agent import deregister_local_service
-
         while True:
             await asyncio.sleep(REAP_EVERY)
             now = time.monotonic()
@@ -337,4 +338,4 @@ class CheckRunner:
                 if defn is None or not defn.deregister_after or not defn.service_id:
                     continue
                 if now - since >= defn.deregister_after:
-                    deregister_local_service(self.core, defn.service_id)
+                    delete_service(self.state, self.state.node_name, defn.service_id)

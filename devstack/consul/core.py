@@ -1,28 +1,23 @@
-"""The emulated agent as one object: configuration, state, ACLs, faults and background work.
+"""The emulated agent as one object: configuration, state, ACLs, faults and its check runner.
 
-Every endpoint module receives this object (through the aiohttp app) instead of importing globals,
-so several emulated agents can run in one process, one per test.
+Every handler receives this object (through the aiohttp app) instead of importing globals, so
+several emulated agents can run in one process, one per test. It also registers what a fresh
+``consul agent -dev`` shows (its node, ``serfHealth``, the ``consul`` service) and answers
+whether there is a leader.
 """
 
 from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from aiohttp import web
-
-from devstack.consul.acl import AclStore, Authorizer, request_token
+from devstack.consul.acl import AclStore
+from devstack.consul.checks import CheckRunner
+from devstack.consul.errors import ConsulError
 from devstack.consul.faults import Faults
-from devstack.consul.http import ConsulError, QueryOptions, permission_denied
 from devstack.consul.state import SERF_CHECK_ID, Check, Node, ServiceInstance, State
 
-if TYPE_CHECKING:
-    from devstack.consul.checks import CheckRunner
-
 VERSION = "1.22.0"
-KV_MAX_VALUE_SIZE = 512 * 1024
-TXN_MAX_OPS = 128
 
 
 @dataclass(slots=True)
@@ -38,9 +33,6 @@ class Config:
         return self.node_name or socket.gethostname() or "devstack"
 
 
-AUTHZ_KEY = web.RequestKey("consul_authz", Authorizer)
-
-
 class Core:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -48,7 +40,7 @@ class Core:
         self.state = State(self.node_name, config.datacenter)
         self.acl = AclStore(config.acl_master_token, config.acl_default_policy)
         self.faults = Faults()
-        self.checks: CheckRunner | None = None
+        self.checks = CheckRunner(self.state)
         # Incremented by each emulated snapshot restore; parked queries return when it moves.
         self.restores = 0
         self._bootstrap()
@@ -115,9 +107,9 @@ class Core:
     def has_leader(self) -> bool:
         return not self.faults.no_leader
 
-    def require_leader(self, opts: QueryOptions | None = None) -> None:
+    def require_leader(self, stale: bool = False) -> None:
         """Reads with ``?stale`` are served by any server; everything else needs a leader."""
-        if self.faults.no_leader and (opts is None or not opts.stale):
+        if self.faults.no_leader and not stale:
             raise ConsulError(
                 500,
                 "No cluster leader",
@@ -126,44 +118,3 @@ class Core:
 
     def leader_addr(self) -> str:
         return "" if self.faults.no_leader else f"{self.config.advertise_addr}:8300"
-
-    # -- ACL -----------------------------------------------------------------------------------
-
-    def authz(self, request: web.Request) -> Authorizer | None:
-        if not self.acl.enabled:
-            return None
-        cached = request.get(AUTHZ_KEY)
-        if cached is not None:
-            return cached
-        try:
-            authz = self.acl.authorizer(request_token(request))
-        except LookupError as exc:
-            raise ConsulError(403, "ACL not found") from exc
-        if authz is not None:
-            request[AUTHZ_KEY] = authz
-        return authz
-
-    def token_sent(self, request: web.Request) -> bool:
-        # Only consulted for the filtered-by-ACLs header, which needs ACLs on.
-        return self.acl.enabled and bool(request_token(request))
-
-    def require(self, request: web.Request, resource: str, name: str, need: int) -> None:
-        authz = self.authz(request)
-        if authz is None or authz.allowed(resource, name, need):
-            return
-        raise permission_denied(
-            authz.accessor, f"{resource}:{'write' if need >= 2 else 'read'}", name
-        )
-
-    def require_scalar(self, request: web.Request, name: str, need: int) -> None:
-        authz = self.authz(request)
-        if authz is None or authz.scalar(name) >= need:
-            return
-        raise permission_denied(authz.accessor, f"{name}:{'write' if need >= 2 else 'read'}", "")
-
-
-CORE_KEY = web.AppKey("consul_core", Core)
-
-
-def core_of(request: web.Request) -> Core:
-    return request.app[CORE_KEY]

@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from devstack._server import ServerThread
-from devstack.consul import admin
+from devstack.consul import controls
+from devstack.consul.api.common import CORE_KEY
 from devstack.consul.app import create_app
-from devstack.consul.core import CORE_KEY, Config, Core
+from devstack.consul.core import Config, Core
 
 
 class ConsulServer:
@@ -123,18 +124,20 @@ class ConsulServer:
 
     def reset_index(self, to: int | None = None) -> int:
         """Move the raft index backwards as a snapshot restore does; returns the new index."""
-        return int(self.call(lambda core: admin.reset_index(core, to)))
+        return int(self.call(lambda core: controls.reset_index(core, to)))
 
     def expire_session(self, session_id: str) -> bool:
-        return bool(self.call(lambda core: admin.expire_session(core, session_id)))
+        return bool(self.call(lambda core: controls.expire_session(core, session_id)))
 
     def force_check(
         self, check_id: str, status: str = "critical", *, output: str = "", node: str | None = None
     ) -> bool:
-        return bool(self.call(lambda core: admin.force_check(core, check_id, status, output, node)))
+        return bool(
+            self.call(lambda core: controls.force_check(core, check_id, status, output, node))
+        )
 
     def stats(self) -> dict[str, Any]:
-        return dict(self.call(admin.stats))
+        return dict(self.call(controls.stats))
 
 
 def start_consul(**kwargs: Any) -> ConsulServer:

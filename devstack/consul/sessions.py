@@ -13,25 +13,10 @@ import re
 import uuid
 from typing import Any
 
-from aiohttp import web
-
-from devstack.consul.acl import READ, WRITE
-from devstack.consul.core import Core, core_of
-from devstack.consul.http import (
-    CI,
-    ConsulError,
-    Result,
-    blocking,
-    format_duration,
-    ok_json,
-    parse_duration,
-    parse_query_options,
-    read_object,
-    respond,
-    server_error,
-)
+from devstack.consul.encoding import CI, format_duration, parse_duration
+from devstack.consul.errors import ConsulError, server_error
 from devstack.consul.kv import release_session_locks
-from devstack.consul.state import SERF_CHECK_ID, Session
+from devstack.consul.state import SERF_CHECK_ID, Session, State
 
 DEFAULT_LOCK_DELAY_NS = 15_000_000_000
 MAX_LOCK_DELAY = 60.0
@@ -97,9 +82,8 @@ def _string_list(value: Any, field: str) -> list[str]:
     return list(value)
 
 
-def create_session(core: Core, body: CI) -> Session:
-    st = core.state
-    node = body.text("Node") or core.node_name
+def create_session(st: State, body: CI) -> Session:
+    node = body.text("Node") or st.node_name
     if node not in st.nodes:
         raise server_error("Missing node registration")
     legacy = False
@@ -161,11 +145,11 @@ def create_session(core: Core, body: CI) -> Session:
     )
     st.sessions[session.id] = session
     st.bump("sessions", idx)
-    arm_ttl(core, session)
+    arm_ttl(st, session)
     return session
 
 
-def arm_ttl(core: Core, session: Session) -> None:
+def arm_ttl(st: State, session: Session) -> None:
     """(Re)start the expiry timer: the session dies 2 x TTL after its last create/renew."""
     if session.timer is not None:
         session.timer.cancel()
@@ -176,11 +160,10 @@ def arm_ttl(core: Core, session: Session) -> None:
     if ttl <= 0:
         return
     loop = asyncio.get_running_loop()
-    session.timer = loop.call_later(ttl * TTL_MULTIPLIER, invalidate_session, core, session.id)
+    session.timer = loop.call_later(ttl * TTL_MULTIPLIER, invalidate_session, st, session.id)
 
 
-def invalidate_session(core: Core, session_id: str) -> bool:
-    st = core.state
+def invalidate_session(st: State, session_id: str) -> bool:
     session = st.sessions.pop(session_id, None)
     if session is None:
         return False
@@ -194,119 +177,18 @@ def invalidate_session(core: Core, session_id: str) -> bool:
     return True
 
 
-def invalidate_for_check(core: Core, node: str, check_id: str) -> None:
+def invalidate_for_check(st: State, node: str, check_id: str) -> None:
     """A linked check went critical or was deregistered: its sessions are destroyed."""
     doomed = [
         s.id
-        for s in core.state.sessions.values()
+        for s in st.sessions.values()
         if s.node == node
         and (check_id in s.node_checks or any(c["ID"] == check_id for c in s.service_checks or []))
     ]
     for sid in doomed:
-        invalidate_session(core, sid)
+        invalidate_session(st, sid)
 
 
-def invalidate_for_node(core: Core, node: str) -> None:
-    for sid in [s.id for s in core.state.sessions.values() if s.node == node]:
-        invalidate_session(core, sid)
-
-
-# -- HTTP ---------------------------------------------------------------------------------------
-
-
-async def create(request: web.Request) -> web.StreamResponse:
-    core = core_of(request)
-    parse_query_options(request, core)
-    body = await read_object(request)
-    node = body.text("Node") or core.node_name
-    core.require(request, "session", node, WRITE)
-    core.require_leader()
-    session = create_session(core, body)
-    return ok_json({"ID": session.id})
-
-
-async def destroy(request: web.Request) -> web.StreamResponse:
-    core = core_of(request)
-    parse_query_options(request, core)
-    sid = request.match_info["id"]
-    session = core.state.sessions.get(sid)
-    if session is not None:
-        core.require(request, "session", session.node, WRITE)
-    core.require_leader()
-    invalidate_session(core, sid)
-    return ok_json(True)
-
-
-async def renew(request: web.Request) -> web.StreamResponse:
-    core = core_of(request)
-    parse_query_options(request, core)
-    sid = request.match_info["id"]
-    validate_uuid(sid)
-    session = core.state.sessions.get(sid)
-    if session is None:
-        raise ConsulError(404, f"Session id '{sid}' not found")
-    core.require(request, "session", session.node, WRITE)
-    core.require_leader()
-    arm_ttl(core, session)
-    return ok_json([session_json(session)])
-
-
-def _visible(
-    core: Core, request: web.Request, sessions: list[Session]
-) -> tuple[list[Session], bool]:
-    authz = core.authz(request)
-    if authz is None or authz.management:
-        return sessions, False
-    keep = [s for s in sessions if authz.allowed("session", s.node, READ)]
-    return keep, len(keep) != len(sessions)
-
-
-async def info(request: web.Request) -> web.StreamResponse:
-    core = core_of(request)
-    opts = parse_query_options(request, core)
-    sid = request.match_info["id"]
-    validate_uuid(sid)
-    st = core.state
-
-    def run() -> Result:
-        found = [st.sessions[sid]] if sid in st.sessions else []
-        visible, filtered = _visible(core, request, found)
-        return Result(
-            st.table_index["sessions"], [session_json(s) for s in visible], filtered=filtered
-        )
-
-    result = await blocking(core, opts, run, topics=("sessions",))
-    return respond(core, result, opts, token_sent=core.token_sent(request))
-
-
-async def list_all(request: web.Request) -> web.StreamResponse:
-    core = core_of(request)
-    opts = parse_query_options(request, core)
-    st = core.state
-
-    def run() -> Result:
-        found = sorted(st.sessions.values(), key=lambda s: s.id)
-        visible, filtered = _visible(core, request, found)
-        return Result(
-            st.table_index["sessions"], [session_json(s) for s in visible], filtered=filtered
-        )
-
-    result = await blocking(core, opts, run, topics=("sessions",))
-    return respond(core, result, opts, token_sent=core.token_sent(request))
-
-
-async def list_node(request: web.Request) -> web.StreamResponse:
-    core = core_of(request)
-    opts = parse_query_options(request, core)
-    node = request.match_info["node"]
-    st = core.state
-
-    def run() -> Result:
-        found = sorted((s for s in st.sessions.values() if s.node == node), key=lambda s: s.id)
-        visible, filtered = _visible(core, request, found)
-        return Result(
-            st.table_index["sessions"], [session_json(s) for s in visible], filtered=filtered
-        )
-
-    result = await blocking(core, opts, run, topics=("sessions",))
-    return respond(core, result, opts, token_sent=core.token_sent(request))
+def invalidate_for_node(st: State, node: str) -> None:
+    for sid in [s.id for s in st.sessions.values() if s.node == node]:
+        invalidate_session(st, sid)

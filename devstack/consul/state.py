@@ -14,7 +14,7 @@ import asyncio
 import bisect
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -255,6 +255,9 @@ class State:
         self.checks: dict[str, dict[str, Check]] = {}
         # Per-service index ("service.<name>" in Consul's index table).
         self.service_index: dict[str, int] = {}
+        # Told ``(node, check_id)`` when a check leaves the catalog, so whoever runs its probe
+        # (the agent's check runner) stops it, whichever endpoint removed it.
+        self.check_removed: list[Callable[[str, str], None]] = []
 
     # -- index ---------------------------------------------------------------------------------
 

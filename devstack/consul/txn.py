@@ -1,4 +1,4 @@
-"""``PUT /v1/txn``: several KV operations applied atomically at one index, or none at all.
+"""Transactions: several KV operations applied atomically at one index, or none at all.
 
 The leader fence of every controller is a transaction (check that our session still holds the
 lock, then write), so its all-or-nothing rule and its 409 error texts must be exact. Operations
@@ -12,20 +12,11 @@ import base64
 import binascii
 from typing import Any
 
-from aiohttp import web
-
 from devstack.consul.acl import READ, WRITE, Authorizer
-from devstack.consul.core import KV_MAX_VALUE_SIZE, TXN_MAX_OPS, Core, core_of
-from devstack.consul.http import (
-    CI,
-    ConsulError,
-    bad_request,
-    dumps,
-    meta_headers,
-    parse_query_options,
-    parse_uint,
-)
+from devstack.consul.encoding import CI, parse_uint
+from devstack.consul.errors import ConsulError, bad_request
 from devstack.consul.kv import (
+    KV_MAX_VALUE_SIZE,
     InvalidSession,
     entry_json,
     kv_cas,
@@ -40,6 +31,7 @@ from devstack.consul.state import KVEntry, State
 
 READ_VERBS = {"get", "get-tree", "check-index", "check-session", "check-not-exists", "get-or-empty"}
 WRITE_VERBS = {"set", "cas", "lock", "unlock", "delete", "delete-tree", "delete-cas"}
+TXN_MAX_OPS = 128
 MAX_TXN_LEN = 512 * 1024
 
 
@@ -100,7 +92,7 @@ def _uint(value: Any, name: str) -> int:
         raise bad_request(f"Failed to parse body: {exc}") from exc
 
 
-def _parse_ops(data: Any) -> list[_Op | str]:
+def parse_ops(data: Any) -> list[_Op | str]:
     if not isinstance(data, list):
         raise bad_request("Failed to parse body: expected a JSON array of operations")
     if len(data) > TXN_MAX_OPS:
@@ -157,10 +149,9 @@ def _denied(authz: Authorizer | None, op: _Op) -> bool:
 
 
 def apply_ops(
-    core: Core, ops: list[_Op | str], authz: Authorizer | None
+    st: State, ops: list[_Op | str], authz: Authorizer | None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
     """Run the operations; return ``(results, errors, filtered)``, rolled back on any error."""
-    st = core.state
     undo = _Undo(st)
     idx = st.index + 1
     used = False
@@ -285,39 +276,3 @@ def _apply_one(
             return "", [], False
         return f'failed to delete key "{key}", index is stale', [], False
     return f'unknown KV verb "{verb}"', [], False
-
-
-async def txn(request: web.Request) -> web.Response:
-    core = core_of(request)
-    opts = parse_query_options(request, core)
-    length = request.content_length
-    if length is not None and length > MAX_TXN_LEN:
-        raise ConsulError(
-            413,
-            f"Request body({length} bytes) too large, max size: {MAX_TXN_LEN} bytes. See "
-            "https://developer.hashicorp.com/docs/agent/config/config-files#txn_max_req_len.",
-        )
-    raw = await request.read()
-    if len(raw) > MAX_TXN_LEN:
-        raise ConsulError(413, f"Request body({len(raw)} bytes) too large")
-    try:
-        import json
-
-        data = json.loads(raw) if raw.strip() else []
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise bad_request(f"Failed to parse body: {exc}") from exc
-    ops = _parse_ops(data)
-    authz = core.authz(request)
-    read_only = all(not isinstance(op, str) and op.verb in READ_VERBS for op in ops)
-    core.require_leader(opts if read_only else None)
-    results, errors, filtered = apply_ops(core, ops, authz)
-    headers: dict[str, str] = {}
-    if read_only:
-        headers = meta_headers(core, opts, None)
-    if filtered and core.token_sent(request):
-        headers["X-Consul-Results-Filtered-By-ACLs"] = "true"
-    if errors:
-        body = dumps({"Results": None, "Errors": errors})
-        return web.Response(body=body, status=409, headers=headers, content_type="application/json")
-    body = dumps({"Results": results or None, "Errors": None})
-    return web.Response(body=body, headers=headers, content_type="application/json")

@@ -1,53 +1,20 @@
-"""The fault controls, shared by the Python handle and the ``/_devstack/*`` admin API.
+"""``/_devstack/*``: the devstack's own admin API (faults, index reset, session expiry, forced
+check status, stats).
 
 Real Consul never serves paths outside ``/v1/``, so the admin API cannot collide with anything a
-client sends; it bypasses ACLs and faults so a test can always heal the agent it broke.
+client sends; it bypasses faults so a test can always heal the agent it broke.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
-from devstack.consul.agent import mark_check
-from devstack.consul.core import Core, core_of
-from devstack.consul.http import CI, ConsulError, bad_request, ok_json, read_json
-from devstack.consul.sessions import invalidate_session
+from devstack.consul.api.common import core_of, ok_json, read_json
+from devstack.consul.controls import expire_session, force_check, reset_index, stats
+from devstack.consul.encoding import CI
+from devstack.consul.errors import ConsulError, bad_request
 
-
-def reset_index(core: Core, to: int | None = None) -> int:
-    """Emulate a snapshot restore: the index goes back to ``to`` (default: half of it)."""
-    target = max(1, core.state.index // 2 if to is None else to)
-    core.restores += 1
-    core.state.reset_index(target)
-    return target
-
-
-def expire_session(core: Core, session_id: str) -> bool:
-    """Invalidate a session as if its TTL had run out (lock-delay applies)."""
-    return invalidate_session(core, session_id)
-
-
-def force_check(
-    core: Core, check_id: str, status: str = "critical", output: str = "", node: str | None = None
-) -> bool:
-    if status not in ("passing", "warning", "critical"):
-        raise ValueError(f"invalid status {status!r}")
-    return mark_check(core, check_id, status, output or f"forced {status} by devstack", node)
-
-
-def stats(core: Core) -> dict[str, Any]:
-    return {
-        "Index": core.state.index,
-        "BlockingQueries": core.state.watches.count(),
-        "Keys": len(core.state.kv),
-        "Sessions": len(core.state.sessions),
-        "Faults": core.faults.as_dict(),
-    }
-
-
-# -- HTTP ---------------------------------------------------------------------------------------
+# -- handlers -----------------------------------------------------------------------------------
 
 
 async def faults(request: web.Request) -> web.Response:

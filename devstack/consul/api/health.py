@@ -11,18 +11,17 @@ from typing import Any
 
 from aiohttp import web
 
-from devstack.consul.catalog import (
-    STATUSES,
+from devstack.consul.api.common import (
     can_read_node,
     can_read_service,
-    check_json,
+    core_of,
     filtered,
-    instances,
-    node_json,
-    service_json,
+    parse_query_options,
+    token_sent,
 )
-from devstack.consul.core import core_of
-from devstack.consul.http import Result, bad_request, blocking, parse_query_options, respond
+from devstack.consul.api.reads import Result, blocking, respond
+from devstack.consul.catalog import STATUSES, check_json, instances, node_json, service_json
+from devstack.consul.errors import bad_request
 from devstack.consul.state import Check
 
 
@@ -43,13 +42,13 @@ async def service(request: web.Request) -> web.StreamResponse:
 
     def run() -> Result:
         index = st.health_service_index(name)
-        found = instances(core, name, tags)
-        if not can_read_service(core, request, name):
+        found = instances(st, name, tags)
+        if not can_read_service(request, name):
             return Result(index, [], filtered=bool(found))
         entries: list[dict[str, Any]] = []
         hidden = False
         for node, svc in found:
-            if not can_read_node(core, request, node.name):
+            if not can_read_node(request, node.name):
                 hidden = True
                 continue
             checks = _checks_for(st.checks.get(node.name, {}), svc.id)
@@ -65,7 +64,7 @@ async def service(request: web.Request) -> web.StreamResponse:
         return Result(index, filtered(entries, opts.filter), filtered=hidden)
 
     result = await blocking(core, opts, run, topics=("svc:" + name,))
-    return respond(core, result, opts, token_sent=core.token_sent(request))
+    return respond(core, result, opts, token_sent=token_sent(request))
 
 
 async def service_checks(request: web.Request) -> web.StreamResponse:
@@ -77,22 +76,22 @@ async def service_checks(request: web.Request) -> web.StreamResponse:
     def run() -> Result:
         index = st.health_service_index(name)
         found = [c for c in st.all_checks() if c.service_name == name and c.service_id]
-        if not can_read_service(core, request, name):
+        if not can_read_service(request, name):
             return Result(index, [], filtered=bool(found))
-        keep = [c for c in found if can_read_node(core, request, c.node)]
+        keep = [c for c in found if can_read_node(request, c.node)]
         body = filtered([check_json(c) for c in keep], opts.filter)
         return Result(index, body, filtered=len(keep) != len(found))
 
     result = await blocking(core, opts, run, topics=("svc:" + name,))
-    return respond(core, result, opts, token_sent=core.token_sent(request))
+    return respond(core, result, opts, token_sent=token_sent(request))
 
 
-def _visible_checks(core: Any, request: web.Request, checks: list[Check]) -> list[Check]:
+def _visible_checks(request: web.Request, checks: list[Check]) -> list[Check]:
     out = []
     for c in checks:
-        if not can_read_node(core, request, c.node):
+        if not can_read_node(request, c.node):
             continue
-        if c.service_id and not can_read_service(core, request, c.service_name):
+        if c.service_id and not can_read_service(request, c.service_name):
             continue
         out.append(c)
     return out
@@ -108,12 +107,12 @@ async def state(request: web.Request) -> web.StreamResponse:
 
     def run() -> Result:
         found = [c for c in st.all_checks() if wanted == "any" or c.status == wanted]
-        keep = _visible_checks(core, request, found)
+        keep = _visible_checks(request, found)
         body = filtered([check_json(c) for c in keep], opts.filter)
         return Result(st.table_index["checks"], body, filtered=len(keep) != len(found))
 
     result = await blocking(core, opts, run, topics=("checks",))
-    return respond(core, result, opts, token_sent=core.token_sent(request))
+    return respond(core, result, opts, token_sent=token_sent(request))
 
 
 async def node(request: web.Request) -> web.StreamResponse:
@@ -125,9 +124,9 @@ async def node(request: web.Request) -> web.StreamResponse:
     def run() -> Result:
         checks = st.checks.get(name, {})
         found = [checks[cid] for cid in sorted(checks)]
-        keep = _visible_checks(core, request, found)
+        keep = _visible_checks(request, found)
         body = filtered([check_json(c) for c in keep], opts.filter)
         return Result(st.table_index["checks"], body, filtered=len(keep) != len(found))
 
     result = await blocking(core, opts, run, topics=("checks",))
-    return respond(core, result, opts, token_sent=core.token_sent(request))
+    return respond(core, result, opts, token_sent=token_sent(request))

@@ -10,17 +10,34 @@ import uuid
 
 from aiohttp import web
 
-from devstack.consul.acl import READ, WRITE, Policy, RuleError, Token, compile_rules
+from devstack.consul.acl import (
+    ANONYMOUS_SECRET,
+    READ,
+    WRITE,
+    Policy,
+    RuleError,
+    Token,
+    compile_rules,
+)
 from devstack.consul.acl import _now as now_text
-from devstack.consul.core import Core, core_of
-from devstack.consul.http import CI, ConsulError, bad_request, ok_json, read_object, server_error
+from devstack.consul.api.common import (
+    authorizer,
+    core_of,
+    ok_json,
+    read_object,
+    request_token,
+    require_scalar,
+)
+from devstack.consul.core import Core
+from devstack.consul.encoding import CI
+from devstack.consul.errors import ConsulError, bad_request, server_error
 
 
 def _enabled(request: web.Request, need: int) -> Core:
     core = core_of(request)
     if not core.acl.enabled:
         raise ConsulError(401, "ACL support disabled")
-    core.require_scalar(request, "acl", need)
+    require_scalar(request, "acl", need)
     return core
 
 
@@ -159,9 +176,7 @@ async def token_self(request: web.Request) -> web.Response:
     core = core_of(request)
     if not core.acl.enabled:
         raise ConsulError(401, "ACL support disabled")
-    core.authz(request)
-    from devstack.consul.acl import ANONYMOUS_SECRET, request_token
-
+    authorizer(request)
     token = core.acl.tokens.get(request_token(request) or ANONYMOUS_SECRET)
     if token is None:
         raise _not_found()

@@ -1,0 +1,225 @@
+"""``/v1/catalog/*``: register and deregister nodes, services and checks; the blocking reads.
+
+List reads drop what the token may not read (and say so in a header when a token was sent);
+``?filter=`` applies after that.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from devstack.consul.acl import WRITE
+from devstack.consul.api.common import (
+    can_read_node,
+    can_read_service,
+    core_of,
+    filtered,
+    ok_json,
+    parse_query_options,
+    read_object,
+    require,
+    token_sent,
+)
+from devstack.consul.api.reads import Result, blocking, respond
+from devstack.consul.catalog import (
+    catalog_service_json,
+    delete_check,
+    delete_node,
+    delete_service,
+    ensure_check,
+    ensure_node,
+    ensure_service,
+    instances,
+    node_json,
+    service_from,
+    service_json,
+    status_of,
+    str_map,
+)
+from devstack.consul.encoding import CI
+from devstack.consul.errors import bad_request
+from devstack.consul.state import Check
+
+# -- handlers -----------------------------------------------------------------------------------
+
+
+async def datacenters(request: web.Request) -> web.StreamResponse:
+    return ok_json([core_of(request).config.datacenter])
+
+
+async def list_nodes(request: web.Request) -> web.StreamResponse:
+    core = core_of(request)
+    opts = parse_query_options(request, core)
+    st = core.state
+
+    def run() -> Result:
+        nodes = [st.nodes[n] for n in sorted(st.nodes)]
+        keep = [n for n in nodes if can_read_node(request, n.name)]
+        body = filtered([node_json(n) for n in keep], opts.filter)
+        return Result(st.table_index["nodes"], body, filtered=len(keep) != len(nodes))
+
+    result = await blocking(core, opts, run, topics=("nodes",))
+    return respond(core, result, opts, token_sent=token_sent(request))
+
+
+async def list_services(request: web.Request) -> web.StreamResponse:
+    core = core_of(request)
+    opts = parse_query_options(request, core)
+    st = core.state
+
+    def run() -> Result:
+        tags: dict[str, set[str]] = {}
+        hidden = False
+        for node in sorted(st.services):
+            if not can_read_node(request, node):
+                hidden = hidden or bool(st.services[node])
+                continue
+            for svc in st.services[node].values():
+                if not can_read_service(request, svc.name):
+                    hidden = True
+                    continue
+                tags.setdefault(svc.name, set()).update(svc.tags)
+        body = {name: sorted(tags[name]) for name in sorted(tags)}
+        return Result(st.table_index["services"], body, filtered=hidden)
+
+    result = await blocking(core, opts, run, topics=("services",))
+    return respond(core, result, opts, token_sent=token_sent(request))
+
+
+async def service_nodes(request: web.Request) -> web.StreamResponse:
+    core = core_of(request)
+    opts = parse_query_options(request, core)
+    name = request.match_info["name"]
+    tags = request.query.getall("tag", [])
+    st = core.state
+
+    def run() -> Result:
+        found = instances(st, name, tags)
+        if not can_read_service(request, name):
+            return Result(st.health_service_index(name), [], filtered=bool(found))
+        keep = [(n, s) for n, s in found if can_read_node(request, n.name)]
+        body = filtered([catalog_service_json(n, s) for n, s in keep], opts.filter)
+        return Result(st.health_service_index(name), body, filtered=len(keep) != len(found))
+
+    result = await blocking(core, opts, run, topics=("svc:" + name,))
+    return respond(core, result, opts, token_sent=token_sent(request))
+
+
+async def node_services(request: web.Request) -> web.StreamResponse:
+    core = core_of(request)
+    opts = parse_query_options(request, core)
+    name = request.match_info["node"]
+    st = core.state
+
+    def run() -> Result:
+        index = st.max_index("nodes", "services")
+        node = st.nodes.get(name)
+        if node is None or not can_read_node(request, name):
+            return Result(index, None, filtered=node is not None)
+        services = st.services.get(name, {})
+        keep = {
+            sid: service_json(s)
+            for sid, s in sorted(services.items())
+            if can_read_service(request, s.name)
+        }
+        body = {"Node": node_json(node), "Services": keep}
+        return Result(index, body, filtered=len(keep) != len(services))
+
+    result = await blocking(core, opts, run, topics=("nodes", "services"))
+    return respond(core, result, opts, token_sent=token_sent(request))
+
+
+async def register(request: web.Request) -> web.StreamResponse:
+    core = core_of(request)
+    parse_query_options(request, core)
+    body = await read_object(request)
+    node = body.text("Node")
+    if not node:
+        raise bad_request("Must provide node")
+    skip_node = bool(body.get("SkipNodeUpdate", default=False))
+    address = body.text("Address")
+    if not address and not skip_node:
+        raise bad_request("Must provide address if SkipNodeUpdate is not set")
+    svc_body = body.obj("Service")
+    service = service_from(node, svc_body) if svc_body is not None else None
+    check_bodies: list[CI] = []
+    single = body.obj("Check")
+    if single is not None:
+        check_bodies.append(single)
+    many = body.get("Checks")
+    if many is not None:
+        if not isinstance(many, list) or not all(isinstance(c, dict) for c in many):
+            raise bad_request("Request decode failed: Checks must be a list of objects")
+        check_bodies.extend(CI(c) for c in many)
+    require(request, "node", node, WRITE)
+    if service is not None:
+        require(request, "service", service.name, WRITE)
+    core.require_leader()
+    st = core.state
+    if not skip_node or node not in st.nodes:
+        ensure_node(
+            st,
+            node,
+            address,
+            node_id=body.text("ID"),
+            tagged=str_map(body.get("TaggedAddresses"), "TaggedAddresses") or None,
+            meta=str_map(body.get("NodeMeta"), "NodeMeta") or None,
+        )
+    if service is not None:
+        ensure_service(st, service)
+    for cb in check_bodies:
+        cid = cb.text("CheckID", "ID")
+        if not cid:
+            raise bad_request("Missing check ID")
+        definition = cb.obj("Definition")
+        ensure_check(
+            st,
+            Check(
+                node=node,
+                id=cid,
+                name=cb.text("Name") or cid,
+                status=status_of(cb.get("Status")),
+                notes=cb.text("Notes"),
+                output=cb.text("Output"),
+                service_id=cb.text("ServiceID"),
+                service_name="",
+                service_tags=[],
+                type=cb.text("Type"),
+                interval=definition.text("Interval") if definition else "",
+                timeout=definition.text("Timeout") if definition else "",
+                create_index=0,
+                modify_index=0,
+                definition=definition.raw if definition else {},
+            ),
+        )
+    return ok_json(True)
+
+
+async def deregister(request: web.Request) -> web.StreamResponse:
+    core = core_of(request)
+    parse_query_options(request, core)
+    body = await read_object(request)
+    node = body.text("Node")
+    if not node:
+        raise bad_request("Must provide node")
+    service_id = body.text("ServiceID")
+    check_id = body.text("CheckID")
+    st = core.state
+    if service_id:
+        svc = st.services.get(node, {}).get(service_id)
+        require(request, "service", svc.name if svc else service_id, WRITE)
+        core.require_leader()
+        delete_service(st, node, service_id)
+    elif check_id:
+        check = st.checks.get(node, {}).get(check_id)
+        if check is not None and check.service_id:
+            require(request, "service", check.service_name, WRITE)
+        else:
+            require(request, "node", node, WRITE)
+        core.require_leader()
+        delete_check(st, node, check_id)
+    else:
+        require(request, "node", node, WRITE)
+        core.require_leader()
+        delete_node(st, node)
+    return ok_json(True)

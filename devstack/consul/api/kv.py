@@ -1,0 +1,257 @@
+"""``/v1/kv/<key>``: reads (single key, ``recurse``, ``keys``, ``raw``), writes and deletes.
+
+Encoded read results are cached per KV generation, so a thousand blocking queries woken by one
+write share one serialisation; list reads silently drop what the token may not read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from devstack.consul.acl import READ, WRITE
+from devstack.consul.api.common import (
+    authorizer,
+    core_of,
+    parse_query_options,
+    require,
+    token_sent,
+)
+from devstack.consul.api.reads import Result, blocking, respond
+from devstack.consul.core import Core
+from devstack.consul.encoding import dumps, parse_uint
+from devstack.consul.errors import ConsulError, bad_request, server_error
+from devstack.consul.kv import (
+    KV_MAX_VALUE_SIZE,
+    InvalidSession,
+    clean_key,
+    entry_json,
+    kv_cas,
+    kv_delete,
+    kv_delete_cas,
+    kv_delete_tree,
+    kv_lock,
+    kv_set,
+    kv_unlock,
+    validate_key,
+)
+from devstack.consul.state import State
+
+TRUE = b"true"
+FALSE = b"false"
+
+
+# -- handlers -----------------------------------------------------------------------------------
+
+
+def _key(request: web.Request) -> str:
+    return clean_key(request.match_info.get("key", ""))
+
+
+def _cached(st: State, cache_key: tuple[Any, ...], compute: Callable[[], Result]) -> Result:
+    if st.kv_cache_generation != st.kv_generation:
+        st.kv_cache.clear()
+        st.kv_cache_generation = st.kv_generation
+    hit = st.kv_cache.get(cache_key)
+    if hit is None:
+        hit = compute()
+        if len(st.kv_cache) < 4096:
+            st.kv_cache[cache_key] = hit
+    return hit
+
+
+async def kv_get(request: web.Request) -> web.StreamResponse:
+    core = core_of(request)
+    opts = parse_query_options(request, core)
+    key = _key(request)
+    q = request.query
+    keys_mode = "keys" in q
+    recurse = "recurse" in q or keys_mode
+    if not key and not recurse:
+        raise bad_request("Missing key name")
+    if key:
+        validate_key(key)
+    authz = authorizer(request)
+    st = core.state
+    # Filtered lists differ per token, so the token is part of the cache key.
+    token = authz.accessor if authz is not None else ""
+
+    if keys_mode:
+        sep = q.get("separator", q.get("seperator", ""))
+
+        def run() -> Result:
+            return _cached(st, ("keys", key, sep, token), lambda: _list_keys(core, key, sep, authz))
+
+        result = await blocking(core, opts, run, prefixes=(key,), topics=_fallback(st, key))
+    elif recurse:
+
+        def run() -> Result:
+            return _cached(st, ("list", key, token), lambda: _list(core, key, authz))
+
+        result = await blocking(core, opts, run, prefixes=(key,), topics=_fallback(st, key))
+    else:
+        if authz is not None and not authz.allowed("key", key, READ):
+            raise ConsulError(403, "Permission denied")
+        raw = "raw" in q
+
+        def run() -> Result:
+            return _cached(st, ("get", key, raw), lambda: _get(st, key, raw))
+
+        result = await blocking(core, opts, run, prefixes=(key,))
+    return respond(core, result, opts, token_sent=token_sent(request), request=request)
+
+
+def _fallback(st: State, prefix: str) -> tuple[str, ...]:
+    _, fell_back = st.kv_prefix_index(prefix)
+    return ("kvs",) if fell_back else ()
+
+
+def _get(st: State, key: str, raw: bool) -> Result:
+    entry = st.kv.get(key)
+    if entry is None:
+        return Result(st.max_index("kvs", "tombstones"), status=404, not_found=True)
+    if raw:
+        return Result(
+            entry.modify_index,
+            raw=entry.value,
+            extra_headers={
+                "Content-Type": "text/plain",
+                "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "sandbox",
+            },
+        )
+    return Result(entry.modify_index, raw=dumps([entry_json(entry)]))
+
+
+def _list(core: Core, prefix: str, authz: Any) -> Result:
+    st = core.state
+    index, _ = st.kv_prefix_index(prefix)
+    entries = list(st.kv_entries(prefix))
+    filtered = False
+    if authz is not None and not authz.management:
+        visible = [e for e in entries if authz.allowed("key", e.key, READ)]
+        filtered = len(visible) != len(entries)
+        entries = visible
+    if not entries:
+        return Result(index, status=404, filtered=filtered)
+    return Result(index, raw=dumps([entry_json(e) for e in entries]), filtered=filtered)
+
+
+def _list_keys(core: Core, prefix: str, sep: str, authz: Any) -> Result:
+    st = core.state
+    index, _ = st.kv_prefix_index(prefix)
+    names = st.kv_keys.with_prefix(prefix)
+    filtered = False
+    if authz is not None and not authz.management:
+        visible = [k for k in names if authz.allowed("key", k, READ)]
+        filtered = len(visible) != len(names)
+        names = visible
+    if sep:
+        out: list[str] = []
+        seen: set[str] = set()
+        plen = len(prefix)
+        for name in names:
+            cut = name.find(sep, plen)
+            if cut >= 0:
+                name = name[: cut + len(sep)]
+                if name in seen:
+                    continue
+                seen.add(name)
+            out.append(name)
+        names = out
+    if not names and prefix:
+        return Result(index, status=404, filtered=filtered)
+    return Result(index, raw=dumps(names), filtered=filtered)
+
+
+def _conflicting(request: web.Request, *flags: str) -> None:
+    present = [f for f in flags if f in request.query]
+    if len(present) > 1:
+        encoded = urlencode(sorted(request.query.items()))
+        raise bad_request(f"Conflicting flags: {encoded}")
+
+
+def _uint_param(request: web.Request, name: str) -> int:
+    try:
+        return parse_uint(request.query[name])
+    except ValueError as exc:
+        raise server_error(str(exc)) from exc
+
+
+async def read_value(request: web.Request) -> bytes:
+    length = request.content_length
+    if length is not None and length > KV_MAX_VALUE_SIZE:
+        raise _too_large(length)
+    body = await request.read()
+    if len(body) > KV_MAX_VALUE_SIZE:
+        raise _too_large(len(body))
+    return body
+
+
+def _too_large(size: int) -> ConsulError:
+    return ConsulError(
+        413,
+        f"Request body({size} bytes) too large, max size: {KV_MAX_VALUE_SIZE} bytes. See "
+        "https://developer.hashicorp.com/docs/agent/config/config-files#kv_max_value_size.",
+    )
+
+
+async def kv_put(request: web.Request) -> web.StreamResponse:
+    core = core_of(request)
+    parse_query_options(request, core)
+    key = _key(request)
+    if not key:
+        raise bad_request("Missing key name")
+    validate_key(key)
+    _conflicting(request, "cas", "acquire", "release")
+    q = request.query
+    flags = _uint_param(request, "flags") if "flags" in q else 0
+    cas = _uint_param(request, "cas") if "cas" in q else None
+    value = await read_value(request)
+    require(request, "key", key, WRITE)
+    core.require_leader()
+    st = core.state
+    alloc = st.next_index
+    if "acquire" in q:
+        try:
+            ok, _ = kv_lock(st, key, value, flags, q["acquire"], alloc)
+        except InvalidSession as exc:
+            raise server_error(str(exc)) from exc
+    elif "release" in q:
+        ok = kv_unlock(st, key, value, flags, q["release"], alloc)
+    elif cas is not None:
+        ok = kv_cas(st, key, value, flags, cas, alloc)
+    else:
+        ok = kv_set(st, key, value, flags, alloc)
+    return web.Response(body=TRUE if ok else FALSE, content_type="application/json")
+
+
+async def kv_delete_handler(request: web.Request) -> web.StreamResponse:
+    core = core_of(request)
+    parse_query_options(request, core)
+    key = _key(request)
+    q = request.query
+    recurse = "recurse" in q
+    if not key and not recurse:
+        raise bad_request("Missing key name")
+    if key:
+        validate_key(key)
+    _conflicting(request, "recurse", "cas")
+    st = core.state
+    if recurse:
+        authz = authorizer(request)
+        if authz is not None and not authz.write_prefix("key", key):
+            raise ConsulError(403, "Permission denied")
+        core.require_leader()
+        kv_delete_tree(st, key, st.next_index)
+        return web.Response(body=TRUE, content_type="application/json")
+    require(request, "key", key, WRITE)
+    core.require_leader()
+    if "cas" in q:
+        ok = kv_delete_cas(st, key, _uint_param(request, "cas"), st.next_index)
+        return web.Response(body=TRUE if ok else FALSE, content_type="application/json")
+    kv_delete(st, key, st.next_index)
+    return web.Response(body=TRUE, content_type="application/json")

@@ -1,0 +1,176 @@
+"""Reads: metadata headers, the blocking-query loop and the response they end in.
+
+Consul stamps reads with ``X-Consul-Index`` (never 0), ``X-Consul-KnownLeader`` and
+``X-Consul-LastContact``. Its ``blockingquery`` package loops: run the query, return if the index
+moved past ``index``, else park on the watch set until a change or the (jittered) timeout.
+Handlers here get the same behaviour from one place, and the hot path writes a whole response
+with one socket write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
+
+from devstack.consul.api.common import JSON, QueryOptions
+from devstack.consul.core import Core
+from devstack.consul.encoding import dumps
+
+
+@dataclass(slots=True)
+class Result:
+    """One run of a read: its index, its body, and whether the query found nothing."""
+
+    index: int
+    body: Any = None
+    not_found: bool = False
+    status: int = 200
+    filtered: bool = False
+    raw: bytes | None = None
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+
+def meta_headers(core: Core, opts: QueryOptions | None, index: int | None) -> dict[str, str]:
+    headers = {
+        "X-Consul-KnownLeader": "false" if core.faults.no_leader else "true",
+        "X-Consul-LastContact": "0",
+    }
+    if opts is not None:
+        headers["X-Consul-Effective-Consistency"] = (
+            "stale" if opts.stale else "consistent" if opts.consistent else "leader"
+        )
+    if index is not None:
+        headers["X-Consul-Index"] = str(index) if index > 0 else "1"
+    return headers
+
+
+class Prewritten(web.StreamResponse):
+    """A response already written to the socket in one piece; aiohttp only closes the books.
+
+    A write under a watched prefix can wake a thousand parked reads at once. Each then needs the
+    same bytes on its own connection, and aiohttp's per-response machinery (header objects,
+    payload writer, three writes) costs more than the socket send itself. The hot read path
+    therefore writes status line, headers and body with one ``transport.write`` and hands
+    aiohttp a response that is already finished.
+    """
+
+    def __init__(self, status: int, keep_alive: bool) -> None:
+        super().__init__(status=status)
+        self._keep_alive = keep_alive
+        self._eof_sent = True
+
+
+_REASONS = {200: "OK", 403: "Forbidden", 404: "Not Found"}
+
+
+def _write_whole(
+    request: web.Request, status: int, headers: dict[str, str], body: bytes
+) -> web.StreamResponse | None:
+    """Write the response in one piece when the connection allows it; None otherwise."""
+    transport = request.transport
+    if (
+        request.method != "GET"
+        or request.version != HttpVersion11
+        or not request.keep_alive
+        or status not in _REASONS
+        or transport is None
+        or transport.is_closing()
+    ):
+        return None
+    head = [f"HTTP/1.1 {status} {_REASONS[status]}"]
+    head.extend(f"{name}: {value}" for name, value in headers.items())
+    head.append(f"Content-Length: {len(body)}")
+    head.append(f"Date: {rfc822_formatted_time()}")
+    head.append(f"Server: {SERVER_SOFTWARE}")
+    transport.write("\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + body)
+    return Prewritten(status, keep_alive=True)
+
+
+def respond(
+    core: Core,
+    result: Result,
+    opts: QueryOptions | None,
+    *,
+    token_sent: bool = False,
+    index: bool = True,
+    request: web.Request | None = None,
+) -> web.StreamResponse:
+    headers = meta_headers(core, opts, result.index if index else None)
+    if result.filtered and token_sent:
+        headers["X-Consul-Results-Filtered-By-ACLs"] = "true"
+    if result.extra_headers:
+        headers.update(result.extra_headers)
+    if result.raw is not None:
+        body = result.raw
+    elif result.status == 404:
+        body = b""
+    elif opts is not None and opts.pretty:
+        body = json.dumps(result.body, indent=4, ensure_ascii=False).encode() + b"\n"
+    else:
+        # Encoded once per result, so parked queries sharing a cached result share the bytes.
+        body = result.raw = dumps(result.body)
+    headers.setdefault("Content-Type", JSON)
+    if request is not None:
+        whole = _write_whole(request, result.status, headers, body)
+        if whole is not None:
+            return whole
+    return web.Response(body=body, status=result.status, headers=headers)
+
+
+async def blocking(
+    core: Core,
+    opts: QueryOptions,
+    run: Callable[[], Result],
+    topics: Iterable[str] = (),
+    prefixes: Iterable[str] = (),
+) -> Result:
+    """Consul's ``blockingquery.Query`` loop over an in-memory watch set."""
+    core.require_leader(opts.stale)
+    result = run()
+    min_index = opts.min_index
+    if min_index == 0:
+        return result
+    topics = tuple(topics)
+    prefixes = tuple(prefixes)
+    loop = asyncio.get_running_loop()
+    timeout = opts.wait + random.uniform(0, opts.wait / 16)
+    deadline = loop.time() + timeout
+    not_found = result.not_found
+    watches = core.state.watches
+    restores = core.restores
+    while result.index <= min_index:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            break
+        fut: asyncio.Future[None] = loop.create_future()
+        watches.add(fut, topics, prefixes)
+        handle = loop.call_later(remaining, _expire, fut)
+        try:
+            await fut
+        finally:
+            handle.cancel()
+            watches.remove(fut, topics, prefixes)
+        if core.restores != restores:
+            # The store was replaced (snapshot restore): return whatever is there now.
+            return run()
+        core.require_leader(opts.stale)
+        result = run()
+        if result.not_found:
+            if not_found:
+                # Still nothing there: an unrelated write must not end the wait.
+                min_index = max(min_index, result.index)
+            not_found = True
+    return result
+
+
+def _expire(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
