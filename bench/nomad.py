@@ -24,6 +24,8 @@ import httpx
 JOBS = 1000
 CONCURRENCY = 32
 LATENCY_RUNS = 3
+USERS = 1000
+PORTS_PER_USER = 3
 SECOND = 1_000_000_000
 PLACEMENT_TARGET = 500.0
 PASSING_TARGET = 2.0
@@ -147,6 +149,167 @@ def _measure_throughput() -> tuple[float, float, float]:
             proc.wait()
 
 
+def _proc_stats(pid: int) -> tuple[float, int]:
+    """(resident MiB, open fds) of a process, from /proc."""
+    with open(f"/proc/{pid}/status") as status:
+        rss_kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    return rss_kb / 1024, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _user_job(i: int) -> dict[str, Any]:
+    job = _bench_job(i)
+    job["ID"] = f"user-{i:05d}"
+    labels = ["hmi", "broker", "core"][:PORTS_PER_USER]
+    job["TaskGroups"][0]["Networks"] = [{"DynamicPorts": [{"Label": p} for p in labels]}]
+    return job
+
+
+async def _containers(url: str, pid: int) -> dict[str, float]:
+    """Register USERS three-port docker jobs; memory, fds and answers of their listeners."""
+    import aiohttp
+
+    before = _proc_stats(pid)
+    connector = aiohttp.TCPConnector(limit=CONCURRENCY)
+    async with aiohttp.ClientSession(url, connector=connector) as session:
+        pending = [json.dumps({"Job": _user_job(i)}).encode() for i in range(USERS)]
+
+        async def worker() -> None:
+            while pending:
+                body = pending.pop()
+                async with session.post(
+                    "/v1/jobs", data=body, headers={"Content-Type": "application/json"}
+                ) as resp:
+                    if resp.status != 200:
+                        raise RuntimeError(f"register failed: {resp.status}")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+        running_at = 0.0
+        while time.perf_counter() < started + 60:
+            async with session.get("/v1/allocations", params={"task_states": "false"}) as resp:
+                stubs = await resp.json()
+            if sum(1 for a in stubs if a["ClientStatus"] == "running") >= USERS:
+                running_at = time.perf_counter() - started
+                break
+            await asyncio.sleep(0.2)
+        # Listeners open right after the running report; let the loop settle.
+        await asyncio.sleep(1.0)
+        after = _proc_stats(pid)
+        async with session.get("/v1/allocations", params={"resources": "true"}) as resp:
+            full = await resp.json()
+        addrs = [
+            (p["HostIP"], p["Value"])
+            for a in full
+            for p in a["AllocatedResources"]["Shared"]["Ports"] or []
+        ]
+        sample = addrs[:: max(1, len(addrs) // 300)]
+        ok = 0
+        latencies = []
+        for ip, port in sample:
+            t0 = time.perf_counter()
+            try:
+                async with (
+                    aiohttp.ClientSession() as probe,
+                    probe.get(f"http://{ip}:{port}/health") as resp,
+                ):
+                    ok += resp.status == 200
+            except aiohttp.ClientError as exc:
+                print("probe failed", ip, port, repr(exc))
+            latencies.append(time.perf_counter() - t0)
+    return {
+        "running_s": running_at,
+        "rss_before": before[0],
+        "rss_after": after[0],
+        "fds_before": before[1],
+        "fds_after": after[1],
+        "ports": len(addrs),
+        "sampled": len(sample),
+        "ok": ok,
+        "p50_ms": statistics.median(latencies) * 1000 if latencies else 0.0,
+    }
+
+
+def _measure_containers() -> dict[str, float]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "devstack.nomad",
+            "--port",
+            str(port),
+            "--nodes",
+            "10",
+            "--node-cpu",
+            "100000",
+            "--node-memory",
+            "100000",
+            "--node-disk",
+            "1000000",
+            "--docker-start-delay",
+            "0.2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if "ready" not in line:
+            raise RuntimeError(f"embedded nomad did not start: {line!r}")
+        return asyncio.run(_containers(f"http://127.0.0.1:{port}", proc.pid))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _containers_section() -> str:
+    c = _measure_containers()
+    per_user_kib = (c["rss_after"] - c["rss_before"]) * 1024 / USERS
+    rows = [
+        (f"{USERS} users running ({PORTS_PER_USER} ports each)", f"{c['running_s']:.1f} s", "-"),
+        ("Listening ports opened", f"{c['ports']:.0f}", f"{USERS * PORTS_PER_USER}"),
+        (
+            "Open fds, before -> after",
+            f"{c['fds_before']:.0f} -> {c['fds_after']:.0f}",
+            f"<= {USERS * PORTS_PER_USER + 200} after",
+        ),
+        (
+            "Resident memory, before -> after",
+            f"{c['rss_before']:.0f} -> {c['rss_after']:.0f} MiB",
+            "-",
+        ),
+        (
+            "Memory per user (server, allocation, 3 listeners)",
+            f"{per_user_kib:.0f} KiB",
+            "<= 200 KiB",
+        ),
+        (
+            "Sampled ports answering HTTP 200",
+            f"{c['ok']:.0f} / {c['sampled']:.0f}",
+            "all",
+        ),
+        ("HTTP answer from a simulated container, median", f"{c['p50_ms']:.1f} ms", "-"),
+    ]
+    table = "\n".join(f"| {a} | {b} | {c_} |" for a, b, c_ in rows)
+    return (
+        "## Embedded Nomad: simulated containers serving their ports\n\n"
+        "| metric | measured | target |\n| --- | --- | --- |\n"
+        f"{table}\n\n"
+        f"Method: {USERS} docker jobs, each one group with {PORTS_PER_USER} dynamic ports, "
+        "registered against `python -m devstack.nomad` in its own process (10 nodes, 0.2 s "
+        "simulated start); once every allocation runs, the server's VmRSS and open fds are read "
+        "from /proc and compared with the idle server, and every tenth port or so is asked "
+        "`GET /health` over a fresh connection. Each simulated container serves its ports with "
+        "one asyncio server per port sharing one small protocol class."
+    )
+
+
 def _measure_passing() -> list[float]:
     from devstack.consul.server import ConsulServer
     from devstack.nomad import EmbeddedNomad
@@ -237,7 +400,7 @@ def run() -> str:
         "`/v1/allocations` lists every allocation (placed) and every one running; the latency is "
         "from `POST /v1/jobs` of a raw_exec `http.server` task until the embedded Consul's "
         f"`/v1/health/service/<name>?passing` lists it, {LATENCY_RUNS} runs ({os.cpu_count()} "
-        "cores, loopback)."
+        "cores, loopback).\n\n" + _containers_section()
     )
 
 

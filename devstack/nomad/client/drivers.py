@@ -1,21 +1,35 @@
 """Task drivers of the simulated clients: a simulated ``docker`` and a real ``raw_exec``.
 
 ``docker`` starts no process. It "starts" after the server's ``docker_start_delay`` and runs
-until killed, unless told otherwise through these conventions (documented for users of the
-devstack):
+until killed, and while it runs it *serves its ports* as a healthy container does: every host
+port mapped to it answers HTTP 200 (any method, any path) and accepts TCP, so Consul's real
+HTTP and TCP checks pass. The ports it serves are its task-level network ports, the group ports
+named in its ``config.ports``, and, for the group's first docker task without ``ports``, the
+group ports no other task names. Listeners bind the allocation's host address with
+``SO_REUSEPORT`` (simulated nodes share loopback) and close when the task stops. These
+conventions, documented for users of the devstack, change what it does:
 
-============================================  ================================================
-task ``Config``                               effect
-============================================  ================================================
-``image: "devstack/fail..."``                 the image pull fails: a ``Driver Failure`` event,
-                                              handled like any failed start (restart policy)
-``image: "devstack/exit:<code>"``             the container exits with ``<code>`` right after it
-                                              started
-``devstack_start_delay: "250ms"``             start delay for this task (Go duration or seconds)
-``devstack_fail_start: true``                 same as the ``devstack/fail`` image
-``devstack_exit_after: "2s"``                 exit this long after starting...
-``devstack_exit_code: 3``                     ...with this code (default 0)
-============================================  ================================================
+==============================================  ==============================================
+task ``Config``                                 effect
+==============================================  ==============================================
+``image: "devstack/fail..."``                   the image pull fails: a ``Driver Failure`` event,
+                                                handled like any failed start (restart policy)
+``image: "devstack/exit:<code>"``               the container exits with ``<code>`` right after
+                                                it started
+``devstack_start_delay: "250ms"``               start delay for this task (Go duration or s)
+``devstack_fail_start: true``                   same as the ``devstack/fail`` image
+``devstack_exit_after: "2s"``                   exit (crash) this long after starting...
+``devstack_exit_code: 3``                       ...with this code (default 0)
+``devstack_unhealthy: true``                    answer HTTP 500 on every port (TCP still
+                                                accepts); ``"refuse"``: open no port at all, so
+                                                HTTP and TCP checks are refused
+``devstack_http_status: 503``                   answer this HTTP status instead of 200
+``devstack_listen_delay: "5s"``                 running, but ports open only this long after
+                                                the start (an application slow to come up)
+==============================================  ==============================================
+
+A node's meta ``devstack_unhealthy`` (``"true"`` or ``"refuse"``) applies the same to every
+docker task on that node, for faults that follow a host rather than a job.
 
 ``raw_exec`` runs ``config.command`` with ``config.args`` in its own process group (so stop kills
 its children too), with the task directory as working directory and stdout/stderr in
@@ -29,8 +43,8 @@ import contextlib
 import os
 import signal
 import subprocess
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
 
 from devstack.nomad.util import parse_go_duration
 
@@ -58,6 +72,9 @@ class TaskContext:
     task_dir: str
     logs_dir: str
     start_delay: float
+    # Host (ip, port) pairs a simulated container serves; the node's meta for fault knobs.
+    ports: list[tuple[str, int]] = field(default_factory=list)
+    node_meta: dict[str, str] = field(default_factory=dict)
 
 
 class TaskHandle(Protocol):
@@ -81,28 +98,128 @@ def _seconds(value: Any, default: float) -> float:
         return default
 
 
+_REASONS = {200: "OK", 500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+class _Responder(asyncio.Protocol):
+    """One connection to a simulated container: answer the first HTTP request, then close.
+
+    A TCP check connects and leaves; that is an accept, nothing more to do. One small class
+    serves every port of every container, so a thousand containers cost sockets, not threads.
+    """
+
+    __slots__ = ("_buffer", "_response", "_transport")
+
+    def __init__(self, response: bytes) -> None:
+        self._response = response
+        self._buffer = b""
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses; both have write/close.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if b"\r\n\r\n" in self._buffer or len(self._buffer) > 16384:
+            assert self._transport is not None
+            self._transport.write(self._response)
+            self._transport.close()
+
+
+def _http_response(status: int) -> bytes:
+    body = b"ok\n" if status < 400 else b"unhealthy\n"
+    reason = _REASONS.get(status, "Status")
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+
+
 class _SimulatedContainer:
     def __init__(self, exit_after: float | None, exit_code: int) -> None:
         self._killed = asyncio.Event()
         self._exit_after = exit_after
         self._exit_code = exit_code
+        self._servers: list[asyncio.Server] = []
+        self._opener: asyncio.Task[None] | None = None
+
+    async def listen(self, ports: list[tuple[str, int]], status: int, delay: float) -> None:
+        """Serve ``ports`` (after ``delay``); a port taken by another process fails the start."""
+        if delay > 0:
+            self._opener = asyncio.get_running_loop().create_task(
+                self._open_later(ports, status, delay)
+            )
+            return
+        await self._open(ports, status)
+
+    async def _open_later(self, ports: list[tuple[str, int]], status: int, delay: float) -> None:
+        await asyncio.sleep(delay)
+        with contextlib.suppress(DriverError):
+            await self._open(ports, status)
+
+    async def _open(self, ports: list[tuple[str, int]], status: int) -> None:
+        loop = asyncio.get_running_loop()
+        response = _http_response(status)
+        for ip, port in ports:
+            try:
+                server = await loop.create_server(
+                    lambda: _Responder(response),
+                    host=ip or "127.0.0.1",
+                    port=port,
+                    reuse_port=True,
+                    backlog=64,
+                )
+            except OSError as exc:
+                self.close()
+                raise DriverError(
+                    "Failed to start container: API error (500): driver failed programming "
+                    f"external connectivity: Bind for {ip}:{port} failed: port is already "
+                    f"allocated ({exc.strerror})"
+                ) from exc
+            self._servers.append(server)
+
+    def close(self) -> None:
+        if self._opener is not None:
+            self._opener.cancel()
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
 
     async def wait(self) -> ExitResult:
-        if self._exit_after is None:
-            await self._killed.wait()
-            return ExitResult(137, int(signal.SIGKILL))
         try:
-            await asyncio.wait_for(self._killed.wait(), self._exit_after)
-        except TimeoutError:
-            return ExitResult(self._exit_code)
-        return ExitResult(137, int(signal.SIGKILL))
+            if self._exit_after is None:
+                await self._killed.wait()
+                return ExitResult(137, int(signal.SIGKILL))
+            try:
+                await asyncio.wait_for(self._killed.wait(), self._exit_after)
+            except TimeoutError:
+                return ExitResult(self._exit_code)
+            return ExitResult(137, int(signal.SIGKILL))
+        finally:
+            self.close()
 
     async def kill(self, sig: str, timeout: float) -> None:
+        self.close()
         self._killed.set()
 
 
+def _health(cfg: dict[str, Any], node_meta: dict[str, str]) -> tuple[int, bool]:
+    """(HTTP status to answer, whether to open ports at all) from task config and node meta."""
+    unhealthy = cfg.get("devstack_unhealthy", node_meta.get("devstack_unhealthy"))
+    if isinstance(unhealthy, str) and unhealthy.lower() == "refuse":
+        return 0, False
+    status = 200
+    if unhealthy is True or (isinstance(unhealthy, str) and unhealthy.lower() == "true"):
+        status = 500
+    code = cfg.get("devstack_http_status")
+    if isinstance(code, (int, str)) and str(code).isdigit() and 100 <= int(code) <= 599:
+        status = int(code)
+    return status, True
+
+
 class DockerDriver:
-    """Simulated docker: timing and outcome only, no container."""
+    """Simulated docker: timing, outcome and listening ports; no container."""
 
     async def start(self, ctx: TaskContext) -> TaskHandle:
         cfg = ctx.config
@@ -119,10 +236,15 @@ class DockerDriver:
             return _SimulatedContainer(0.0, int(tag) if tag.lstrip("-").isdigit() else 0)
         exit_after = cfg.get("devstack_exit_after")
         code = cfg.get("devstack_exit_code", 0)
-        return _SimulatedContainer(
+        container = _SimulatedContainer(
             None if exit_after is None else _seconds(exit_after, 0.0),
             int(code) if isinstance(code, (int, str)) and str(code).lstrip("-").isdigit() else 0,
         )
+        status, serve = _health(cfg, ctx.node_meta)
+        if serve and ctx.ports:
+            delay = _seconds(cfg.get("devstack_listen_delay"), 0.0)
+            await container.listen(ctx.ports, status, delay)
+        return container
 
 
 class _Process:

@@ -177,6 +177,8 @@ class TaskRunner:
                 task_dir=self.ar.task_dir(self.name),
                 logs_dir=os.path.join(self.ar.alloc_dir, "alloc", "logs"),
                 start_delay=self.ar.cluster.config.docker_start_delay,
+                ports=self.ar.served_ports(self.task),
+                node_meta=self.ar.node.get("Meta") or {},
             )
             if self.task["Driver"] == "docker":
                 image = (self.task["Config"] or {}).get("image", "")
@@ -301,6 +303,41 @@ class AllocRunner:
         self._push_scheduled = False
         self._main: asyncio.Task[None] | None = None
         self._owners: list[str] = []
+
+    def served_ports(self, task: dict[str, Any]) -> list[tuple[str, int]]:
+        """Host ports a simulated container answers on (see :mod:`.drivers`)."""
+        if task["Driver"] != "docker":
+            return []
+        res = self.alloc["AllocatedResources"]
+        out = [
+            (net.get("IP", ""), p["Value"])
+            for net in (res["Tasks"].get(task["Name"]) or {}).get("Networks") or []
+            for p in (net.get("ReservedPorts") or []) + (net.get("DynamicPorts") or [])
+        ]
+        named = (task["Config"] or {}).get("ports")
+        claimed = {
+            label
+            for t in self.group["Tasks"] or []
+            for label in ((t["Config"] or {}).get("ports") or [])
+            if isinstance(label, str)
+        }
+        first_unnamed = next(
+            (
+                t["Name"]
+                for t in self.group["Tasks"] or []
+                if t["Driver"] == "docker" and "ports" not in (t["Config"] or {})
+            ),
+            None,
+        )
+        for p in res["Shared"]["Ports"] or []:
+            mine = (
+                p["Label"] in named
+                if isinstance(named, list)
+                else task["Name"] == first_unnamed and p["Label"] not in claimed
+            )
+            if mine:
+                out.append((p["HostIP"], p["Value"]))
+        return out
 
     def task_dir(self, task: str) -> str:
         return os.path.join(self.alloc_dir, task)

@@ -22,6 +22,9 @@ from .common import (
     read_body,
 )
 
+# Suffixes Nomad's jobSpecificRequest knows that this emulator does not serve.
+UNIMPLEMENTED_SUFFIXES = ("/periodic/force", "/submission", "/actions", "/action")
+
 
 class JobsAPI(APIBase):
     async def jobs(self, request: web.Request) -> web.Response:
@@ -58,9 +61,20 @@ class JobsAPI(APIBase):
             ("/deployments", self.job_deployments),
             ("/deployment", self.job_deployment),
             ("/services", self.job_services),
+            ("/plan", self.job_plan),
+            ("/dispatch", self.job_dispatch),
+            ("/revert", self.job_revert),
+            ("/stable", self.job_stable),
+            ("/scale", self.job_scale),
         ):
             if tail.endswith(suffix) and len(tail) > len(suffix):
                 return await handler(request, tail[: -len(suffix)], ns)
+        # Sub-resources Nomad routes here that the devstack does not implement answer as an
+        # unknown path does, never as a job named "<id>/<suffix>".
+        if any(tail.endswith(s) and len(tail) > len(s) for s in UNIMPLEMENTED_SUFFIXES) or (
+            "/versions/" in tail and tail.endswith("/tag")
+        ):
+            raise NomadError(404, "")
         job_id = tail
         if request.method == "DELETE":
             purge = bool_param(request, "purge")
@@ -183,3 +197,30 @@ class JobsAPI(APIBase):
         return json_response(
             {"DriverConfigValidated": True, "ValidationErrors": None, "Error": "", "Warnings": ""}
         )
+
+    async def _write(self, request: web.Request) -> Any:
+        methods(request, WRITE)
+        return await read_body(request)
+
+    async def job_plan(self, request: web.Request, job_id: str, ns: str) -> web.Response:
+        reply = self.cluster.plan_job(await self._write(request), job_id, ns)
+        return json_response(reply, reply["Index"])
+
+    async def job_dispatch(self, request: web.Request, job_id: str, ns: str) -> web.Response:
+        reply = self.cluster.dispatch_job(job_id, ns, await self._write(request))
+        return json_response(reply, reply["Index"])
+
+    async def job_revert(self, request: web.Request, job_id: str, ns: str) -> web.Response:
+        reply = self.cluster.revert_job(job_id, ns, await self._write(request))
+        return json_response(reply, reply["Index"])
+
+    async def job_stable(self, request: web.Request, job_id: str, ns: str) -> web.Response:
+        reply = self.cluster.set_stability(job_id, ns, await self._write(request))
+        return json_response(reply, reply["Index"])
+
+    async def job_scale(self, request: web.Request, job_id: str, ns: str) -> web.Response:
+        methods(request, READ + WRITE)
+        if request.method in WRITE:
+            reply = self.cluster.scale_job(job_id, ns, await read_body(request))
+            return json_response(reply, reply["Index"])
+        return json_response(self.cluster.scale_status(job_id, ns), self.state.index)

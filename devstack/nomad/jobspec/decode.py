@@ -433,6 +433,16 @@ def decode_register_body(body: Any) -> tuple[_Obj, dict[str, Any]]:
     return job, opts
 
 
+def _parameterized(p: _Obj | None) -> dict[str, Any] | None:
+    if p is None:
+        return None
+    return {
+        "Payload": p.text("Payload") or "optional",
+        "MetaRequired": p.strlist("MetaRequired"),
+        "MetaOptional": p.strlist("MetaOptional"),
+    }
+
+
 def canonicalize(raw: _Obj | dict[str, Any], namespace: str = "default") -> dict[str, Any]:
     """The job as the server stores it: every default filled in, Nomad's key order."""
     j = raw if isinstance(raw, _Obj) else _Obj(raw, "Job", "Job")
@@ -459,7 +469,7 @@ def canonicalize(raw: _Obj | dict[str, Any], namespace: str = "default") -> dict
         "Update": update,
         "Multiregion": j.any("Multiregion"),
         "Periodic": j.any("Periodic"),
-        "ParameterizedJob": j.any("ParameterizedJob"),
+        "ParameterizedJob": _parameterized(j.obj("ParameterizedJob", "ParameterizedJobConfig")),
         "Dispatched": j.flag("Dispatched"),
         "DispatchIdempotencyToken": j.text("DispatchIdempotencyToken"),
         "Payload": j.any("Payload"),

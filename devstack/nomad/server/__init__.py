@@ -9,10 +9,10 @@ simulated clients (:mod:`devstack.nomad.client`) and the server do not import ea
 from __future__ import annotations
 
 from .base import ClientHandle
-from .services import NativeServices
+from .dryrun import JobPlans
 
 
-class NomadServer(NativeServices):
+class NomadServer(JobPlans):
     """One region's Nomad server (the client nodes are attached by the cluster)."""
 
 

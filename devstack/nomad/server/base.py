@@ -47,6 +47,8 @@ class ServerCore:
         self.leader = "127.0.0.1:4647"
         self.http_addr = "127.0.0.1:4646"
         self.clients: dict[str, ClientHandle] = {}
+        # job -> group -> scaling events, newest first (``/v1/job/<id>/scale``)
+        self.scaling_events: dict[JobKey, dict[str, list[dict[str, Any]]]] = {}
         self._own_data_dir = self.config.data_dir is None
         self.data_dir = self.config.data_dir or tempfile.mkdtemp(prefix="devstack-nomad-")
         self._queue: asyncio.Queue[str] = asyncio.Queue()

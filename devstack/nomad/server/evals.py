@@ -13,13 +13,24 @@ import logging
 from typing import Any
 
 from devstack.nomad import jobspec
-from devstack.nomad.state import alloc_client_terminal
+from devstack.nomad.state import JobKey, alloc_client_terminal
 from devstack.nomad.structs import alloc_index
 from devstack.nomad.util import now_ns
 
 from .plan import Planner
 
 log = logging.getLogger("devstack.nomad")
+
+Wanted = list[tuple[str, str, dict[str, Any] | None, int]]  # group, name, previous, delay
+# (stops: alloc id -> reason, in-place updates, placements wanted, delayed follow-ups,
+#  names or nodes already held per group)
+Decision = tuple[
+    dict[str, str],
+    list[dict[str, Any]],
+    Wanted,
+    list[tuple[dict[str, Any], int]],
+    dict[str, set[str]],
+]
 
 
 class Reconciler(Planner):
@@ -65,6 +76,11 @@ class Reconciler(Planner):
         key = (ev["Namespace"], ev["JobID"])
         job = self.state.jobs.get(key)
         now = now_ns()
+        stops, inplace, wanted, followups, held = self._reconcile(job, key, now)
+        self._apply_plan(ev, job, key, stops, inplace, wanted, followups, held, now)
+
+    def _reconcile(self, job: dict[str, Any] | None, key: JobKey, now: int) -> Decision:
+        """What an evaluation of ``job`` (the stored one, or a plan's) would change; pure."""
         stops: dict[str, str] = {}
         inplace: list[dict[str, Any]] = []
         followups: list[tuple[dict[str, Any], int]] = []  # (failed alloc, when)
@@ -143,4 +159,4 @@ class Reconciler(Planner):
             for w in wanted
             if w[0] in groups and (is_system or alloc_index(w[1]) < groups[w[0]]["Count"])
         ]
-        self._apply_plan(ev, job, key, stops, inplace, wanted, followups, held, now)
+        return stops, inplace, wanted, followups, held

@@ -19,15 +19,20 @@ from .allocs import AllocUpdates
 class JobWrites(AllocUpdates):
     # --- jobs -------------------------------------------------------------------------------
 
-    def register_job(
-        self, body: Any, path_id: str | None = None, namespace: str = "default"
-    ) -> dict[str, Any]:
+    def decode_job(
+        self,
+        body: Any,
+        path_id: str | None,
+        namespace: str,
+        mismatch: str = "Job ID does not match name",
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The canonical, validated job of a register (or plan) body, and its options."""
         try:
             raw, opts = jobspec.decode_register_body(body)
             if not raw.text("ID"):
                 raise NomadError(400, "Job ID hasn't been provided")
             if path_id is not None and raw.text("ID") != path_id:
-                raise NomadError(400, "Job ID does not match name")
+                raise NomadError(400, mismatch)
             job = jobspec.canonicalize(raw, namespace)
         except jobspec.DecodeError as exc:
             raise NomadError(400, str(exc)) from exc
@@ -35,6 +40,16 @@ class JobWrites(AllocUpdates):
             jobspec.validate(job)
         except jobspec.ValidationError as exc:
             raise NomadError(500, str(exc)) from exc
+        return job, opts
+
+    def register_job(
+        self, body: Any, path_id: str | None = None, namespace: str = "default"
+    ) -> dict[str, Any]:
+        job, opts = self.decode_job(body, path_id, namespace)
+        return self.store_job(job, opts)
+
+    def store_job(self, job: dict[str, Any], opts: dict[str, Any]) -> dict[str, Any]:
+        """Commit ``job`` (a new version if its spec changed) and its evaluation."""
         key = (job["Namespace"], job["ID"])
         existing = self.state.jobs.get(key)
         if opts["EnforceIndex"]:
@@ -50,7 +65,9 @@ class JobWrites(AllocUpdates):
                     f"{prefix}: job exists with conflicting job modify index: "
                     f"{existing['JobModifyIndex']}",
                 )
-        creates_eval = job["Periodic"] is None and job["ParameterizedJob"] is None
+        creates_eval = job["Periodic"] is None and (
+            job["ParameterizedJob"] is None or job["Dispatched"]
+        )
         index = self.state.begin()
         events: list[Event] = []
         if existing is not None and not jobspec.spec_changed(existing, job):
