@@ -1,10 +1,14 @@
-"""A Classic ELB endpoint on 127.0.0.1: moto's server mode with the Manticore load balancer in it.
+"""A Classic ELB endpoint on 127.0.0.1: moto's server mode with the Manticore load balancers in it.
 
-The ELB controller drives an AWS Classic ELB through boto3. In development, in the demo and in the
+The ELB controller drives AWS Classic ELBs through boto3. In development, in the demo and in the
 end-to-end tests it talks real HTTP to this endpoint instead, by the standard AWS configuration
 (``AWS_ENDPOINT_URL_ELASTIC_LOAD_BALANCING`` and fake credentials), so the production code path
-is the one exercised: no in-process patching. On start the endpoint creates the configured load
-balancer, since in production it exists before any controller runs.
+is the one exercised: no in-process patching of the client. On start the endpoint creates the
+configured load balancers, since in production they exist before any controller runs.
+
+moto's listener calls are not AWS's (several ports in one delete multiply listeners, there is no
+listener quota, batches are not atomic, nothing is throttled): :mod:`devstack.elb_api` answers
+those calls in front of moto the way AWS does, and adds throttling on demand or by rate.
 
 moto keeps its state per process: two :class:`ELBEndpoint` objects in one process share their
 load balancers. ``devstack up`` therefore runs the endpoint in a process of its own
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from devstack.elb_api import DEFAULT_LISTENER_QUOTA, ClassicELBGuard, GuardState, Throttle
 from devstack.process import LOOPBACK, http_get, http_ok
 
 if TYPE_CHECKING:
@@ -88,10 +93,23 @@ def health_url(base_url: str) -> str:
     return f"{base_url}/moto-api/config"
 
 
+def load_balancer_names(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``"a,b"`` or ``["a", "b"]`` -> ``("a", "b")`` (the form ``ELB_MANTICORE_NAME`` takes)."""
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    names = tuple(dict.fromkeys(p.strip() for p in parts if p.strip()))
+    if not names:
+        raise ValueError("at least one load balancer name is needed")
+    return names
+
+
 class ELBEndpoint:
-    """moto's server on a loopback port, serving a Classic ELB API with one load balancer in it.
+    """moto's server on a loopback port, serving a Classic ELB API with the load balancers in it.
 
     ``port=0`` picks a free port; :attr:`url` and :attr:`env` tell clients where it is.
+    ``load_balancer`` is one name or several (a sequence, or comma-separated); each is created
+    with ``listeners``. ``listener_quota`` is the listeners-per-load-balancer quota enforced as
+    AWS does; ``mutation_rate`` paces mutating calls (a token bucket, ``mutation_burst`` deep)
+    and answers ``Throttling`` beyond it.
     """
 
     def __init__(
@@ -99,19 +117,33 @@ class ELBEndpoint:
         *,
         port: int = 0,
         host: str = LOOPBACK,
-        load_balancer: str = DEFAULT_LOAD_BALANCER,
+        load_balancer: str | Sequence[str] = DEFAULT_LOAD_BALANCER,
         listeners: Sequence[Listener] = (Listener(),),
         region: str = DEFAULT_REGION,
         zones: Sequence[str] = (DEFAULT_ZONE,),
         log_requests: bool = False,
+        listener_quota: int = DEFAULT_LISTENER_QUOTA,
+        mutation_rate: float | None = None,
+        mutation_burst: int = 10,
     ) -> None:
         self.host = host
         self.port = port
-        self.load_balancer = load_balancer
+        self.load_balancers = load_balancer_names(load_balancer)
+        self.load_balancer = self.load_balancers[0]
         self.listeners = tuple(listeners)
         self.region = region
         self.zones = tuple(zones)
         self._log_requests = log_requests
+        if listener_quota < 1:
+            raise ValueError("listener_quota must be >= 1")
+        if mutation_rate is not None and mutation_rate <= 0:
+            raise ValueError("mutation_rate must be > 0")
+        self._listener_quota = listener_quota
+        self.state = GuardState(
+            listener_quota=listener_quota,
+            mutation_rate=mutation_rate,
+            mutation_burst=mutation_burst,
+        )
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -140,7 +172,11 @@ class ELBEndpoint:
 
         if not self._log_requests:
             logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        app = DomainDispatcherApplication(create_backend_app)
+        app = ClassicELBGuard(
+            DomainDispatcherApplication(create_backend_app),
+            self.state,
+            default_region=self.region,
+        )
         # Bound here rather than by werkzeug, which answers a busy port with sys.exit(1).
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -189,26 +225,48 @@ class ELBEndpoint:
         return elb_client(self.url, self.region)
 
     def create_load_balancer(self) -> None:
-        """Create the configured load balancer (idempotent: an existing one is left alone)."""
+        """Create the configured load balancers (idempotent: existing ones are left alone)."""
         client = self.client()
         existing = {
             lb["LoadBalancerName"]
             for lb in client.describe_load_balancers()["LoadBalancerDescriptions"]
         }
-        if self.load_balancer in existing:
-            return
-        client.create_load_balancer(
-            LoadBalancerName=self.load_balancer,
-            Listeners=[listener.to_api() for listener in self.listeners],  # type: ignore[misc]
-            AvailabilityZones=list(self.zones),
-        )
+        for name in self.load_balancers:
+            if name in existing:
+                continue
+            client.create_load_balancer(
+                LoadBalancerName=name,
+                Listeners=[listener.to_api() for listener in self.listeners],  # type: ignore[misc]
+                AvailabilityZones=list(self.zones),
+            )
 
     def reset(self) -> None:
-        """Forget every AWS resource of this process's moto, then recreate the load balancer."""
+        """Forget every AWS resource of this process's moto and every fault, then recreate the
+        load balancers."""
         status, body = http_get(f"{self.url}/moto-api/reset", timeout=5.0, method="POST")
         if not 200 <= status < 300:
             raise RuntimeError(f"moto reset answered {status}: {body[:200]!r}")
+        self.state.reset()
+        self.state.listener_quota = self._listener_quota
         self.create_load_balancer()
+
+    # -- faults and observations (also over HTTP under /_devstack/elb/) ---------------------------
+    def throttle(self, count: int = 1, actions: Sequence[str] = ()) -> None:
+        """The next ``count`` calls of ``actions`` (default: every mutating call) are throttled."""
+        self.state.throttles.append(Throttle(count, frozenset(actions)))
+
+    def set_listener_quota(self, quota: int) -> None:
+        if quota < 1:
+            raise ValueError("quota must be >= 1")
+        self.state.listener_quota = quota
+
+    def calls(self) -> dict[str, int]:
+        """How many times each action was called since start (or the last reset)."""
+        return dict(self.state.calls)
+
+    def throttled(self) -> dict[str, int]:
+        """How many calls of each action were answered ``Throttling``."""
+        return dict(self.state.throttled)
 
 
 def elb_client(endpoint_url: str, region: str = DEFAULT_REGION) -> ElasticLoadBalancingClient:
@@ -222,7 +280,7 @@ def elb_client(endpoint_url: str, region: str = DEFAULT_REGION) -> ElasticLoadBa
         region_name=region,
         aws_access_key_id=FAKE_ACCESS_KEY_ID,
         aws_secret_access_key=FAKE_SECRET_ACCESS_KEY,
-        config=Config(retries={"max_attempts": 1, "mode": "standard"}),
+        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}),
     )
 
 
@@ -239,7 +297,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--load-balancer",
         default=DEFAULT_LOAD_BALANCER,
-        help=f"name of the Classic ELB created on start (default {DEFAULT_LOAD_BALANCER})",
+        help="name(s) of the Classic ELB(s) created on start, comma-separated "
+        f"(default {DEFAULT_LOAD_BALANCER})",
+    )
+    parser.add_argument(
+        "--listener-quota",
+        type=int,
+        default=DEFAULT_LISTENER_QUOTA,
+        help="listeners per load balancer, enforced as AWS does "
+        f"(default {DEFAULT_LISTENER_QUOTA})",
+    )
+    parser.add_argument(
+        "--mutation-rate",
+        type=float,
+        default=None,
+        help="mutating calls per second before answering Throttling (default: unlimited)",
     )
     parser.add_argument(
         "--listener",
@@ -271,14 +343,20 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"devstack elb: {exc}", file=sys.stderr)
         return 2
-    endpoint = ELBEndpoint(
-        port=args.port,
-        load_balancer=args.load_balancer,
-        listeners=listeners,
-        region=args.region,
-        zones=args.zone or [DEFAULT_ZONE],
-        log_requests=args.log_requests,
-    )
+    try:
+        endpoint = ELBEndpoint(
+            port=args.port,
+            load_balancer=args.load_balancer,
+            listeners=listeners,
+            region=args.region,
+            zones=args.zone or [DEFAULT_ZONE],
+            log_requests=args.log_requests,
+            listener_quota=args.listener_quota,
+            mutation_rate=args.mutation_rate,
+        )
+    except ValueError as exc:
+        print(f"devstack elb: {exc}", file=sys.stderr)
+        return 2
     stop = threading.Event()
 
     def on_stop(signum: int, frame: FrameType | None) -> None:
@@ -293,7 +371,7 @@ def run(args: argparse.Namespace) -> int:
             return 1
         try:
             print(
-                f"elb ready on {endpoint.url} (load balancer {endpoint.load_balancer}, "
+                f"elb ready on {endpoint.url} (load balancer {','.join(endpoint.load_balancers)}, "
                 f"listeners {', '.join(map(str, listeners))}, region {endpoint.region})",
                 flush=True,
             )
