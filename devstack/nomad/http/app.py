@@ -54,6 +54,7 @@ def build_app(server: NomadServer) -> web.Application:
     app[SERVER_KEY] = server
     r = app.router
     r.add_route("*", "/v1/jobs", jobs.jobs)
+    r.add_route("*", "/v1/jobs/parse", jobs.parse)
     r.add_route("*", "/v1/job/{tail:.+}", jobs.job)
     r.add_route("*", "/v1/validate/job", jobs.validate)
     r.add_route("*", "/v1/allocations", allocs.allocations)

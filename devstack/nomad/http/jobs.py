@@ -8,6 +8,7 @@ from aiohttp import web
 
 from devstack.nomad import jobspec
 from devstack.nomad.errors import NomadError
+from devstack.nomad.jobspec.hcl import ParseError, parse_job_hcl
 from devstack.nomad.structs import alloc_stub, job_stub, strip_zero
 
 from .common import (
@@ -224,3 +225,23 @@ class JobsAPI(APIBase):
             reply = self.cluster.scale_job(job_id, ns, await read_body(request))
             return json_response(reply, reply["Index"])
         return json_response(self.cluster.scale_status(job_id, ns), self.state.index)
+
+    async def parse(self, request: web.Request) -> web.Response:
+        """``POST /v1/jobs/parse``: a job file (HCL2) as the API's job JSON."""
+        methods(request, WRITE)
+        body = await read_body(request)
+        if not isinstance(body, dict):
+            raise NomadError(400, "request body is not a JSON object")
+        text = body.get("JobHCL") or ""
+        if not isinstance(text, str) or not text.strip():
+            raise NomadError(400, "Job spec is empty")
+        try:
+            job = parse_job_hcl(text)
+        except ParseError as exc:
+            raise NomadError(400, str(exc)) from exc
+        if body.get("Canonicalize"):
+            try:
+                job = jobspec.canonicalize(job, query_namespace(request))
+            except jobspec.DecodeError as exc:
+                raise NomadError(400, str(exc)) from exc
+        return json_response(job)

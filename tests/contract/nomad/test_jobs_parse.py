@@ -1,0 +1,189 @@
+"""``POST /v1/jobs/parse``: HCL2 job files to the API's JSON job, as ``nomad job run`` uses it."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from .helpers import SECOND, allocs, register, wait_for
+
+pytestmark = pytest.mark.contract
+
+JOB_FILE = """
+job "%(id)s" {
+  datacenters = ["dc1"]
+  type        = "service"
+
+  meta {
+    owner = "manticore"
+  }
+
+  constraint {
+    attribute = "${attr.kernel.name}"
+    value     = "linux"
+  }
+
+  update {
+    max_parallel     = 1
+    min_healthy_time = "5s"
+  }
+
+  group "pair" {
+    count = 2
+
+    network {
+      port "http" {
+        to = 8080
+      }
+    }
+
+    restart {
+      attempts = 1
+      delay    = "1s"
+    }
+
+    ephemeral_disk {
+      size = 20
+    }
+
+    service {
+      name     = "%(id)s-http"
+      port     = "http"
+      provider = "nomad"
+      tags = ["v1"]
+
+      check {
+        type     = "http"
+        path     = "/health"
+        interval = "10s"
+        timeout  = "2s"
+      }
+    }
+
+    task "core" {
+      driver = "docker"
+
+      config {
+        image = "smartdevicelink/manticore-sdl-core:develop"
+        ports = ["http"]
+      }
+
+      env {
+        MODE = "prod"
+      }
+
+      resources {
+        cpu    = 100
+        memory = 64
+
+        network {
+          port "broker" {}
+        }
+      }
+    }
+  }
+}
+"""
+
+
+def _parse(http: httpx.Client, text: str, canonicalize: bool = False) -> httpx.Response:
+    return http.post("/v1/jobs/parse", json={"JobHCL": text, "Canonicalize": canonicalize})
+
+
+def test_parse_maps_the_common_blocks(nomad_http: httpx.Client, job_id: str) -> None:
+    resp = _parse(nomad_http, JOB_FILE % {"id": job_id})
+    assert resp.status_code == 200, resp.text
+    job = resp.json()
+    assert (job["ID"], job["Name"], job["Type"]) == (job_id, job_id, "service")
+    assert job["Datacenters"] == ["dc1"]
+    assert job["Meta"] == {"owner": "manticore"}
+    assert job["Constraints"][0]["LTarget"] == "${attr.kernel.name}"
+    assert job["Constraints"][0]["RTarget"] == "linux"
+    assert job["Constraints"][0]["Operand"] == "="
+    assert job["Update"]["MaxParallel"] == 1
+    assert job["Update"]["MinHealthyTime"] == 5 * SECOND
+    group = job["TaskGroups"][0]
+    assert (group["Name"], group["Count"]) == ("pair", 2)
+    assert group["Networks"][0]["DynamicPorts"] == [{"Label": "http", "To": 8080}]
+    assert group["RestartPolicy"]["Attempts"] == 1
+    assert group["RestartPolicy"]["Delay"] == SECOND
+    assert group["EphemeralDisk"]["SizeMB"] == 20
+    service = group["Services"][0]
+    assert (service["Name"], service["PortLabel"], service["Tags"]) == (
+        f"{job_id}-http",
+        "http",
+        ["v1"],
+    )
+    assert service["Provider"] == "nomad"
+    check = service["Checks"][0]
+    assert (check["Type"], check["Path"], check["Interval"], check["Timeout"]) == (
+        "http",
+        "/health",
+        10 * SECOND,
+        2 * SECOND,
+    )
+    task = group["Tasks"][0]
+    assert (task["Name"], task["Driver"]) == ("core", "docker")
+    assert task["Config"]["ports"] == ["http"]
+    assert task["Env"] == {"MODE": "prod"}
+    assert (task["Resources"]["CPU"], task["Resources"]["MemoryMB"]) == (100, 64)
+    assert task["Resources"]["Networks"][0]["DynamicPorts"] == [{"Label": "broker"}]
+
+
+def test_parsed_job_registers_and_runs(nomad_http: httpx.Client, job_id: str) -> None:
+    job = _parse(nomad_http, JOB_FILE % {"id": job_id}, canonicalize=True).json()
+    assert job["Priority"] == 50
+    assert job["Region"] == "global"
+    register(nomad_http, job)
+    stubs = wait_for(lambda: len(a := allocs(nomad_http, job_id)) == 2 and a)
+    full = nomad_http.get(f"/v1/allocation/{stubs[0]['ID']}").json()
+    assert full["AllocatedResources"]["Shared"]["Ports"][0]["Label"] == "http"
+    assert full["AllocatedResources"]["Tasks"]["core"]["Networks"][0]["DynamicPorts"][0]["Value"]
+
+
+def test_parameterized_and_periodic_blocks(nomad_http: httpx.Client) -> None:
+    text = """
+    job "batchy" {
+      type = "batch"
+      parameterized {
+        payload       = "required"
+        meta_required = ["user"]
+        meta_optional = ["note"]
+      }
+      group "g" {
+        task "t" {
+          driver = "raw_exec"
+          config {
+            command = "/bin/true"
+          }
+        }
+      }
+    }
+    """
+    job = _parse(nomad_http, text).json()
+    assert job["ParameterizedJob"] == {
+        "Payload": "required",
+        "MetaRequired": ["user"],
+        "MetaOptional": ["note"],
+    }
+    periodic = _parse(
+        nomad_http,
+        text.replace(
+            'parameterized {\n        payload       = "required"\n        '
+            'meta_required = ["user"]\n        meta_optional = ["note"]\n      }',
+            'periodic {\n        cron = "*/5 * * * *"\n        prohibit_overlap = true\n      }',
+        ),
+    ).json()
+    assert periodic["Periodic"]["Spec"] == "*/5 * * * *"
+    assert periodic["Periodic"]["SpecType"] == "cron"
+    assert periodic["Periodic"]["ProhibitOverlap"] is True
+
+
+def test_parse_errors_are_400(nomad_http: httpx.Client) -> None:
+    empty = nomad_http.post("/v1/jobs/parse", json={"JobHCL": ""})
+    assert empty.status_code == 400
+    bogus = _parse(nomad_http, 'job "x" {\n  bogus = 1\n  group "g" {}\n}\n')
+    assert bogus.status_code == 400
+    assert 'An argument named "bogus" is not expected here' in bogus.text
+    broken = _parse(nomad_http, 'job "x" {\n  group "g" {\n')
+    assert broken.status_code == 400
