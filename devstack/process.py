@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import os
 import re
 import signal
@@ -23,8 +22,33 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+
+# The process helpers the production HAProxy driver needs live with it; the devstack shares them.
+from controllers.haproxy.process import (
+    pid_alive,
+    pid_cmdline,
+    signal_pid,
+    wait_pid_gone,
+    wait_until,
+)
+
+__all__ = [
+    "LOOPBACK",
+    "ChildProcess",
+    "free_port",
+    "free_ports",
+    "http_get",
+    "http_ok",
+    "pid_alive",
+    "pid_cmdline",
+    "signal_pid",
+    "spawn_options",
+    "terminate",
+    "wait_pid_gone",
+    "wait_until",
+]
 
 LOOPBACK = "127.0.0.1"
 
@@ -71,68 +95,6 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
     except (OSError, ValueError):
         return False
     return 200 <= status < 300
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` seconds pass; return its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
-def pid_alive(pid: int) -> bool:
-    """True when a process with this pid exists and is not a zombie."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    with contextlib.suppress(OSError):
-        # The state field follows the parenthesised command name, which may hold spaces.
-        if stat.read_text().rpartition(")")[2].split()[0] == "Z":
-            return False
-    return True
-
-
-def pid_cmdline(pid: int) -> str:
-    """The command line of ``pid`` (Linux ``/proc``), or ``""`` when it cannot be read."""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return ""
-    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
-
-
-def signal_pid(pid: int, sig: int = signal.SIGTERM) -> bool:
-    """Send ``sig`` to ``pid``; False when the process is already gone."""
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        return False
-    except OSError as exc:
-        if exc.errno == errno.ESRCH:
-            return False
-        raise
-    return True
-
-
-def wait_pid_gone(pid: int, timeout: float) -> bool:
-    """Wait until ``pid`` no longer runs (reaping it when it is our child)."""
-
-    def gone() -> bool:
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(pid, os.WNOHANG)
-        return not pid_alive(pid)
-
-    return wait_until(gone, timeout, interval=0.05)
 
 
 def terminate(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
