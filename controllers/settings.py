@@ -50,6 +50,24 @@ class JobSettings(_Group):
     core_builds: tuple[str, ...] = Field(default=("default",), alias="MANTICORE_CORE_BUILDS")
     hmi_types: tuple[str, ...] = Field(default=("generic",), alias="MANTICORE_HMI_TYPES")
     hmi_versions: tuple[str, ...] = Field(default=("master",), alias="MANTICORE_HMI_VERSIONS")
+    job_vars: tuple[str, ...] = Field(
+        default=(),
+        alias="MANTICORE_JOB_VARS",
+        description="name=value,... pairs the job template reads as {{var.<name>}}",
+    )
+
+    @model_validator(mode="after")
+    def _job_vars(self) -> JobSettings:
+        for pair in self.job_vars:
+            name, sep, _ = pair.partition("=")
+            if not sep or not name.strip() or not name.strip().replace("_", "").isalnum():
+                raise ValueError(f"MANTICORE_JOB_VARS: expected name=value, got {pair!r}")
+        return self
+
+    @property
+    def variables(self) -> dict[str, str]:
+        """``MANTICORE_JOB_VARS`` as a mapping."""
+        return {name.strip(): value for name, _, value in (p.partition("=") for p in self.job_vars)}
 
 
 class CapacitySettings(_Group):
