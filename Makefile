@@ -53,11 +53,11 @@ typecheck: $(STAMP) ## mypy --strict on the packages
 
 .PHONY: schemas
 schemas: $(STAMP) ## Regenerate crds-equivalent-schemas/ from the pydantic KV models
-	$(BIN)/python -m reconciler.schemas crds-equivalent-schemas
+	$(BIN)/python -m reconciler.schemas crds-equivalent-schemas --module controllers.api
 
 .PHONY: schemas-check
 schemas-check: $(STAMP) ## Fail when crds-equivalent-schemas/ is stale
-	$(BIN)/python -m reconciler.schemas crds-equivalent-schemas --check
+	$(BIN)/python -m reconciler.schemas crds-equivalent-schemas --check --module controllers.api
 
 .PHONY: test
 test: install lint typecheck schemas-check contract-external ## Install, check, run every test

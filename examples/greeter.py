@@ -12,7 +12,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from reconciler import watches
 from reconciler.controller import Context, Controller
-from reconciler.kv import decode, encode
 
 IN = "examples/greetings/in/"
 OUT = "examples/greetings/out/"
@@ -32,27 +31,18 @@ class Message(BaseModel):
     message: str
 
 
-KV_MODELS: dict[str, type[BaseModel]] = {"example-greeting": Greeting, "example-message": Message}
-
-
 def plan(name: str, greeting: Greeting | None) -> Message | None:
     """The pure part: desired output for this input (None: there should be no output)."""
     return None if greeting is None else Message(message=f"{greeting.greeting}, {name}!")
 
 
 async def reconcile(ctx: Context, name: str) -> None:
-    source = await ctx.kv.get(IN + name)
-    greeting = None if source is None else decode(Greeting, source.value, key=IN + name)
-    desired = plan(name, greeting)
-    current = await ctx.kv.get(OUT + name)
+    greeting = await ctx.kv.read(IN + name, Greeting)  # an invalid value: reported, not retried
+    desired = plan(name, greeting.value if greeting else None)
     if desired is None:
-        if current is not None:
-            await ctx.kv.delete(OUT + name)
+        if await ctx.kv.delete_if_present(OUT + name):
             ctx.log.info("removed greeting", name=name)
-        return
-    wanted = encode(desired)
-    if current is None or current.value != wanted:
-        await ctx.kv.put(OUT + name, wanted)
+    elif await ctx.kv.put_if_changed(OUT + name, desired):
         ctx.log.info("wrote greeting", name=name)
 
 
@@ -62,5 +52,6 @@ controller = Controller(
     reconcile=reconcile,
     watches=[watches.kv(IN), watches.kv(OUT)],
     writes=[OUT + "<name>"],
+    models={"example-greeting": Greeting, "example-message": Message},
     resync_period=60,
 )

@@ -5,6 +5,10 @@
     reconciler run --all
     reconciler run --import mypkg.mine mine
 
+Packages add commands of their own (an operator's ``status`` view, say) through the
+``reconciler.commands`` entry-point group: each entry point is a callable that gets the
+subparsers object, adds its parser and sets ``handler`` (``args -> exit code``) as a default.
+
 Clients are configured from the environment (``CONSUL_HTTP_ADDR``, ``NOMAD_ADDR``, the AWS
 chain...); see ``docs/architecture.md``.
 """
@@ -15,6 +19,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 
 import anyio
 
@@ -23,6 +28,8 @@ from reconciler.clients.errors import ConfigError
 from reconciler.controller import Controller, RunnerOptions
 from reconciler.manager import Manager, ManagerOptions
 from reconciler.registry import discover
+
+COMMANDS_GROUP = "reconciler.commands"
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -63,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=float(os.environ.get("RECONCILER_DRAIN_TIMEOUT", "30")),
         metavar="SECONDS",
-        help="how long in-flight reconciles may run after SIGTERM (default 30)",
+        help="on SIGTERM, how long in-flight reconciles may run to completion before leaders "
+        "release their locks and what still runs is cancelled (default 30; standbys stop at "
+        "once)",
     )
     run.add_argument(
         "--identity",
@@ -95,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("list", help="list registered controllers, what they watch and write")
+    for ep in entry_points(group=COMMANDS_GROUP):
+        try:
+            ep.load()(sub)
+        except Exception as exc:  # a broken plugin must not take the whole CLI down
+            print(f"reconciler: command plugin {ep.name} failed to load: {exc}", file=sys.stderr)
     return parser
 
 
@@ -139,6 +153,13 @@ def _list(registry: dict[str, Controller]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is not None:
+        try:
+            return int(handler(args))
+        except ConfigError as exc:
+            print(f"reconciler: {exc}", file=sys.stderr)
+            return 2
     try:
         registry = discover(args.imports)
         if args.command == "list":
@@ -163,7 +184,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"reconciler: {exc}", file=sys.stderr)
         return 2
+    except BaseExceptionGroup as group:
+        # Raised inside the manager's task group (start-up checks, startup hooks).
+        config = group.subgroup(ConfigError)
+        if config is None:
+            raise
+        print(f"reconciler: {_first_leaf(config)}", file=sys.stderr)
+        return 2
     return 0 if drained else 1
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 if __name__ == "__main__":

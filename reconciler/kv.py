@@ -1,20 +1,29 @@
-"""Typed KV values: every value a controller reads or writes is a pydantic model.
+"""Typed KV values, and the read/write helpers every controller would otherwise copy.
 
 ``decode`` turns raw bytes from Consul into a model or raises :class:`InvalidValue` (a terminal
 error: retrying cannot fix malformed JSON, and the runner counts it in
 ``reconciler_invalid_input_total`` and logs it), so one user's bad value never crashes a
 controller or blocks another user's key. ``encode`` is canonical (sorted keys, no spaces), so
 equal models give equal bytes and an applier can skip writes that would change nothing.
+
+:class:`KVStore` is what a reconcile gets as ``ctx.kv``: reads, and writes that all go through
+the controller's :class:`~reconciler.leader.FencedKV` (a lock-checking transaction while a
+leader-elected controller leads), with the patterns that come up in every controller done once:
+write only when the bytes differ, delete only what exists, read-modify-write with CAS retried on
+conflict.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from reconciler.result import InvalidValue
+from reconciler.clients.consul import KVEntry, KVOp
+from reconciler.result import InvalidValue, TemporaryError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -54,3 +63,113 @@ def encode(model: BaseModel) -> bytes:
     """Canonical JSON bytes of a model (sorted keys, compact, aliases, no None-valued fields)."""
     data = model.model_dump(mode="json", by_alias=True, exclude_none=True)
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class Versioned(Generic[M]):
+    """A decoded value with the ``ModifyIndex`` it was read at (for a later CAS)."""
+
+    value: M
+    index: int
+    entry: KVEntry
+
+
+class KVReader(Protocol):
+    async def kv_get(self, key: str, *, consistent: bool = False) -> tuple[int, KVEntry | None]: ...
+
+    async def kv_list(
+        self, prefix: str, *, index: int = 0, wait: float | None = None
+    ) -> tuple[int, list[KVEntry]]: ...
+
+
+class KVWriter(Protocol):
+    async def apply(self, ops: Sequence[KVOp]) -> bool: ...
+
+
+class KVStore:
+    """``ctx.kv``: Consul KV for a reconcile, every write through the controller's writer.
+
+    Reads are plain (default consistency); a CAS write fails (``False``, or a retry inside
+    :meth:`update`) when the value changed since it was read, so a stale read never overwrites.
+    """
+
+    def __init__(self, reader: KVReader, writer: KVWriter, *, update_attempts: int = 8) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.update_attempts = update_attempts
+
+    # -- reads
+    async def get(self, key: str) -> KVEntry | None:
+        return (await self._reader.kv_get(key))[1]
+
+    async def list(self, prefix: str) -> list[KVEntry]:
+        return (await self._reader.kv_list(prefix))[1]
+
+    async def read(self, key: str, model: type[M]) -> Versioned[M] | None:
+        """The value of ``key`` as ``model`` (None when absent); :class:`InvalidValue` if bad."""
+        entry = await self.get(key)
+        if entry is None:
+            return None
+        return Versioned(decode(model, entry.value, key=key), entry.modify_index, entry)
+
+    # -- writes
+    async def apply(self, ops: Sequence[KVOp]) -> bool:
+        """One transaction (fenced while leading). False when a cas or check op failed."""
+        return await self._writer.apply(ops)
+
+    async def put(self, key: str, value: bytes, *, cas: int | None = None) -> bool:
+        """Write ``key``; with ``cas``, only if its ModifyIndex still is ``cas`` (0 = absent)."""
+        op = KVOp.set(key, value) if cas is None else KVOp.cas(key, value, index=cas)
+        return await self.apply([op])
+
+    async def delete(self, key: str, *, cas: int | None = None) -> bool:
+        op = KVOp.delete(key) if cas is None else KVOp.delete_cas(key, index=cas)
+        return await self.apply([op])
+
+    async def delete_tree(self, prefix: str) -> bool:
+        return await self.apply([KVOp.delete_tree(prefix)])
+
+    async def put_if_changed(self, key: str, value: BaseModel | bytes) -> bool:
+        """Make ``key`` hold ``value``; write (with CAS on what was read) only if the bytes
+        differ. True when it wrote. A concurrent change makes the CAS fail: retried."""
+        wanted = encode(value) if isinstance(value, BaseModel) else value
+        for _ in range(self.update_attempts):
+            current = await self.get(key)
+            if current is not None and current.value == wanted:
+                return False
+            if await self.put(key, wanted, cas=current.modify_index if current else 0):
+                return True
+        raise TemporaryError(f"{key}: changed by someone else on every attempt; retrying later")
+
+    async def delete_if_present(self, key: str) -> bool:
+        """Delete ``key`` if it exists. True when something was deleted."""
+        for _ in range(self.update_attempts):
+            current = await self.get(key)
+            if current is None:
+                return False
+            if await self.delete(key, cas=current.modify_index):
+                return True
+        raise TemporaryError(f"{key}: changed by someone else on every attempt; retrying later")
+
+    async def update(
+        self, key: str, model: type[M], change: Callable[[M | None], M | None]
+    ) -> M | None:
+        """Read-modify-write ``key`` with CAS, retried on conflict; returns what it holds now.
+
+        ``change`` gets the current value (None when absent) and returns the new one (None
+        deletes; an equal value writes nothing). It may run several times: keep it pure. An
+        invalid current value raises :class:`InvalidValue` rather than being overwritten.
+        """
+        for _ in range(self.update_attempts):
+            current = await self.read(key, model)
+            new = change(current.value if current else None)
+            if new is None:
+                if current is None or await self.delete(key, cas=current.index):
+                    return None
+                continue
+            wanted = encode(new)
+            if current is not None and current.entry.value == wanted:
+                return current.value
+            if await self.put(key, wanted, cas=current.index if current else 0):
+                return new
+        raise TemporaryError(f"{key}: changed by someone else on every attempt; retrying later")

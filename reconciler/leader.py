@@ -31,7 +31,7 @@ from reconciler.clients.errors import (
     NotFound,
     TransactionRolledBack,
 )
-from reconciler.ratelimit import SYSTEM_CLOCK, Backoff, Clock
+from reconciler.ratelimit import SYSTEM_CLOCK, Backoff, Clock, TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,8 @@ class LeaderElector:
         lock_delay: int = 1,
         prefix: str = LEADER_PREFIX,
         clock: Clock = SYSTEM_CLOCK,
+        watch_rate: float = 10.0,
+        watch_burst: int = 10,
     ) -> None:
         if ttl < 10:
             # Consul refuses session TTLs under 10 s.
@@ -125,7 +127,12 @@ class LeaderElector:
         self._stopping = False
         self._run_scope: anyio.CancelScope | None = None
         self._terms = 0
-        self._status = metrics.LEADER_STATUS.labels(name=controller)
+        # Only leader-elected controllers have this series, so a "no leader" alert
+        # (max by (name) (leader_election_master_status) == 0) cannot fire for the others.
+        self._status = metrics.init_leader(controller)
+        # The lock-key long polls follow the same client-side rate limit as every other watch:
+        # a server that returns early (or a flapping key) must not turn them into a hot loop.
+        self._bucket = TokenBucket(rate=watch_rate, burst=watch_burst, clock=clock)
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -267,6 +274,7 @@ class LeaderElector:
             index = 0
             held_back = True
             while True:
+                await self._bucket.acquire()
                 new_index, entry = await self._client.kv_get_blocking(
                     self.lock_key, index=index, wait=self.ttl
                 )
@@ -298,6 +306,7 @@ class LeaderElector:
         index = 0
         backoff = Backoff(base=0.2, cap=self.ttl / 2)
         while True:
+            await self._bucket.acquire()
             try:
                 new_index, entry = await self._client.kv_get_blocking(
                     self.lock_key, index=index, wait=60.0

@@ -2,9 +2,13 @@
 
 It owns the clients (one Consul client, and a Nomad/ELB client only if some controller needs
 them), one :class:`~reconciler.controller.ControllerRunner` per controller, and the
-``/metrics``, ``/healthz``, ``/readyz`` server, all inside one task group. Shutdown (SIGTERM,
-SIGINT or :meth:`Manager.stop`) stops every controller: leaders release their locks first, then
-in-flight work drains for at most ``drain_timeout`` seconds.
+``/metrics``, ``/healthz``, ``/readyz`` server, all inside one task group. Before anything
+starts, each controller's declaration is checked against the clients it uses and its
+``startup`` hook runs, so a misconfiguration stops the process at once with a clear message.
+Shutdown (SIGTERM, SIGINT or :meth:`Manager.stop`) stops every controller: no new work is
+started, in-flight reconciles get at most ``drain_timeout`` seconds to finish (leaders still hold
+their locks meanwhile, so those writes stay fenced), then leaders release their locks so a
+standby takes over at once.
 """
 
 from __future__ import annotations
@@ -120,6 +124,9 @@ class Manager:
             self.runners = {
                 c.name: ControllerRunner(c, deps, self.options.runner) for c in self.controllers
             }
+            for controller in self.controllers:
+                if controller.startup is not None:
+                    await controller.startup(deps)
             self.health = HealthServer(
                 self.options.metrics_host,
                 self.options.metrics_port,

@@ -58,35 +58,37 @@ ACTIVE_WORKERS = Gauge(
     ["controller"],
 )
 
-WORKQUEUE_DEPTH = Gauge("workqueue_depth", "Current depth of workqueue", ["name"])
+WORKQUEUE_DEPTH = Gauge("workqueue_depth", "Current depth of workqueue", ["name", "controller"])
 WORKQUEUE_ADDS = Counter(
-    "workqueue_adds_total", "Total number of adds handled by workqueue", ["name"]
+    "workqueue_adds_total", "Total number of adds handled by workqueue", ["name", "controller"]
 )
 WORKQUEUE_QUEUE_DURATION = Histogram(
     "workqueue_queue_duration_seconds",
     "How long in seconds an item stays in workqueue before being requested",
-    ["name"],
+    ["name", "controller"],
     buckets=WORKQUEUE_BUCKETS,
 )
 WORKQUEUE_WORK_DURATION = Histogram(
     "workqueue_work_duration_seconds",
     "How long in seconds processing an item from workqueue takes",
-    ["name"],
+    ["name", "controller"],
     buckets=WORKQUEUE_BUCKETS,
 )
 WORKQUEUE_UNFINISHED_WORK = Gauge(
     "workqueue_unfinished_work_seconds",
     "How many seconds of work has been done that is in progress and hasn't been observed by "
     "work_duration. Large values indicate stuck threads.",
-    ["name"],
+    ["name", "controller"],
 )
 WORKQUEUE_LONGEST_RUNNING = Gauge(
     "workqueue_longest_running_processor_seconds",
     "How many seconds has the longest running processor for workqueue been running.",
-    ["name"],
+    ["name", "controller"],
 )
 WORKQUEUE_RETRIES = Counter(
-    "workqueue_retries_total", "Total number of retries handled by workqueue", ["name"]
+    "workqueue_retries_total",
+    "Total number of retries handled by workqueue",
+    ["name", "controller"],
 )
 
 LEADER_STATUS = Gauge(
@@ -132,6 +134,16 @@ FENCED_WRITES = Counter(
     "KV writes made through a lock-checking transaction, by outcome",
     ["controller", "outcome"],
 )
+MAPPER_ERRORS = Counter(
+    "reconciler_mapper_errors_total",
+    "Changed items whose key mapper raised (the item was skipped; a bug in the controller)",
+    ["controller", "watch"],
+)
+STATUS_WRITES = Counter(
+    "reconciler_status_writes_total",
+    "Writes of reconciler/status/<controller>/<key> entries, by outcome",
+    ["controller", "outcome"],
+)
 INVALID_INPUT = Counter(
     "reconciler_invalid_input_total",
     "Values read from Consul/Nomad that failed validation and were skipped",
@@ -153,22 +165,35 @@ def init_controller(name: str) -> None:
     RECONCILE_TIME.labels(controller=name)
     MAX_CONCURRENT_RECONCILES.labels(controller=name)
     ACTIVE_WORKERS.labels(controller=name)
-    LEADER_STATUS.labels(name=name)
     for outcome in FENCING_OUTCOMES:
         FENCED_WRITES.labels(controller=name, outcome=outcome)
     for kind in INVALID_KINDS:
         INVALID_INPUT.labels(controller=name, kind=kind)
+    for outcome in STATUS_OUTCOMES:
+        STATUS_WRITES.labels(controller=name, outcome=outcome)
     init_workqueue(name)
 
 
+def init_leader(name: str) -> Gauge:
+    """The leader-status series of one leader-elected controller (only those have it)."""
+    return LEADER_STATUS.labels(name=name)
+
+
 def init_workqueue(name: str) -> None:
-    WORKQUEUE_DEPTH.labels(name=name)
-    WORKQUEUE_ADDS.labels(name=name)
-    WORKQUEUE_QUEUE_DURATION.labels(name=name)
-    WORKQUEUE_WORK_DURATION.labels(name=name)
-    WORKQUEUE_UNFINISHED_WORK.labels(name=name)
-    WORKQUEUE_LONGEST_RUNNING.labels(name=name)
-    WORKQUEUE_RETRIES.labels(name=name)
+    # controller-runtime labels its work queues with both ``name`` and ``controller``.
+    for metric in (
+        WORKQUEUE_DEPTH,
+        WORKQUEUE_ADDS,
+        WORKQUEUE_QUEUE_DURATION,
+        WORKQUEUE_WORK_DURATION,
+        WORKQUEUE_UNFINISHED_WORK,
+        WORKQUEUE_LONGEST_RUNNING,
+        WORKQUEUE_RETRIES,
+    ):
+        metric.labels(name=name, controller=name)
+
+
+STATUS_OUTCOMES = ("written", "cleared", "failed")
 
 
 def init_source(controller: str, source: str) -> None:

@@ -1,10 +1,13 @@
 """Generate (or check) the JSON Schemas of every KV value model: ``crds-equivalent-schemas/``.
 
 What CRDs are to Kubernetes operators, these schemas are to ours: the published contract of each
-KV value, committed and diffed in CI so a model change is always a visible schema change. A module
-contributes models through a ``KV_MODELS`` mapping of schema name to pydantic model.
+KV value, committed and diffed in CI so a model change is always a visible schema change. The
+models come from the registered controllers (``Controller(models={...})``, found through the
+``reconciler.controllers`` entry points, as ``reconciler run`` finds them) plus the framework's
+own values (leader records, status entries); ``--import`` adds controllers from a module and
+``--module`` a module's ``KV_MODELS`` mapping.
 
-    python -m reconciler.schemas crds-equivalent-schemas [--check] [--module pkg.mod ...]
+    python -m reconciler.schemas DIR [--check] [--import pkg.mod] [--module pkg.mod]
 """
 
 from __future__ import annotations
@@ -18,18 +21,28 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-DEFAULT_MODULES = ("reconciler.leader", "controllers.api", "examples.greeter")
+from reconciler.leader import KV_MODELS as LEADER_MODELS
+from reconciler.registry import discover
+from reconciler.status import KV_MODELS as STATUS_MODELS
 
 
-def collect(modules: Sequence[str]) -> dict[str, type[BaseModel]]:
+def collect(modules: Sequence[str] = (), imports: Sequence[str] = ()) -> dict[str, type[BaseModel]]:
+    """Schema name -> model, from the framework, every registered controller, and ``modules``."""
     found: dict[str, type[BaseModel]] = {}
-    for name in modules:
-        module = importlib.import_module(name)
-        models: Mapping[str, type[BaseModel]] = getattr(module, "KV_MODELS", {})
+
+    def add(models: Mapping[str, type[BaseModel]], origin: str) -> None:
         for schema_name, model in models.items():
             if schema_name in found and found[schema_name] is not model:
-                raise SystemExit(f"schema name {schema_name!r} is used by two models")
+                raise SystemExit(f"schema name {schema_name!r} is used by two models ({origin})")
             found[schema_name] = model
+
+    add(LEADER_MODELS, "reconciler.leader")
+    add(STATUS_MODELS, "reconciler.status")
+    for controller in discover(imports).values():
+        add(controller.models, f"controller {controller.name}")
+    for name in modules:
+        module = importlib.import_module(name)
+        add(getattr(module, "KV_MODELS", {}), name)
     return found
 
 
@@ -47,9 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reconciler.schemas", description=__doc__)
     parser.add_argument("directory", type=Path)
     parser.add_argument("--check", action="store_true", help="fail if the directory is stale")
-    parser.add_argument("--module", action="append", dest="modules", help="modules to scan")
+    parser.add_argument(
+        "--module", action="append", dest="modules", default=[], help="a module's KV_MODELS too"
+    )
+    parser.add_argument(
+        "--import", action="append", dest="imports", default=[], help="controllers of a module"
+    )
     args = parser.parse_args(argv)
-    models = collect(args.modules or DEFAULT_MODULES)
+    models = collect(args.modules, args.imports)
     wanted = {f"{name}.schema.json": render(model, name) for name, model in sorted(models.items())}
     directory: Path = args.directory
     present = (

@@ -2,14 +2,16 @@
 
     watches=[
         watches.kv("manticore/requests/data/"),                  # keys: the <id> after the prefix
-        watches.service_health(pattern=r"core-hmi-.*", to_keys=user_of_service),
-        watches.nomad("allocations", job_prefix="core-hmi-"),
+        watches.service_health(pattern=r"core-hmi-.*", to_keys=lambda i: [i.meta["user"]]),
+        watches.nomad("allocations", job_prefix="core-hmi-", to_keys=lambda a: [a.job_id]),
+        watches.nomad("nodes", to_keys=constant_key("capacity")),
         watches.periodic(["capacity"], every=30),
     ]
 
 Each helper returns a :class:`~reconciler.controller.Watch`: a name, a factory that builds the
-live source once the manager has clients, the mapping from changed items to work-queue keys, and
-a description for ``reconciler list``.
+live source once the manager has clients, the mapping from a changed item (the object itself:
+a ``KVEntry``, a ``ServiceInstance``, an ``Allocation``, a ``JobStub``, a ``Node``; for a
+deletion the last one seen) to work-queue keys, and a description for ``reconciler list``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from reconciler.clients.consul import ServiceInstance
 from reconciler.controller import (
     Dependencies,
     KeyMapper,
@@ -30,6 +33,11 @@ from reconciler.sources.health import ServiceHealthSource
 from reconciler.sources.kv import KVSource
 from reconciler.sources.nomad import Kind, NomadSource
 from reconciler.sources.periodic import KeysFn, PeriodicSource
+
+
+def service_name(instance: ServiceInstance) -> Iterable[str]:
+    """The default key of a health watch: the instance's service name."""
+    return (instance.service,)
 
 
 def kv(
@@ -60,11 +68,16 @@ def service_health(
     *,
     pattern: str | None = None,
     passing_only: bool = False,
-    to_keys: KeyMapper = identity_key,
+    to_keys: KeyMapper = service_name,
     name: str | None = None,
     **options: Any,
 ) -> Watch:
-    """The health of one Consul service, or of every service whose name matches ``pattern``."""
+    """The health of one Consul service, or of every service whose name matches ``pattern``.
+
+    Items are instances (``ServiceInstance``) keyed ``<node>/<service id>``; the default key is
+    the instance's service name. A pattern costs two long polls whatever the number of services
+    (see :class:`~reconciler.sources.health.ServiceHealthSource`).
+    """
     if (service is None) == (pattern is None):
         raise ValueError("give exactly one of service or pattern")
     if pattern is not None:
@@ -94,7 +107,11 @@ def nomad(
     name: str | None = None,
     **options: Any,
 ) -> Watch:
-    """Nomad jobs or allocations (event stream, with a blocking-query fallback)."""
+    """Nomad jobs, allocations or nodes (event stream, with a blocking-query fallback).
+
+    Items are ``JobStub``, ``Allocation`` or ``Node`` objects keyed by id; the default key is
+    the id. ``job_prefix`` limits jobs and allocations to jobs whose id starts with it.
+    """
     watch_name = name or f"nomad:{kind}" + (f":{job_prefix}" if job_prefix else "")
 
     def build(deps: Dependencies) -> Source:

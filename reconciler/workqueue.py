@@ -272,10 +272,10 @@ class WorkQueue:
         if metrics and name is not None:
             self._metrics = True
             m.init_workqueue(name)
-            self._m_adds = m.WORKQUEUE_ADDS.labels(name=name)
-            self._m_retries = m.WORKQUEUE_RETRIES.labels(name=name)
-            self._m_queue_duration = m.WORKQUEUE_QUEUE_DURATION.labels(name=name)
-            self._m_work_duration = m.WORKQUEUE_WORK_DURATION.labels(name=name)
+            self._m_adds = m.WORKQUEUE_ADDS.labels(name=name, controller=name)
+            self._m_retries = m.WORKQUEUE_RETRIES.labels(name=name, controller=name)
+            self._m_queue_duration = m.WORKQUEUE_QUEUE_DURATION.labels(name=name, controller=name)
+            self._m_work_duration = m.WORKQUEUE_WORK_DURATION.labels(name=name, controller=name)
             # A weak reference: the global registry must not keep a discarded queue alive.
             ref = weakref.ref(self)
 
@@ -286,13 +286,13 @@ class WorkQueue:
 
                 return sample
 
-            m.WORKQUEUE_DEPTH.labels(name=name).set_function(
+            m.WORKQUEUE_DEPTH.labels(name=name, controller=name).set_function(
                 on_scrape(lambda q: float(len(q._dirty)))
             )
-            m.WORKQUEUE_UNFINISHED_WORK.labels(name=name).set_function(
+            m.WORKQUEUE_UNFINISHED_WORK.labels(name=name, controller=name).set_function(
                 on_scrape(lambda q: q._unfinished_work(q._now()))
             )
-            m.WORKQUEUE_LONGEST_RUNNING.labels(name=name).set_function(
+            m.WORKQUEUE_LONGEST_RUNNING.labels(name=name, controller=name).set_function(
                 on_scrape(lambda q: q._longest_running(q._now()))
             )
 
@@ -467,23 +467,34 @@ class WorkQueue:
     def shutting_down(self) -> bool:
         return self._shutting_down
 
-    def shutdown(self) -> None:
-        """Refuse new keys, drop delayed ones, and make idle ``get()`` calls raise."""
+    def shutdown(self, *, discard_ready: bool = False) -> None:
+        """Refuse new keys, drop delayed ones, and make idle ``get()`` calls raise.
+
+        ``discard_ready`` also drops the keys that are ready but not handed out yet, so only
+        what is in flight remains (a stopping controller: the next leader resyncs everything).
+        """
         self._shutting_down = True
         self._heap.clear()
         self._waiting.clear()
+        if discard_ready:
+            self._queue.clear()
+            self._dirty.clear()
+            self._added_at.clear()
         # Every parked worker re-checks: those that find nothing ready raise QueueShutDown.
         while self._waiters:
             self._waiters.popleft().set()
 
-    async def shutdown_with_drain(self, timeout: float | None = None) -> bool:
+    async def shutdown_with_drain(
+        self, timeout: float | None = None, *, discard_ready: bool = False
+    ) -> bool:
         """Shut down, then wait until nothing is ready or in flight, at most ``timeout`` seconds.
 
         Workers must keep calling ``get()`` and ``done()`` meanwhile: draining means they finish
-        what was already queued, including keys re-added while in flight. Returns ``True`` once
-        drained, ``False`` if the timeout ran out first (measured on the queue's clock).
+        what was already queued, including keys re-added while in flight (with
+        ``discard_ready``: only what is in flight). Returns ``True`` once drained, ``False`` if
+        the timeout ran out first (measured on the queue's clock).
         """
-        self.shutdown()
+        self.shutdown(discard_ready=discard_ready)
         if not self._processing and not self._queue:
             await anyio.lowlevel.checkpoint()
             return True

@@ -84,6 +84,13 @@ class HttpxTransport(consul.base.HTTPClient):  # type: ignore[misc]
     Each method returns a coroutine, as py-consul's aiohttp flavour does, so every py-consul
     endpoint call becomes awaitable. The read timeout of a request is derived from its ``wait``
     parameter when it is a blocking query (it carries ``index``), else it is ``timeout``.
+
+    Two connection pools: blocking queries go to ``long_http`` (each holds a connection for up
+    to the wait time), everything else (writes, session renewals, short reads) to ``http``. A
+    long poll can therefore never make a write or a renewal wait for a connection, and the short
+    pool stays small (``short_connections``): the connections a process holds are its long
+    polls (one per declared watch, never per user) plus that small pool. Passing ``http`` uses
+    that one client for both (tests and benchmarks that hook requests).
     """
 
     def __init__(
@@ -92,7 +99,8 @@ class HttpxTransport(consul.base.HTTPClient):  # type: ignore[misc]
         *,
         timeout: float = 10.0,
         blocking_margin: float = 5.0,
-        max_connections: int = 100,
+        short_connections: int = 6,
+        long_connections: int = 64,
         http: httpx.AsyncClient | None = None,
     ) -> None:
         super().__init__(config.host, config.port, config.scheme, config.tls.verify, None)
@@ -103,12 +111,26 @@ class HttpxTransport(consul.base.HTTPClient):  # type: ignore[misc]
         if config.tls.server_name:
             self._extensions["sni_hostname"] = config.tls.server_name
         self.known_leader: bool | None = None
-        self.http = http or httpx.AsyncClient(
-            verify=config.tls.ssl_context() if config.scheme == "https" else True,
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=20),
-            trust_env=False,
-        )
+        if http is not None:
+            self.http = self.long_http = http
+        else:
+            verify = config.tls.ssl_context() if config.scheme == "https" else True
+            self.http = httpx.AsyncClient(
+                verify=verify,
+                timeout=httpx.Timeout(timeout),
+                limits=httpx.Limits(
+                    max_connections=short_connections, max_keepalive_connections=short_connections
+                ),
+                trust_env=False,
+            )
+            self.long_http = httpx.AsyncClient(
+                verify=verify,
+                timeout=httpx.Timeout(timeout),
+                limits=httpx.Limits(
+                    max_connections=long_connections, max_keepalive_connections=long_connections
+                ),
+                trust_env=False,
+            )
 
     def read_timeout(self, params: Sequence[tuple[str, Any]] | None) -> float:
         found = dict(params or ())
@@ -139,7 +161,9 @@ class HttpxTransport(consul.base.HTTPClient):  # type: ignore[misc]
         content = data.encode() if isinstance(data, str) else data
         read = self.read_timeout(params)
         timeout = httpx.Timeout(self._timeout, read=read)
-        resp = await self.http.request(
+        blocking = any(name == "index" and value for name, value in params or ())
+        client = self.long_http if blocking else self.http
+        resp = await client.request(
             method,
             uri,
             content=content or None,
@@ -198,8 +222,13 @@ class HttpxTransport(consul.base.HTTPClient):  # type: ignore[misc]
     ) -> Awaitable[Any]:
         return self._request(callback, "POST", path, params, data=data, headers=headers)
 
+    async def aclose(self) -> None:
+        await self.http.aclose()
+        if self.long_http is not self.http:
+            await self.long_http.aclose()
+
     def close(self) -> Awaitable[None]:
-        return self.http.aclose()
+        return self.aclose()
 
 
 class PyConsul(consul.base.Consul):  # type: ignore[misc]
@@ -389,6 +418,27 @@ class HealthCheck:
 
 
 @dataclass(frozen=True)
+class CheckState:
+    """One check from ``/v1/health/state/:state``: whose it is and its status (no output)."""
+
+    node: str
+    check_id: str
+    status: str
+    service_id: str = ""
+    service_name: str = ""
+
+    @classmethod
+    def from_api(cls, raw: Mapping[str, Any]) -> CheckState:
+        return cls(
+            node=str(raw.get("Node") or ""),
+            check_id=str(raw.get("CheckID") or ""),
+            status=str(raw.get("Status") or "critical"),
+            service_id=str(raw.get("ServiceID") or ""),
+            service_name=str(raw.get("ServiceName") or ""),
+        )
+
+
+@dataclass(frozen=True)
 class ServiceInstance:
     """One instance from ``/v1/health/service/:name``, with its checks and aggregated status.
 
@@ -500,6 +550,61 @@ def _check_key(key: str) -> None:
         raise BadRequest(f"Consul key {key!r} has a '.' or '..' segment")
 
 
+class ConsulReader:
+    """A read-only view of a :class:`ConsulClient`: what a reconcile gets as ``ctx.consul``.
+
+    Writes made by a leader-elected controller must be fenced, so its context offers them only
+    through ``ctx.kv``; this view has no method that changes Consul at all.
+    """
+
+    def __init__(self, client: ConsulClient) -> None:
+        self._client = client
+
+    def __repr__(self) -> str:
+        return f"ConsulReader({self._client.config.base_url})"
+
+    @property
+    def known_leader(self) -> bool | None:
+        return self._client.known_leader
+
+    async def kv_get(self, key: str, *, consistent: bool = False) -> tuple[int, KVEntry | None]:
+        return await self._client.kv_get(key, consistent=consistent)
+
+    async def kv_list(
+        self, prefix: str, *, index: int = 0, wait: float | None = None
+    ) -> tuple[int, list[KVEntry]]:
+        return await self._client.kv_list(prefix, index=index, wait=wait)
+
+    async def kv_keys(self, prefix: str, *, separator: str | None = None) -> list[str]:
+        return await self._client.kv_keys(prefix, separator=separator)
+
+    async def health_service(
+        self, name: str, *, passing: bool = False, index: int = 0, wait: float | None = None
+    ) -> tuple[int, list[ServiceInstance]]:
+        return await self._client.health_service(name, passing=passing, index=index, wait=wait)
+
+    async def health_state(
+        self,
+        state: str = "any",
+        *,
+        filter: str | None = None,
+        index: int = 0,
+        wait: float | None = None,
+    ) -> tuple[int, list[CheckState]]:
+        return await self._client.health_state(state, filter=filter, index=index, wait=wait)
+
+    async def catalog_services(
+        self, *, index: int = 0, wait: float | None = None
+    ) -> tuple[int, dict[str, list[str]]]:
+        return await self._client.catalog_services(index=index, wait=wait)
+
+    async def session_info(self, session_id: str) -> SessionInfo | None:
+        return await self._client.session_info(session_id)
+
+    async def status_leader(self) -> str:
+        return await self._client.status_leader()
+
+
 class ConsulClient:
     """The async Consul API the framework uses.
 
@@ -538,7 +643,7 @@ class ConsulClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._transport.http.aclose()
+        await self._transport.aclose()
 
     # -- plumbing
 
@@ -772,6 +877,25 @@ class ConsulClient:
 
         got, raw = await (self._call(what, call) if idx else self._read(what, call))
         return _index(got), {str(k): [str(t) for t in v or ()] for k, v in (raw or {}).items()}
+
+    async def health_state(
+        self,
+        state: str = "any",
+        *,
+        filter: str | None = None,
+        index: int = 0,
+        wait: float | None = None,
+    ) -> tuple[int, list[CheckState]]:
+        """Every check in ``state`` (``any``, ``passing``, ``warning``, ``critical``) across the
+        datacenter: one long poll watches the health of every service at once."""
+        idx, w = self._wait(index, wait)
+        what = f"GET health/state/{state}"
+
+        def call() -> Awaitable[Any]:
+            return self._api.health.state(state, index=idx, wait=w, filter_expr=filter)  # type: ignore[no-any-return]
+
+        got, raw = await (self._call(what, call) if idx else self._read(what, call))
+        return _index(got), [CheckState.from_api(item) for item in raw or ()]
 
     # -- agent and status
 

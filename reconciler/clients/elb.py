@@ -14,6 +14,7 @@ a port taken by a different listener -> :class:`Conflict`, a quota -> :class:`Qu
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 from collections.abc import Callable, Sequence
@@ -216,9 +217,21 @@ class ELBClient:
         )
         self._client = client
         self._lock = anyio.Lock()
+        self._guard: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"ELBClient(region={self.config.region!r})"
+
+    def guarded(self, guard: Callable[[], None]) -> ELBClient:
+        """This client with ``guard()`` called before every mutating call (leadership check)."""
+        view = copy.copy(self)
+        view._guard = guard
+        return view
+
+    def _check_mutation(self) -> None:
+        """Every mutating method calls this first."""
+        if self._guard is not None:
+            self._guard()
 
     def _make_client(self) -> ElasticLoadBalancingClient:
         session = boto3.session.Session(profile_name=self.config.profile)
@@ -275,6 +288,7 @@ class ELBClient:
         different listener raises :class:`Conflict`."""
         if not listeners:
             return
+        self._check_mutation()
         client = await self._boto()
         await self._run(
             f"CreateLoadBalancerListeners({name})",
@@ -287,6 +301,7 @@ class ELBClient:
         """Remove the listeners on ``ports`` in one call (absent ports are ignored by AWS)."""
         if not ports:
             return
+        self._check_mutation()
         client = await self._boto()
         await self._run(
             f"DeleteLoadBalancerListeners({name})",

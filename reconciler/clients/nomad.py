@@ -17,9 +17,11 @@ here once:
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -47,6 +49,51 @@ TERMINAL_CLIENT_STATUSES = frozenset({"complete", "failed", "lost"})
 
 
 # --------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True)
+class Resources:
+    """CPU (MHz shares), memory and disk (MB): what the scheduler bin-packs."""
+
+    cpu: int = 0
+    memory_mb: int = 0
+    disk_mb: int = 0
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(
+            self.cpu + other.cpu, self.memory_mb + other.memory_mb, self.disk_mb + other.disk_mb
+        )
+
+    def __sub__(self, other: Resources) -> Resources:
+        return Resources(
+            self.cpu - other.cpu, self.memory_mb - other.memory_mb, self.disk_mb - other.disk_mb
+        )
+
+    def times(self, other: Resources) -> int:
+        """How many ``other`` fit in ``self`` (0 when any dimension is short)."""
+        counts = [
+            have // need
+            for have, need in (
+                (self.cpu, other.cpu),
+                (self.memory_mb, other.memory_mb),
+                (self.disk_mb, other.disk_mb),
+            )
+            if need > 0
+        ]
+        if not counts:
+            raise ValueError("cannot count how many empty resource sets fit")
+        return max(0, min(counts))
+
+
+def _amount(raw: Any, *path: str) -> int:
+    for part in path:
+        if not isinstance(raw, dict):
+            return 0
+        raw = raw.get(part)
+    try:
+        return int(raw or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 class _NomadModel(BaseModel):
@@ -138,6 +185,18 @@ class Allocation(_NomadModel):
     modify_index: int = Field(default=0, alias="ModifyIndex")
 
     @property
+    def resources(self) -> Resources:
+        """CPU and memory of every task plus the group's shared disk (zero when not listed)."""
+        res = self.allocated_resources
+        if res is None:
+            return Resources()
+        cpu = memory = 0
+        for task in (res.tasks or {}).values():
+            cpu += _amount(task, "Cpu", "CpuShares")
+            memory += _amount(task, "Memory", "MemoryMB")
+        return Resources(cpu, memory, res.shared.disk_mb)
+
+    @property
     def terminal(self) -> bool:
         """The client has finished with it (``complete``, ``failed`` or ``lost``)."""
         return self.client_status in TERMINAL_CLIENT_STATUSES
@@ -185,8 +244,28 @@ class Node(_NomadModel):
     scheduling_eligibility: str = Field(default="", alias="SchedulingEligibility")
     drain: bool = Field(default=False, alias="Drain")
     drain_strategy: dict[str, Any] | None = Field(default=None, alias="DrainStrategy")
+    node_resources: dict[str, Any] | None = Field(default=None, alias="NodeResources")
+    reserved_resources: dict[str, Any] | None = Field(default=None, alias="ReservedResources")
     create_index: int = Field(default=0, alias="CreateIndex")
     modify_index: int = Field(default=0, alias="ModifyIndex")
+
+    @property
+    def allocatable(self) -> Resources | None:
+        """The node's resources minus what it reserves; None when not listed with resources."""
+        total, reserved = self.node_resources, self.reserved_resources
+        if total is None:
+            return None
+        have = Resources(
+            _amount(total, "Cpu", "CpuShares"),
+            _amount(total, "Memory", "MemoryMB"),
+            _amount(total, "Disk", "DiskMB"),
+        )
+        held = Resources(
+            _amount(reserved, "Cpu", "CpuShares"),
+            _amount(reserved, "Memory", "MemoryMB"),
+            _amount(reserved, "Disk", "DiskMB"),
+        )
+        return have - held
 
     @property
     def draining(self) -> bool:
@@ -320,9 +399,21 @@ class NomadClient:
         )
         if http is not None and self.config.token:
             self._http.headers["X-Nomad-Token"] = self.config.token
+        self._guard: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"NomadClient({self.config.address})"
+
+    def guarded(self, guard: Callable[[], None]) -> NomadClient:
+        """This client (same connections) with ``guard()`` called before every write.
+
+        The framework hands a leader-elected controller a guarded client whose guard raises
+        :class:`~reconciler.clients.errors.FencingError` once the replica no longer leads, so a
+        registration or purge is never sent by a replica that knows it was deposed.
+        """
+        view = copy.copy(self)
+        view._guard = guard
+        return view
 
     async def __aenter__(self) -> NomadClient:
         return self
@@ -413,6 +504,8 @@ class NomadClient:
     async def _write(
         self, method: str, path: str, body: Any = None, *, params: Params | None = None
     ) -> Any:
+        if self._guard is not None:
+            self._guard()
         _, data = await self._request(method, path, params=self._params(params), body=body)
         return data
 

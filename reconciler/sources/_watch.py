@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NoReturn, TypeVar
@@ -21,7 +21,7 @@ import anyio
 from reconciler import metrics
 from reconciler.clients.errors import ClientError
 from reconciler.ratelimit import SYSTEM_CLOCK, Backoff, Clock, TokenBucket
-from reconciler.sources.base import Emit
+from reconciler.sources.base import Change, Emit
 
 log = logging.getLogger("reconciler.sources")
 
@@ -97,14 +97,13 @@ class WatchBase:
             extra={"controller": controller, "source": self._name},
         )
 
-    def _emit(self, emit: Emit, controller: str, ids: Iterable[str]) -> None:
-        """Hand changed ids to the controller; a failing callback is logged, never fatal."""
-        batch = sorted(set(ids))
-        if not batch:
+    def _emit(self, emit: Emit, controller: str, changes: Sequence[Change]) -> None:
+        """Hand changed items to the controller; a failing callback is logged, never fatal."""
+        if not changes:
             return
-        metrics.WATCH_EVENTS.labels(controller=controller, source=self._name).inc(len(batch))
+        metrics.WATCH_EVENTS.labels(controller=controller, source=self._name).inc(len(changes))
         try:
-            emit(batch)
+            emit(changes)
         except Exception:
             log.exception(
                 "%s: emit from source %s failed",
@@ -114,22 +113,30 @@ class WatchBase:
             )
 
 
-def diff_items(old: Mapping[str, V], new: Mapping[str, V]) -> set[str]:
-    """Ids added, removed, or whose value differs."""
-    changed = {k for k in new if k not in old or old[k] != new[k]}
-    changed.update(k for k in old if k not in new)
-    return changed
+def replace_items(
+    cache: dict[str, V],
+    new: Mapping[str, V],
+    same: Callable[[V, V], bool] | None = None,
+) -> list[Change]:
+    """Make ``cache`` equal to ``new`` in place; return what changed, in id order.
+
+    ``same(old, new)`` decides whether an item changed (default ``==``). An item that is "the
+    same" is still replaced in the cache (its indexes move on) but is not reported.
+    """
+    changes: list[Change] = []
+    for key, item in new.items():
+        old = cache.get(key, _MISSING)
+        cache[key] = item
+        if old is _MISSING or not (same(old, item) if same is not None else old == item):
+            changes.append(Change(key, item))
+    if len(cache) != len(new):
+        for key in [k for k in cache if k not in new]:
+            changes.append(Change(key, cache.pop(key), deleted=True))
+    changes.sort(key=lambda c: c.id)
+    return changes
 
 
-def replace_items(cache: dict[str, V], new: Mapping[str, V]) -> set[str]:
-    """Make ``cache`` equal to ``new`` in place; return the ids that changed."""
-    changed = diff_items(cache, new)
-    for key in changed:
-        if key in new:
-            cache[key] = new[key]
-        else:
-            cache.pop(key, None)
-    return changed
+_MISSING: Any = object()
 
 
 @dataclass

@@ -1,17 +1,29 @@
 """What a source is: something that watches Consul or Nomad and says which items changed.
 
 A source keeps a warm cache of what it watches (``items()``), reports ``ready`` after its first
-successful read, and calls ``emit`` with the ids of the items that changed (a KV key, a service
-name, a Nomad job id...). It never decides what to reconcile: the controller maps item ids to
-work-queue keys, so the same source type serves every controller.
+successful read, and calls ``emit`` with a :class:`Change` per item that changed: the item's id
+in the cache (a KV key, ``<node>/<service id>``, a Nomad id...), and the item itself (for a
+deletion, the last one known). It never decides what to reconcile: the controller's key mapper
+turns each changed item into work-queue keys, so the same source type serves every controller.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-Emit = Callable[[Iterable[str]], None]
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One item that was added, changed or removed."""
+
+    id: str
+    item: Any
+    deleted: bool = False
+
+
+Emit = Callable[[Sequence[Change]], None]
 
 
 @runtime_checkable

@@ -2,9 +2,10 @@
 
 Every Manticore controller watches a KV prefix (``manticore/requests/data/``, ``haproxy/``...),
 and the waiting list is a single key. A blocking query returns the whole current state, so the
-source keeps a cache and emits only the keys that were added, changed (``ModifyIndex``, value,
-flags or lock holder) or removed: a return with nothing different, which Consul does often
-(tombstone reaps, wait timeouts, writes elsewhere under a missing key), emits nothing.
+source keeps a cache and emits only the keys that were added, changed (value, flags or lock
+holder) or removed: a return with nothing different, which Consul does often (tombstone reaps,
+wait timeouts, writes elsewhere under a missing key), emits nothing, and neither does a value
+rewritten with identical bytes (its ModifyIndex moves, nothing a reconcile reads does).
 
 A missing single key is watched by blocking on the index of its 404, which current Consul holds
 until that key is written; an older server that returns early finds the key still absent, which
@@ -40,12 +41,18 @@ class KVReader(Protocol):
     ) -> tuple[int, list[KVEntry]]: ...
 
 
+def same_entry(old: KVEntry, new: KVEntry) -> bool:
+    """Equal for a reconcile: same bytes, flags and lock holder (indexes aside)."""
+    return old.value == new.value and old.flags == new.flags and old.session == new.session
+
+
 class KVSource(WatchBase):
     """A watch of one key (``recurse=False``) or a prefix (``recurse=True``).
 
     ``recurse`` defaults to whether ``key_or_prefix`` ends with ``/``. ``items()`` maps each full
-    key to its :class:`KVEntry`; ids emitted are full keys. ``wait`` is the server-side long-poll
-    duration (Consul's default, 5 min); ``rate``/``burst`` bound requests per second.
+    key to its :class:`KVEntry`; changes carry the full key and the entry. ``wait`` is the
+    server-side long-poll duration (Consul's default, 5 min); ``rate``/``burst`` bound requests
+    per second.
     """
 
     def __init__(
@@ -87,7 +94,7 @@ class KVSource(WatchBase):
         metrics.init_source(controller, self.name)
 
         def apply(new: dict[str, KVEntry]) -> None:
-            changed = replace_items(self._items, new)
+            changed = replace_items(self._items, new, same_entry)
             self._set_ready(controller)
             self._emit(emit, controller, changed)
 

@@ -1,4 +1,4 @@
-"""Watch Nomad jobs or allocations: the event stream first, blocking queries when it is not there.
+"""Watch Nomad jobs, allocations or nodes: the event stream first, blocking queries otherwise.
 
 The jobs and allocations controllers react to Nomad changes (a job registered, an allocation
 placed or failed). Nomad's ``/v1/event/stream`` pushes those with no polling at all, but it can
@@ -11,7 +11,8 @@ always work. So the source lists once (ready), follows the stream from the list'
 * every ``relist_every`` it reconnects and relists, because objects garbage-collected by Nomad
   produce no event and would otherwise stay in the cache.
 
-Items are keyed by job id or allocation id and compared by ``ModifyIndex``.
+Items are keyed by job, allocation or node id and compared by ``ModifyIndex``. Nodes are listed
+with their resources, so a capacity calculation can run on the cache alone.
 """
 
 from __future__ import annotations
@@ -26,15 +27,22 @@ import anyio
 
 from reconciler import metrics
 from reconciler.clients.errors import BadRequest, ClientError, NotFound, PermissionDenied
-from reconciler.clients.nomad import Allocation, Event, Job, JobStub
+from reconciler.clients.nomad import Allocation, Event, Job, JobStub, Node
 from reconciler.ratelimit import SYSTEM_CLOCK, Clock
-from reconciler.sources._watch import DEFAULT_WAIT, PollSettings, WatchBase, poll_forever
-from reconciler.sources.base import Emit
+from reconciler.sources._watch import (
+    DEFAULT_WAIT,
+    PollSettings,
+    WatchBase,
+    poll_forever,
+    replace_items,
+)
+from reconciler.sources.base import Change, Emit
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["jobs", "allocations"]
-NomadObject = JobStub | Allocation
+Kind = Literal["jobs", "allocations", "nodes"]
+NomadObject = JobStub | Allocation | Node
+_TOPICS: dict[str, str] = {"jobs": "Job", "allocations": "Allocation", "nodes": "Node"}
 
 
 class NomadReader(Protocol):
@@ -63,6 +71,10 @@ class NomadReader(Protocol):
 
     async def get_job(self, job_id: str) -> Job | None: ...
 
+    async def list_nodes(
+        self, *, resources: bool = False, index: int = 0, wait: float | None = None
+    ) -> tuple[int, list[Node]]: ...
+
     def events(
         self,
         topics: Mapping[str, Sequence[str]] | Sequence[str],
@@ -71,6 +83,10 @@ class NomadReader(Protocol):
         namespace: str | None = "*",
         on_heartbeat: Callable[[], None] | None = None,
     ) -> AsyncGenerator[Event, None]: ...
+
+
+def _same_version(old: NomadObject, new: NomadObject) -> bool:
+    return old.modify_index == new.modify_index
 
 
 # Answers meaning "this server will not give you a stream": stop asking.
@@ -104,7 +120,7 @@ class NomadSource(WatchBase):
         backoff_cap: float = 30.0,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
-        if kind not in ("jobs", "allocations"):
+        if kind not in _TOPICS:
             raise ValueError(f"unknown Nomad watch kind {kind!r}")
         super().__init__(name or f"nomad:{kind}{':' + job_prefix if job_prefix else ''}")
         self.kind = kind
@@ -128,36 +144,32 @@ class NomadSource(WatchBase):
     # -- cache
 
     def _wanted(self, obj: NomadObject) -> bool:
-        if self.job_prefix is None:
+        if self.job_prefix is None or isinstance(obj, Node):
             return True
         job_id = obj.id if isinstance(obj, JobStub) else obj.job_id
         return job_id.startswith(self.job_prefix)
 
-    def _replace(self, objects: Sequence[NomadObject]) -> set[str]:
+    def _replace(self, objects: Sequence[NomadObject]) -> list[Change]:
         new = {o.id: o for o in objects if self._wanted(o)}
-        changed = {
-            k
-            for k, o in new.items()
-            if k not in self._items or self._items[k].modify_index != o.modify_index
-        }
-        changed.update(k for k in self._items if k not in new)
-        for key in changed:
-            if key in new:
-                self._items[key] = new[key]
-            else:
-                self._items.pop(key, None)
-        return changed
+        return replace_items(self._items, new, _same_version)
 
-    def _upsert(self, obj: NomadObject) -> bool:
+    def _upsert(self, obj: NomadObject) -> list[Change]:
         if not self._wanted(obj):
-            return False
+            return []
         old = self._items.get(obj.id)
         if old is not None and old.modify_index >= obj.modify_index:
-            return False
+            return []
         self._items[obj.id] = obj
-        return True
+        return [Change(obj.id, obj)]
+
+    def _remove(self, obj_id: str) -> list[Change]:
+        old = self._items.pop(obj_id, None)
+        return [] if old is None else [Change(obj_id, old, deleted=True)]
 
     async def _list(self, index: int = 0, wait: float | None = None) -> tuple[int, list[Any]]:
+        if self.kind == "nodes":
+            got, nodes = await self._client.list_nodes(resources=True, index=index, wait=wait)
+            return got, list(nodes)
         if self.kind == "jobs":
             got, jobs = await self._client.list_jobs(
                 prefix=self.job_prefix, index=index, wait=wait, namespace=self.namespace
@@ -168,27 +180,33 @@ class NomadSource(WatchBase):
         )
         return got, list(allocs)
 
-    async def _apply_event(self, event: Event) -> set[str]:
-        if self.kind == "jobs" and event.topic == "Job":
+    async def _apply_event(self, event: Event) -> list[Change]:
+        if event.topic != _TOPICS[self.kind]:
+            return []
+        if self.kind == "jobs":
             raw = event.payload.get("Job")
             job_id = event.key or (raw or {}).get("ID", "")
             if not job_id:
-                return set()
+                return []
             if event.type == "JobDeregistered":
                 current = await self._client.get_job(job_id)
                 if current is None:
-                    return {job_id} if self._items.pop(job_id, None) is not None else set()
-                return {job_id} if self._upsert(current) else set()
+                    return self._remove(job_id)
+                return self._upsert(current)
             if raw is None:
-                return set()
-            return {job_id} if self._upsert(JobStub.model_validate(raw)) else set()
-        if self.kind == "allocations" and event.topic == "Allocation":
-            raw = event.payload.get("Allocation")
+                return []
+            return self._upsert(JobStub.model_validate(raw))
+        if self.kind == "nodes":
+            raw = event.payload.get("Node")
             if raw is None:
-                return set()
-            alloc = Allocation.model_validate(raw)
-            return {alloc.id} if self._upsert(alloc) else set()
-        return set()
+                return []
+            if event.type == "NodeDeregistration":
+                return self._remove(str(raw.get("ID") or event.key))
+            return self._upsert(Node.model_validate(raw))
+        raw = event.payload.get("Allocation")
+        if raw is None:
+            return []
+        return self._upsert(Allocation.model_validate(raw))
 
     # -- loop
 
@@ -242,7 +260,7 @@ class NomadSource(WatchBase):
         last_success.set(time.time())
         self._set_ready(controller)
         self._emit(emit, controller, changed)
-        topic = "Job" if self.kind == "jobs" else "Allocation"
+        topic = _TOPICS[self.kind]
 
         def beat() -> None:
             last_success.set(time.time())
@@ -253,8 +271,7 @@ class NomadSource(WatchBase):
             )
             async with contextlib.aclosing(stream):
                 async for event in stream:
-                    ids = await self._apply_event(event)
-                    self._emit(emit, controller, ids)
+                    self._emit(emit, controller, await self._apply_event(event))
 
     async def _poll(self, emit: Emit, controller: str) -> None:
         """Blocking queries: forever if the stream was refused, else ``stream_retry_after``."""

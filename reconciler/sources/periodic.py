@@ -16,7 +16,7 @@ from inspect import isawaitable
 from reconciler import metrics
 from reconciler.ratelimit import SYSTEM_CLOCK, Clock
 from reconciler.sources._watch import WatchBase
-from reconciler.sources.base import Emit
+from reconciler.sources.base import Change, Emit
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,8 @@ KeysFn = Callable[[], Iterable[str] | Awaitable[Iterable[str]]]
 class PeriodicSource(WatchBase):
     """Emits ``keys`` (an iterable, or a sync or async callable returning one) periodically.
 
-    ``items()`` maps each key of the last round to ``None``. A failing callable is logged and
-    counted as a watch error; the timer keeps going.
+    ``items()`` maps each key of the last round to itself (the item a key mapper gets). A failing
+    callable is logged and counted as a watch error; the timer keeps going.
     """
 
     def __init__(
@@ -44,7 +44,7 @@ class PeriodicSource(WatchBase):
         super().__init__(name or f"periodic:{every:g}s")
         self._keys: KeysFn | None = keys if callable(keys) else None
         if self._keys is None:
-            self._items = dict.fromkeys(keys)  # type: ignore[arg-type]
+            self._items = {k: k for k in keys}  # type: ignore[union-attr]
         self.every = every
         self.emit_at_start = emit_at_start
         self._clock = clock
@@ -56,7 +56,7 @@ class PeriodicSource(WatchBase):
         if isawaitable(result):
             result = await result
         keys = [str(k) for k in result]
-        self._items = dict.fromkeys(keys)
+        self._items = {k: k for k in keys}
         return keys
 
     async def run(self, emit: Emit, *, controller: str) -> None:
@@ -79,5 +79,5 @@ class PeriodicSource(WatchBase):
                 )
             else:
                 metrics.WATCH_LAST_SUCCESS.labels(**labels).set(time.time())
-                self._emit(emit, controller, keys)
+                self._emit(emit, controller, [Change(k, k) for k in keys])
             await self._clock.sleep(self.every)

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+from pydantic import BaseModel, ConfigDict
+
 from reconciler.controller import Context, Controller, Watch, strip_prefix
 from reconciler.sources.memory import MemorySource
+
+
+class SampleInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    value: int
+
 
 SOURCE = MemorySource("inputs")
 
@@ -19,6 +27,7 @@ alpha = Controller(
     writes=["out/<id>"],
     needs_leadership=False,
     description="a sample that watches in/ and writes out/",
+    models={"sample-input": SampleInput},
 )
 beta = Controller(name="sample-beta", reconcile=_reconcile, watches=[], workers=2)
 

@@ -17,6 +17,7 @@ METRIC = re.compile(r"\b((?:controller_runtime|workqueue|leader_election|reconci
 
 def exported_series() -> set[str]:
     metrics.init_controller("charts-check")
+    metrics.init_leader("charts-check")
     metrics.init_source("charts-check", "kv:x/")
     return {sample.name for family in REGISTRY.collect() for sample in family.samples}
 

@@ -97,6 +97,7 @@ async def test_manager_serves_metrics_health_and_readiness() -> None:
         reconcile=reconcile,
         watches=[Watch("gated", lambda deps: source)],
         needs_leadership=False,
+        status=False,
     )
     manager = Manager(
         [controller],
@@ -115,7 +116,9 @@ async def test_manager_serves_metrics_health_and_readiness() -> None:
             f'controller_runtime_reconcile_total{{controller="{name}",result="success"}} 0.0'
             in (metrics.text)
         )
-        assert f'workqueue_depth{{name="{name}"}}' in metrics.text
+        assert f'workqueue_depth{{controller="{name}",name="{name}"}}' in metrics.text
+        # Not leader-elected: no leader-status series, so a no-leader alert cannot fire for it.
+        assert f'leader_election_master_status{{name="{name}"}}' not in metrics.text
         assert (await http.get(f"{base}/healthz")).json()["ok"] is True
 
         not_ready = await http.get(f"{base}/readyz")

@@ -52,6 +52,7 @@ class Harness:
             reconcile=reconcile,
             watches=[watch],
             needs_leadership=False,
+            status=False,  # no Consul here; status entries are tested against a real one
             **kwargs,  # type: ignore[arg-type]
         )
         self.runner = ControllerRunner(self.spec, Dependencies(consul=None))
@@ -110,7 +111,7 @@ async def test_temporary_error_backs_off_then_succeeds(run_harness) -> None:
     assert attempts["k"] == 3
     assert h.count("error") == 2
     assert sample("controller_runtime_reconcile_errors_total", controller=h.name) == 2
-    assert sample("workqueue_retries_total", name=h.name) == 2
+    assert sample("workqueue_retries_total", name=h.name, controller=h.name) == 2
     # success forgets the failures, so the next failure starts from the base delay again
     assert h.runner.queue.num_requeues("k") == 0
 

@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY
 from devstack.consul.server import ConsulServer, start_consul
 from reconciler.clients.config import ConsulConfig
 from reconciler.clients.consul import ConsulClient
-from reconciler.sources import KVSource, ServiceHealthSource, Source
+from reconciler.sources import Change, KVSource, ServiceHealthSource, Source
 
 pytestmark = pytest.mark.anyio
 
@@ -43,13 +43,16 @@ async def client(consul_server: ConsulServer, anyio_backend: str) -> AsyncIterat
 
 
 class Recorder:
-    """Collects emitted ids and lets a test wait for one."""
+    """Collects emitted changes (their ids by batch) and lets a test wait for one."""
 
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
+        self.changes: list[Change] = []
 
-    def __call__(self, ids: Iterable[str]) -> None:
-        self.batches.append(list(ids))
+    def __call__(self, changes: Iterable[Change]) -> None:
+        batch = list(changes)
+        self.changes.extend(batch)
+        self.batches.append([c.id for c in batch])
 
     @property
     def ids(self) -> list[str]:
@@ -57,6 +60,7 @@ class Recorder:
 
     def clear(self) -> None:
         self.batches.clear()
+        self.changes.clear()
 
     async def wait_for(self, wanted: str, timeout: float = 5.0) -> None:
         with anyio.fail_after(timeout):
@@ -174,10 +178,10 @@ async def test_index_going_backwards_resets_and_the_watch_keeps_working(
         await eventually(
             lambda: metric("reconciler_watch_index_resets_total", controller, source.name) >= 1
         )
-        # A restore may bring back older data: every key whose entry changed (here all of them,
-        # their ModifyIndex was clamped) is emitted once, with its value re-read.
-        await eventually(lambda: len(rec.ids) == 10)
-        assert sorted(rec.ids) == [f"r/k{i}" for i in range(10)]
+        # The data is re-read from scratch; only indexes moved (clamped by the reset), no value
+        # did, so nothing a reconcile reads changed and nothing is emitted.
+        await eventually(lambda: source.items()["r/k3"].modify_index <= 1)
+        assert rec.ids == []
         assert source.items()["r/k3"].value == b"3"
         # Changes after the reset still arrive.
         rec.clear()
@@ -287,19 +291,29 @@ async def test_single_service_health(client: ConsulClient, consul_server: Consul
     async with running(source, rec):
         with anyio.fail_after(5):
             await source.wait_ready()
-        assert rec.ids == ["web"]
-        (instance,) = source.items()["web"]
+        # Items are instances, keyed <node>/<service id>, and carry the instance itself.
+        assert rec.ids == ["node1/web-1"]
+        instance = source.items()["node1/web-1"]
         assert (instance.service_id, instance.port, instance.status) == ("web-1", 8080, "critical")
+        assert rec.changes[0].item == instance
 
         rec.clear()
         await check_pass(consul_server, "web-1")
-        await rec.wait_for("web")
-        assert source.items()["web"][0].status == "passing"
+        await rec.wait_for("node1/web-1")
+        assert source.items()["node1/web-1"].status == "passing"
 
         rec.clear()
         await register(consul_server, "web", "web-2", 8081, status="passing")
-        await rec.wait_for("web")
-        assert [i.service_id for i in source.items()["web"]] == ["web-1", "web-2"]
+        await rec.wait_for("node1/web-2")
+        assert rec.ids == ["node1/web-2"]  # only the instance that changed
+        assert sorted(source.items()) == ["node1/web-1", "node1/web-2"]
+
+        rec.clear()
+        await deregister(consul_server, "web-1")
+        await rec.wait_for("node1/web-1")
+        (gone,) = [c for c in rec.changes if c.id == "node1/web-1"]
+        assert gone.deleted, rec.changes
+        assert gone.item.port == 8080  # the last instance known
 
 
 async def test_passing_only_hides_failing_instances(
@@ -311,14 +325,14 @@ async def test_passing_only_hides_failing_instances(
     async with running(source, rec):
         with anyio.fail_after(5):
             await source.wait_ready()
-        assert source.items()["api"] == ()
+        assert dict(source.items()) == {}
         rec.clear()
         await check_pass(consul_server, "api-1")
-        await rec.wait_for("api")
-        assert [i.service_id for i in source.items()["api"]] == ["api-1"]
+        await rec.wait_for("node1/api-1")
+        assert [i.service_id for i in source.items().values()] == ["api-1"]
 
 
-async def test_pattern_starts_and_stops_one_watch_per_matching_service(
+async def test_pattern_watches_every_matching_service_with_two_long_polls(
     client: ConsulClient, consul_server: ConsulServer
 ) -> None:
     await register(consul_server, "core-1", "core-1", 1001)
@@ -328,26 +342,40 @@ async def test_pattern_starts_and_stops_one_watch_per_matching_service(
     async with running(source, rec):
         with anyio.fail_after(5):
             await source.wait_ready()
-        assert source.watched == {"core-1"}
-        assert set(source.items()) == {"core-1"}
-        assert rec.ids == ["core-1"]
+        assert source.services == {"core-1"}
+        assert set(source.items()) == {"node1/core-1"}
+        assert rec.ids == ["node1/core-1"]
+        # The catalog and the health of all services: two parked queries, not one per service.
+        await eventually(lambda: consul_server.stats()["BlockingQueries"] == 2)
 
         rec.clear()
         await register(consul_server, "core-2", "core-2", 1002)
-        await rec.wait_for("core-2")
-        assert source.watched == {"core-1", "core-2"}
+        await rec.wait_for("node1/core-2")
+        assert source.services == {"core-1", "core-2"}
+
+        rec.clear()
+        await check_pass(consul_server, "core-2")
+        await rec.wait_for("node1/core-2")
+        assert source.items()["node1/core-2"].passing
+        assert "node1/core-1" not in rec.ids  # only the service whose check changed
 
         rec.clear()
         await deregister(consul_server, "core-1")
-        await rec.wait_for("core-1")
-        await eventually(lambda: source.watched == {"core-2"})
-        assert set(source.items()) == {"core-2"}
+        await rec.wait_for("node1/core-1")
+        assert rec.changes[-1].deleted
+        assert rec.changes[-1].item.service == "core-1"
+        await eventually(lambda: source.services == {"core-2"})
+        assert set(source.items()) == {"node1/core-2"}
 
-        # The stopped watch stays stopped: changes to a re-registered name start a new one.
         rec.clear()
         await register(consul_server, "core-1", "core-1", 1003, status="passing")
-        await rec.wait_for("core-1")
-        assert source.items()["core-1"][0].port == 1003
+        await rec.wait_for("node1/core-1")
+        assert source.items()["node1/core-1"].port == 1003
+        assert consul_server.stats()["BlockingQueries"] == 2
+        # Unrelated services never reach the cache.
+        await register(consul_server, "unrelated", "unrelated-2", 2001, status="passing")
+        await anyio.sleep(0.2)
+        assert all(i.service.startswith("core-") for i in source.items().values())
 
 
 def test_health_source_needs_exactly_one_selector() -> None:

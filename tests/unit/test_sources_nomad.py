@@ -16,8 +16,9 @@ from prometheus_client import REGISTRY
 
 from devstack.nomad.embedded import EmbeddedNomad
 from reconciler.clients.config import NomadConfig
-from reconciler.clients.nomad import NomadClient
+from reconciler.clients.nomad import NomadClient, Resources
 from reconciler.sources import NomadSource, PeriodicSource, Source
+from reconciler.sources.base import Change
 
 pytestmark = pytest.mark.anyio
 
@@ -49,9 +50,12 @@ JOB: dict[str, Any] = {
 class Recorder:
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
+        self.changes: list[Change] = []
 
-    def __call__(self, ids: Iterable[str]) -> None:
-        self.batches.append(list(ids))
+    def __call__(self, changes: Iterable[Change]) -> None:
+        batch = list(changes)
+        self.changes.extend(batch)
+        self.batches.append([c.id for c in batch])
 
     @property
     def ids(self) -> list[str]:
@@ -138,6 +142,52 @@ async def test_allocations_are_keyed_by_alloc_id(nomad_client: NomadClient) -> N
         (alloc_id, alloc) = next(iter(source.items().items()))
         assert alloc.job_id == "core-hmi-1"
         assert alloc_id in rec.ids
+
+
+@pytest.mark.parametrize("use_stream", [False, True])
+async def test_nodes_carry_their_resources_and_follow_eligibility(
+    nomad_client: NomadClient, embedded_nomad: EmbeddedNomad, use_stream: bool
+) -> None:
+    source = NomadSource(nomad_client, "nodes", use_stream=use_stream, wait=2.0)
+    rec = Recorder()
+    async with running(source, rec):
+        with anyio.fail_after(5):
+            await source.wait_ready()
+        assert source.items()
+        node_id, node = sorted(source.items().items())[0]
+        assert node.schedulable
+        free = node.allocatable
+        assert free is not None
+        assert free.cpu > 0
+        assert free.memory_mb > 0
+        # A placed allocation reports what it holds, so capacity can be computed from caches.
+        await nomad_client.register_job(JOB)
+        with anyio.fail_after(5):
+            while not (allocs := (await nomad_client.list_allocations(resources=True))[1]):
+                await anyio.sleep(0.01)
+        assert allocs[0].resources.cpu == 100
+        assert allocs[0].resources.memory_mb == 64
+
+        seen = rec.ids.count(node_id)
+        await nomad_client.set_node_eligibility(node_id, eligible=False)
+        await rec.wait_for(node_id, count=seen + 1)
+        with anyio.fail_after(5):
+            while source.items()[node_id].schedulable:
+                await anyio.sleep(0.01)
+        second = embedded_nomad.add_node()
+        await rec.wait_for(second)
+        assert source.items()[second].schedulable
+
+
+def test_resources_arithmetic() -> None:
+    free = Resources(cpu=1000, memory_mb=1024, disk_mb=5000)
+    per_user = Resources(cpu=160, memory_mb=325, disk_mb=1030)
+    assert free.times(per_user) == 3  # memory runs out first
+    assert (free - per_user).cpu == 840
+    assert (free + free).disk_mb == 10000
+    assert Resources(cpu=-5, memory_mb=100, disk_mb=100).times(per_user) == 0
+    with pytest.raises(ValueError):
+        free.times(Resources())
 
 
 # ----------------------------------------------------------------------------- scripted stream
@@ -233,7 +283,7 @@ async def test_periodic_source_emits_its_keys_every_period(anyio_backend: str) -
     async with running(source, rec) as controller:
         await rec.wait_for("waiting-list", count=3)
         assert source.ready
-        assert dict(source.items()) == {"waiting-list": None}
+        assert dict(source.items()) == {"waiting-list": "waiting-list"}  # a key is its own item
         assert metric("reconciler_watch_events_total", controller, source.name) >= 3
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from reconciler.sources._watch import PollState, diff_items, replace_items
+from reconciler.sources._watch import PollState, replace_items
+from reconciler.sources.base import Change
 
 
 def test_index_rules() -> None:
@@ -18,10 +19,21 @@ def test_index_rules() -> None:
     assert state.index == 1
 
 
-def test_diff_and_replace_report_added_changed_and_removed() -> None:
+def test_replace_reports_added_changed_and_removed_with_their_items() -> None:
     cache = {"a": 1, "b": 2, "c": 3}
     new = {"a": 1, "b": 20, "d": 4}
-    assert diff_items(cache, new) == {"b", "c", "d"}
-    assert replace_items(cache, new) == {"b", "c", "d"}
+    assert replace_items(cache, new) == [
+        Change("b", 20),
+        Change("c", 3, deleted=True),  # a deletion carries the last item known
+        Change("d", 4),
+    ]
     assert cache == new
-    assert replace_items(cache, dict(new)) == set()
+    assert replace_items(cache, dict(new)) == []
+
+
+def test_replace_with_a_sameness_rule_refreshes_the_cache_silently() -> None:
+    cache = {"a": (1, "v1")}
+    same_value = lambda old, new: old[1] == new[1]  # noqa: E731  (index, value) pairs
+    assert replace_items(cache, {"a": (2, "v1")}, same_value) == []
+    assert cache == {"a": (2, "v1")}  # the newer index is kept even though nothing is emitted
+    assert replace_items(cache, {"a": (3, "v2")}, same_value) == [Change("a", (3, "v2"))]

@@ -40,7 +40,8 @@ def queue(clock: ManualClock, name: str) -> WorkQueue:
 
 
 def sample(metric: str, name: str) -> float | None:
-    return REGISTRY.get_sample_value(metric, {"name": name})
+    # controller-runtime labels work-queue series with both name and controller.
+    return REGISTRY.get_sample_value(metric, {"name": name, "controller": name})
 
 
 async def settle() -> None:
