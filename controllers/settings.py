@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from controllers.api.haproxy import DomainName
+from controllers.api.waiting import DEFAULT_MAX_USERS
 from reconciler.clients.errors import ConfigError
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -73,7 +74,20 @@ class JobSettings(_Group):
 class CapacitySettings(_Group):
     """How many users the waitlist may claim."""
 
-    max_users: int | None = Field(default=None, ge=0, alias="MAX_USERS")
+    max_users: int | None = Field(
+        default=None,
+        ge=0,
+        alias="MAX_USERS",
+        description="Claimed users at most (default: as many as Nomad can place)",
+    )
+    waiting_list_max_users: int = Field(
+        default=DEFAULT_MAX_USERS,
+        ge=1,
+        le=1_000_000,
+        alias="MANTICORE_WAITING_LIST_MAX_USERS",
+        description="Users the waiting list holds at most; beyond it new users wait outside "
+        "the list (their request stays) and an error is logged",
+    )
 
 
 class HAProxySettings(_Group):

@@ -228,6 +228,34 @@ def decode_pages(stored: Iterable[StoredValue]) -> WaitingList:
     return WaitingList(entries, page_of, pages, tuple(problems))
 
 
+def merge_pages(parts: Iterable[WaitingList]) -> WaitingList:
+    """Lists decoded page by page -> one list (a user on two pages keeps the lower page)."""
+    entries: dict[str, WaitingEntry] = {}
+    page_of: dict[str, int] = {}
+    pages: dict[int, PageState] = {}
+    problems: list[Problem] = []
+    for part in sorted(parts, key=lambda p: min(p.pages, default=-1)):
+        pages.update(part.pages)
+        problems.extend(part.problems)
+        for user, entry in part.entries.items():
+            number = part.page_of[user]
+            if user in entries:
+                problems.append(
+                    Problem(
+                        page_key(number),
+                        f"{user} is also on page {page_of[user]}",
+                        "duplicate",
+                        user,
+                    )
+                )
+                state = pages[number]
+                pages[number] = PageState(number, state.index, state.raw, state.valid, clean=False)
+                continue
+            entries[user] = entry
+            page_of[user] = number
+    return WaitingList(entries, page_of, pages, tuple(problems))
+
+
 def decode_values(values: Mapping[str, Any]) -> WaitingList:
     """:func:`decode_pages` for ``{key: raw bytes}`` (tests, the status CLI)."""
 

@@ -14,8 +14,11 @@ from reconciler.controller import Controller, RunnerOptions
 from reconciler.manager import Manager, ManagerOptions
 
 
-def clients_config(consul_address: str) -> ClientsConfig:
-    return ClientsConfig.from_env({"CONSUL_HTTP_ADDR": consul_address})
+def clients_config(consul_address: str, nomad_address: str | None = None) -> ClientsConfig:
+    env = {"CONSUL_HTTP_ADDR": consul_address}
+    if nomad_address:
+        env["NOMAD_ADDR"] = nomad_address
+    return ClientsConfig.from_env(env)
 
 
 @contextlib.asynccontextmanager
@@ -25,9 +28,10 @@ async def running(
     *,
     identity: str = "test",
     drain_timeout: float = 5.0,
+    nomad_address: str | None = None,
 ) -> AsyncIterator[tuple[Manager, ConsulClient]]:
     """A started Manager (free metrics port) plus a separate client to poke Consul with."""
-    config = clients_config(consul_address)
+    config = clients_config(consul_address, nomad_address)
     manager = Manager(
         controllers,
         options=ManagerOptions(
