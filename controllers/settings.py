@@ -18,11 +18,11 @@ import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from controllers.api.haproxy import DomainName
+from controllers.api.haproxy import DomainName, IPAddress
 from controllers.api.waiting import DEFAULT_MAX_USERS
 from reconciler.clients.errors import ConfigError
 
@@ -91,7 +91,12 @@ class CapacitySettings(_Group):
 
 
 class HAProxySettings(_Group):
-    """Routing: what haproxy-kv publishes and the haproxy controller renders."""
+    """Routing: what haproxy-kv publishes and the haproxy controller renders.
+
+    The first fields are the routing contract both controllers share; the ``MANTICORE_HAPROXY_*``
+    ones configure the haproxy controller and the HAProxy beside it (files, timeouts, limits,
+    pre-provisioned slots, debounce).
+    """
 
     domain_name: DomainName = Field(default="manticore.localhost", alias="DOMAIN_NAME")
     main_port: int = Field(default=8080, ge=1, le=65535, alias="HAPROXY_HTTP_LISTEN")
@@ -99,12 +104,128 @@ class HAProxySettings(_Group):
     tcp_port_range_end: int = Field(default=20999, ge=1, le=65535, alias="TCP_PORT_RANGE_END")
     web_app_service: str = Field(default="manticore-service", alias="MANTICORE_WEB_APP_SERVICE")
 
+    # -- the haproxy controller ---------------------------------------------------------------
+    config_dir: Path = Field(
+        default=Path("/var/lib/manticore/haproxy"),
+        alias="MANTICORE_HAPROXY_CONFIG_DIR",
+        description="haproxy.cfg, map files, pid file, sockets and HAProxy's log",
+    )
+    template: Path | None = Field(
+        default=None,
+        alias="MANTICORE_HAPROXY_TEMPLATE",
+        description="base template (global/defaults) replacing the built-in one",
+    )
+    not_found_page: Path | None = Field(
+        default=None,
+        alias="MANTICORE_HAPROXY_NOT_FOUND_PAGE",
+        description="HTML page answered (404) for an unknown subdomain",
+    )
+    binary: str = Field(default="haproxy", alias="MANTICORE_HAPROXY_BINARY")
+    start: bool = Field(
+        default=True,
+        alias="MANTICORE_HAPROXY_START",
+        description="start HAProxy (master-worker) when none runs for the config dir",
+    )
+    bind_address: IPAddress = Field(
+        default="127.0.0.1",
+        alias="MANTICORE_HAPROXY_BIND_ADDRESS",
+        description="address of the mainPort and TCP frontends (0.0.0.0 in production)",
+    )
+    stats_port: int = Field(
+        default=8404,
+        ge=0,
+        le=65535,
+        alias="MANTICORE_HAPROXY_STATS_PORT",
+        description="HAProxy stats page and /healthz on 127.0.0.1 (0: none)",
+    )
+    update_mode: Literal["runtime", "reload"] = Field(
+        default="runtime",
+        alias="MANTICORE_HAPROXY_UPDATE_MODE",
+        description="runtime: maps and slots over the runtime API; reload: reload on every change",
+    )
+    wait_min: float = Field(
+        default=0.1,
+        ge=0,
+        alias="MANTICORE_HAPROXY_WAIT_MIN",
+        description="seconds of quiet after a change before applying it",
+    )
+    wait_max: float = Field(
+        default=0.5,
+        ge=0,
+        alias="MANTICORE_HAPROXY_WAIT_MAX",
+        description="longest a change waits while changes keep coming",
+    )
+    timeout_connect: float = Field(default=5.0, gt=0, alias="MANTICORE_HAPROXY_TIMEOUT_CONNECT")
+    timeout_client: float = Field(default=3600.0, gt=0, alias="MANTICORE_HAPROXY_TIMEOUT_CLIENT")
+    timeout_server: float = Field(default=3600.0, gt=0, alias="MANTICORE_HAPROXY_TIMEOUT_SERVER")
+    timeout_tunnel: float = Field(
+        default=3600.0,
+        gt=0,
+        alias="MANTICORE_HAPROXY_TIMEOUT_TUNNEL",
+        description="idle timeout of websockets and TCP sessions",
+    )
+    timeout_http_request: float = Field(
+        default=10.0, gt=0, alias="MANTICORE_HAPROXY_TIMEOUT_HTTP_REQUEST"
+    )
+    timeout_http_keep_alive: float = Field(
+        default=60.0, gt=0, alias="MANTICORE_HAPROXY_TIMEOUT_HTTP_KEEP_ALIVE"
+    )
+    maxconn: int = Field(
+        default=4096,
+        ge=1,
+        alias="MANTICORE_HAPROXY_MAXCONN",
+        description="HAProxy's global maxconn (it needs about twice as many file descriptors)",
+    )
+    hard_stop_after: float = Field(
+        default=3600.0,
+        gt=0,
+        alias="MANTICORE_HAPROXY_HARD_STOP_AFTER",
+        description="longest an old worker serves its open connections after a reload",
+    )
+    http_slots: int = Field(
+        default=1024,
+        ge=1,
+        le=65536,
+        alias="MANTICORE_HAPROXY_HTTP_SLOTS",
+        description="pre-provisioned HTTP route slots (grown, with a reload, when 90% full)",
+    )
+    tcp_slots: int = Field(
+        default=1024,
+        ge=1,
+        le=65536,
+        alias="MANTICORE_HAPROXY_TCP_SLOTS",
+        description="pre-provisioned TCP route slots (never more than the port range)",
+    )
+    web_app_slots: int = Field(default=16, ge=1, le=1024, alias="MANTICORE_HAPROXY_WEB_APP_SLOTS")
+    verify_interval: float = Field(
+        default=60.0,
+        gt=0,
+        alias="MANTICORE_HAPROXY_VERIFY_INTERVAL",
+        description="seconds between checks that HAProxy's runtime state matches the files",
+    )
+    safety_reload_interval: float = Field(
+        default=21600.0,
+        ge=0,
+        alias="MANTICORE_HAPROXY_SAFETY_RELOAD_INTERVAL",
+        description="seconds between full re-render and reload safety nets (0: never)",
+    )
+
+    @property
+    def tcp_port_range(self) -> range:
+        return range(self.tcp_port_range_start, self.tcp_port_range_end + 1)
+
     @model_validator(mode="after")
     def _range(self) -> HAProxySettings:
         if self.tcp_port_range_end < self.tcp_port_range_start:
             raise ValueError("TCP_PORT_RANGE_END must be >= TCP_PORT_RANGE_START")
         if self.tcp_port_range_start <= self.main_port <= self.tcp_port_range_end:
             raise ValueError("HAPROXY_HTTP_LISTEN must lie outside the TCP port range")
+        if self.stats_port and self.stats_port in self.tcp_port_range:
+            raise ValueError("MANTICORE_HAPROXY_STATS_PORT must lie outside the TCP port range")
+        if self.stats_port and self.stats_port == self.main_port:
+            raise ValueError("MANTICORE_HAPROXY_STATS_PORT must differ from HAPROXY_HTTP_LISTEN")
+        if self.wait_max < self.wait_min:
+            raise ValueError("MANTICORE_HAPROXY_WAIT_MAX must be >= MANTICORE_HAPROXY_WAIT_MIN")
         return self
 
 

@@ -333,6 +333,7 @@ class HAProxyProcess:
             write_atomically(self.config_path, cfg_text)
             for stale in (self.master_socket, self.runtime_socket, self.pid_file):
                 stale.unlink(missing_ok=True)
+            log_offset = self._log_size()
             argv = [
                 self.executable(),
                 "-W",
@@ -344,25 +345,45 @@ class HAProxyProcess:
                 str(self.pid_file),
             ]
             with self.log_path.open("ab") as log:
-                self._proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.config_dir,
-                    start_new_session=True,
-                    **self._spawn_options(),
-                )
+                if self.die_with_parent:
+                    self._proc = subprocess.Popen(
+                        argv,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        cwd=self.config_dir,
+                        start_new_session=True,
+                        **self._spawn_options(),
+                    )
+                else:
+                    # Detached: a short-lived shell backgrounds the master and exits, so HAProxy
+                    # is nobody's child here and outlives this process (a restarted controller
+                    # attaches to it through the pid file and the sockets).
+                    launcher = subprocess.Popen(
+                        ["/bin/sh", "-c", '"$0" "$@" &', *argv],
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        cwd=self.config_dir,
+                        start_new_session=True,
+                    )
+                    launcher.wait(10)
             proc = self._proc
 
+            def exited() -> bool:
+                if proc is not None:
+                    return proc.poll() is not None
+                return "[ALERT]" in self._log_since(log_offset) and self.master_pid() is None
+
             def started() -> bool:
-                return proc.poll() is not None or bool(self._show_proc_or_none(timeout=1.0))
+                return exited() or bool(self._show_proc_or_none(timeout=1.0))
 
             wait_until(started, timeout)
             state = self._show_proc_or_none(timeout=1.0)
-            if proc.poll() is not None or state is None or not state.workers:
+            if exited() or state is None or not state.workers:
                 self._kill_owned()
-                raise HAProxyError(f"HAProxy did not start:\n{self._log_tail()}")
+                self.stop()
+                raise HAProxyError(f"HAProxy did not start:\n{alerts(self._log_since(log_offset))}")
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -538,6 +559,3 @@ class HAProxyProcess:
                 return log.read().decode(errors="replace")
         except OSError:
             return ""
-
-    def _log_tail(self, lines: int = 20) -> str:
-        return "\n".join(self._log_since(0).splitlines()[-lines:])

@@ -1,0 +1,262 @@
+"""The haproxy controller: ``haproxy/`` in Consul KV -> the HAProxy beside it (consul-template).
+
+One replica runs on every HAProxy host, not leader-elected (each drives its own HAProxy) and
+read-only on Consul (it writes nothing, not even status). Everything it watches converges on one
+work key, ``haproxy``: a reconcile reads the whole ``haproxy/`` cache (:mod:`.routes`, validated,
+incrementally parsed), plans the change (:mod:`.plan`: runtime commands, or a reload with its
+reason) and carries it out (:mod:`.applier`, in a worker thread).
+
+Changes are debounced as consul-template's ``wait`` does: a change is applied once the table has
+been quiet for ``MANTICORE_HAPROXY_WAIT_MIN`` seconds, and at the latest
+``MANTICORE_HAPROXY_WAIT_MAX`` seconds after the first unapplied change, so a burst of arrivals is
+one batch. A periodic key (every few seconds) notices an HAProxy that died (and starts it again),
+checks every ``MANTICORE_HAPROXY_VERIFY_INTERVAL`` that the running HAProxy and the files still
+match what was applied (drift is repaired by a full reload), and reloads everything every
+``MANTICORE_HAPROXY_SAFETY_RELOAD_INTERVAL`` as a safety net.
+
+A configuration that fails validation or that the master rejects keeps the old one serving;
+``manticore_haproxy_config_valid`` drops to 0 and the key is retried with backoff.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+
+from controllers.api.ids import HAPROXY_PREFIX
+from controllers.haproxy import metrics
+from controllers.haproxy.applier import Applier
+from controllers.haproxy.plan import Applied, Plan, SlotPolicy, plan
+from controllers.haproxy.process import ConfigInvalid, HAProxyError, ReloadFailed
+from controllers.haproxy.routes import KINDS, Rejection, Routing, RoutingReader
+from controllers.haproxy.runtime import RuntimeAPIError, RuntimeCommandFailed
+from controllers.settings import HAProxySettings, settings
+from reconciler import metrics as framework_metrics
+from reconciler import watches
+from reconciler.controller import Context, Controller, constant_key
+from reconciler.result import Result, TemporaryError
+
+NAME = "haproxy"
+KEY = "haproxy"
+WATCH = f"kv:{HAPROXY_PREFIX}"
+TICK = "haproxy-tick"
+TICK_SECONDS = 5.0
+
+
+@dataclass
+class Debounce:
+    """consul-template's ``wait``: quiet for ``min`` seconds, but never longer than ``max``."""
+
+    min: float
+    max: float
+    _seen: Routing | None = None
+    _first_change: float | None = None
+    _last_change: float = 0.0
+
+    def observe(self, routing: Routing, now: float) -> None:
+        if routing != self._seen:
+            self._seen = routing
+            self._last_change = now
+            if self._first_change is None:
+                self._first_change = now
+
+    def remaining(self, now: float) -> float:
+        """Seconds to wait before applying what was observed (0: now)."""
+        if self._first_change is None:
+            return 0.0
+        due = min(self._last_change + self.min, self._first_change + self.max)
+        return max(0.0, due - now)
+
+    def settled(self) -> None:
+        self._first_change = None
+
+
+@dataclass
+class HAProxyRouter:
+    """The controller's state on this host: what HAProxy runs, and the clocks of its checks."""
+
+    config: HAProxySettings | None = None
+    clock: Callable[[], float] = time.monotonic
+    name: str = NAME
+    applied: Applied | None = None
+    _applier: Applier | None = None
+    _reader: RoutingReader | None = None
+    _debounce: Debounce | None = None
+    _policy: SlotPolicy | None = None
+    _recovered: bool = False
+    _repair: str | None = None
+    _last_reload: float = 0.0
+    _last_verify: float = 0.0
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def _setup(self) -> tuple[HAProxySettings, Applier, RoutingReader, Debounce, SlotPolicy]:
+        if self.config is None:
+            self.config = settings().haproxy
+        config = self.config
+        if self._applier is None:
+            self._applier = Applier(config)
+        if self._reader is None:
+            self._reader = RoutingReader(config)
+        if self._debounce is None:
+            self._debounce = Debounce(config.wait_min, config.wait_max)
+        if self._policy is None:
+            self._policy = SlotPolicy(
+                http=config.http_slots,
+                tcp=config.tcp_slots,
+                web=config.web_app_slots,
+                tcp_max=len(config.tcp_port_range),
+            )
+        return config, self._applier, self._reader, self._debounce, self._policy
+
+    @property
+    def applier(self) -> Applier:
+        return self._setup()[1]
+
+    # -- reconcile --------------------------------------------------------------------------
+
+    async def reconcile(self, ctx: Context, key: str) -> Result | None:
+        """Converge HAProxy on ``haproxy/`` (one key, one worker: never two at once)."""
+        config, applier, reader, debounce, policy = self._setup()
+        current = self.applied
+        routing, rejected = reader.read(
+            ctx.cache(WATCH), current=current.routing if current else None
+        )
+        self._report(ctx, rejected)
+        now = self.clock()
+        debounce.observe(routing, now)
+
+        if not self._recovered:
+            self._recovered = True
+            current = self.applied = await anyio.to_thread.run_sync(applier.recover)
+            if current is not None:
+                ctx.log.info("adopted the running HAProxy", generation=current.generation)
+                self._last_reload = self._last_verify = now
+        elif current is not None and not await anyio.to_thread.run_sync(applier.running):
+            ctx.log.warning("HAProxy is not running; starting it again")
+            current = self.applied = None
+
+        force = self._repair
+        if force is None and current is not None:
+            force = await self._checks(ctx, applier, current, now)
+        step = plan(current, routing, policy, mode=config.update_mode, force=force)
+        if step.nothing_to_do:
+            debounce.settled()
+            metrics.PENDING.set(0)
+            return None
+        metrics.PENDING.set(1)
+        if force is None and current is not None:
+            wait = debounce.remaining(now)
+            if wait > 0:
+                return Result(requeue_after=wait)
+        await self._apply(ctx, applier, current, step)
+        debounce.settled()
+        metrics.PENDING.set(0)
+        return None
+
+    async def _checks(
+        self, ctx: Context, applier: Applier, current: Applied, now: float
+    ) -> str | None:
+        """The periodic safety net and drift check: a reason to reload everything, or None."""
+        assert self.config is not None
+        interval = self.config.safety_reload_interval
+        if interval and now - self._last_reload >= interval:
+            return "periodic"
+        if now - self._last_verify >= self.config.verify_interval:
+            self._last_verify = now
+            problems = await anyio.to_thread.run_sync(applier.verify, current)
+            if problems:
+                ctx.log.warning(
+                    "HAProxy drifted from what was applied; reloading everything",
+                    problems=problems[:10],
+                    count=len(problems),
+                )
+                return "repair"
+        return None
+
+    async def _apply(
+        self, ctx: Context, applier: Applier, current: Applied | None, step: Plan
+    ) -> None:
+        try:
+            timings = await anyio.to_thread.run_sync(applier.apply, current, step)
+        except (RuntimeCommandFailed, RuntimeAPIError) as exc:
+            # HAProxy may be half-updated: only a full reload says for sure what it runs.
+            self._repair = "repair"
+            raise TemporaryError(f"runtime update failed, reloading everything: {exc}") from exc
+        except ConfigInvalid as exc:
+            ctx.log.error(
+                "rendered HAProxy configuration is invalid; the previous one keeps serving",
+                error=exc.message,
+                reason=step.reload,
+            )
+            raise TemporaryError("HAProxy configuration invalid") from exc
+        except ReloadFailed as exc:
+            ctx.log.error(
+                "HAProxy rejected the reload; the previous configuration keeps serving",
+                error=str(exc),
+                reason=step.reload,
+            )
+            raise TemporaryError("HAProxy reload rejected") from exc
+        except HAProxyError as exc:
+            raise TemporaryError(str(exc)) from exc
+        self.applied = step.target
+        self._repair = None
+        if step.reload is not None:
+            self._last_reload = self._last_verify = self.clock()
+        ctx.log.info(
+            "HAProxy updated",
+            path=timings.path,
+            reason=step.reload,
+            ops=len(step.ops),
+            http_routes=len(step.target.routing.http),
+            tcp_routes=len(step.target.routing.tcp),
+            seconds=round(timings.total, 4),
+        )
+
+    def declaration(self, *, tick: float = TICK_SECONDS) -> Controller:
+        """The :class:`Controller` running this router."""
+        for kind in KINDS:
+            framework_metrics.INVALID_INPUT.labels(controller=self.name, kind=kind)
+        return Controller(
+            name=self.name,
+            description="haproxy/ (haproxy-kv's routes) -> the HAProxy on this host: maps and "
+            "slots over the runtime API, validated hitless reloads when the shape changes",
+            reconcile=self.reconcile,
+            watches=[
+                watches.kv(HAPROXY_PREFIX, to_keys=constant_key(KEY)),
+                watches.periodic([KEY], every=tick, name=TICK),
+            ],
+            writes=["HAProxy on this host (configuration, maps, runtime API); nothing in Consul"],
+            workers=1,
+            resync_period=None,
+            needs_leadership=False,
+            reconcile_timeout=300,
+            # framework: status=False (no reconciler/status/ writes) once Controller accepts it.
+        )
+
+    def _report(self, ctx: Context, rejected: list[Rejection]) -> None:
+        for rejection in rejected:
+            framework_metrics.INVALID_INPUT.labels(controller=self.name, kind=rejection.kind).inc()
+            ctx.log.warning(
+                "haproxy/ value rejected: not routed",
+                kv_key=rejection.key,
+                kind=rejection.kind,
+                error=rejection.message,
+            )
+
+
+def build_controller(
+    config: HAProxySettings | None = None, *, name: str = NAME, tick: float = TICK_SECONDS
+) -> Controller:
+    """The controller declaration; ``config`` defaults to the environment (read at first use).
+
+    Tests and benchmarks build their own, each with its config directory and ports
+    (:meth:`HAProxyRouter.declaration` when they need the router too).
+    """
+    return HAProxyRouter(config=config, name=name).declaration(tick=tick)
+
+
+controller = build_controller()

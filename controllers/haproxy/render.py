@@ -1,0 +1,225 @@
+"""Render HAProxy's configuration and map files from an :class:`~.plan.Applied` state: pure text.
+
+The configuration is the base template (``templates/base.cfg`` or ``MANTICORE_HAPROXY_TEMPLATE``:
+``global`` and ``defaults``) followed by what the controller generates:
+
+- ``frontend main`` on ``mainPort``: ``/haproxy`` answers the load balancer's health check; the
+  Host header (port and case stripped) equal to ``domainName`` goes to the web app; a host found
+  in the ``hosts`` map goes to that user's slot (HTTP and websocket alike); anything else gets
+  the 404 page;
+- ``backend webapp``: the web app instances, sticky by source address (consistent hashing, so an
+  instance coming or going moves few clients);
+- ``frontend tcp_routes``, bound to the whole ``TCP_PORT_RANGE``: a connection to a port found in
+  the ``ports`` map goes to that user's core, any other is refused;
+- the slot backends, a used slot with its address, a free one disabled on a placeholder;
+- ``frontend stats`` on 127.0.0.1 when a stats port is set.
+
+A slot's address is rendered into the file, so the file always describes what the running
+HAProxy does, runtime changes included: a reload, or a restart by anyone, loses nothing. Every
+value written here has been validated (:mod:`.routes`) and is re-checked by :func:`_safe` before
+it is written, so a bug upstream fails loudly instead of injecting configuration.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from string import Template
+
+from controllers.haproxy.plan import (
+    PLACEHOLDER,
+    Applied,
+    http_backend,
+    tcp_backend,
+    web_server,
+)
+from controllers.settings import HAProxySettings
+from reconciler.clients.errors import ConfigError
+
+# What may appear in a value rendered into the configuration or a map file: addresses, ports,
+# DNS names, backend names, absolute paths. No space, quote, '#', '$', newline or backslash.
+_SAFE_VALUE = re.compile(r"[A-Za-z0-9._:/\[\]@+-]+")
+_SAFE_PATH = re.compile(r"/[A-Za-z0-9._/@+-]*")
+
+TEMPLATE_KEYS = (
+    "maxconn",
+    "hard_stop_after",
+    "runtime_socket",
+    "timeout_connect",
+    "timeout_client",
+    "timeout_server",
+    "timeout_tunnel",
+    "timeout_http_request",
+    "timeout_http_keep_alive",
+)
+
+
+@dataclass(frozen=True)
+class Files:
+    """Where the rendered configuration refers to (absolute paths)."""
+
+    hosts_map: Path
+    ports_map: Path
+    not_found_page: Path
+    runtime_socket: Path
+
+
+def _safe(value: object) -> str:
+    text = str(value)
+    if not _SAFE_VALUE.fullmatch(text):
+        raise ValueError(f"refusing to render {text!r} into the HAProxy configuration")
+    return text
+
+
+def safe_path(path: Path, what: str) -> str:
+    """An absolute path HAProxy can be given unquoted; a :class:`ConfigError` otherwise."""
+    text = str(path)
+    if not _SAFE_PATH.fullmatch(text):
+        raise ConfigError(
+            f"{what} {text!r} must be an absolute path of letters, digits and ._/@+- only"
+        )
+    return text
+
+
+def duration(seconds: float) -> str:
+    """HAProxy's time format: ``5s``, ``1500ms``."""
+    millis = round(seconds * 1000)
+    return f"{millis // 1000}s" if millis % 1000 == 0 else f"{millis}ms"
+
+
+def builtin_template() -> str:
+    return resources.files("controllers.haproxy").joinpath("templates/base.cfg").read_text()
+
+
+def builtin_not_found_page() -> bytes:
+    return resources.files("controllers.haproxy").joinpath("templates/not_found.html").read_bytes()
+
+
+def load_template(settings: HAProxySettings) -> Template:
+    """The base template, checked: known placeholders only, and the runtime socket present."""
+    if settings.template is None:
+        text = builtin_template()
+    else:
+        try:
+            text = settings.template.read_text()
+        except OSError as exc:
+            raise ConfigError(f"MANTICORE_HAPROXY_TEMPLATE: {exc}") from exc
+    template = Template(text)
+    unknown = set(template.get_identifiers()) - set(TEMPLATE_KEYS)
+    if unknown or not template.is_valid():
+        raise ConfigError(
+            f"HAProxy template: unknown placeholders {sorted(unknown)}; "
+            f"known: {', '.join(TEMPLATE_KEYS)} (write $$ for a dollar sign)"
+        )
+    if not re.search(r"^\s*stats socket \$\{?runtime_socket\b.*expose-fd listeners", text, re.M):
+        raise ConfigError(
+            "HAProxy template: keep 'stats socket $runtime_socket ... level admin expose-fd "
+            "listeners' in global: runtime updates and hitless reloads need it"
+        )
+    return template
+
+
+def render_base(template: Template, settings: HAProxySettings, runtime_socket: Path) -> str:
+    return template.substitute(
+        maxconn=settings.maxconn,
+        hard_stop_after=duration(settings.hard_stop_after),
+        runtime_socket=safe_path(runtime_socket, "runtime socket"),
+        timeout_connect=duration(settings.timeout_connect),
+        timeout_client=duration(settings.timeout_client),
+        timeout_server=duration(settings.timeout_server),
+        timeout_tunnel=duration(settings.timeout_tunnel),
+        timeout_http_request=duration(settings.timeout_http_request),
+        timeout_http_keep_alive=duration(settings.timeout_http_keep_alive),
+    )
+
+
+def _server(name: str, address: str | None) -> str:
+    if address is None:
+        return f"    server {name} {PLACEHOLDER} disabled"
+    return f"    server {name} {_safe(address)}"
+
+
+def render_config(applied: Applied, settings: HAProxySettings, files: Files, base: str) -> str:
+    """The whole configuration for ``applied`` (``base``: the rendered template)."""
+    shape = applied.shape
+    bind = _safe(settings.bind_address)
+    if ":" in bind:
+        bind = f"[{bind}]"
+    hosts = safe_path(files.hosts_map, "hosts map")
+    ports = safe_path(files.ports_map, "ports map")
+    page = safe_path(files.not_found_page, "404 page")
+    domain = _safe(shape.domain)
+    first, last = settings.tcp_port_range_start, settings.tcp_port_range_end
+    out = [
+        base.rstrip("\n"),
+        "",
+        "# -- generated by the Manticore haproxy controller: edits are overwritten --",
+        "",
+        "frontend main",
+        f"    bind {bind}:{_safe(shape.main_port)}",
+        "    option forwardfor",
+        "    monitor-uri /haproxy",
+        "    http-request set-var(txn.host) req.hdr(host),field(1,:),lower",
+        f"    use_backend webapp if {{ var(txn.host) -m str {domain} }}",
+        f"    use_backend %[var(txn.host),map({hosts})]",
+        "    default_backend not_found",
+        "",
+        "backend not_found",
+        '    http-request return status 404 content-type "text/html; charset=utf-8" '
+        f"file {page} hdr cache-control no-store",
+        "",
+        "backend webapp",
+        "    balance source",
+        "    hash-type consistent",
+    ]
+    web = applied.owners("web")
+    out += [_server(web_server(i), web[i][1] if i in web else None) for i in range(shape.web_slots)]
+    out += [
+        "",
+        "frontend tcp_routes",
+        "    mode tcp",
+        f"    bind {bind}:{_safe(first)}-{_safe(last)}",
+        f"    tcp-request connection reject unless {{ dst_port,map_int({ports}) -m found }}",
+        f"    use_backend %[dst_port,map_int({ports})]",
+    ]
+    if settings.stats_port:
+        out += [
+            "",
+            "frontend stats",
+            f"    bind 127.0.0.1:{_safe(settings.stats_port)}",
+            "    stats enable",
+            "    stats uri /stats",
+            "    stats refresh 10s",
+            "    monitor-uri /healthz",
+        ]
+    http = applied.owners("http")
+    for i in range(shape.http_slots):
+        out += ["", f"backend {http_backend(i)}", _server("s", http[i][1] if i in http else None)]
+    tcp = applied.owners("tcp")
+    for i in range(shape.tcp_slots):
+        owner = tcp.get(i)
+        out += [
+            "",
+            f"backend {tcp_backend(i)}",
+            "    mode tcp",
+            _server("s", owner[1] if owner else None),
+        ]
+    out.append("")
+    return "\n".join(out)
+
+
+def render_map(entries: dict[str, str], what: str) -> str:
+    """A map file: one ``key value`` line per entry, sorted."""
+    lines = [f"# {what}: written by the Manticore haproxy controller"]
+    lines += [f"{_safe(key)} {_safe(value)}" for key, value in sorted(entries.items())]
+    return "\n".join(lines) + "\n"
+
+
+def render_hosts_map(applied: Applied) -> str:
+    return render_map(applied.hosts_map(), "<subdomain>.<domain> -> HTTP slot")
+
+
+def render_ports_map(applied: Applied) -> str:
+    return render_map(applied.ports_map(), "TCP port -> TCP slot")
