@@ -26,17 +26,18 @@ from dataclasses import dataclass
 
 import anyio
 
+from controllers.api.haproxy import UserRoutes
 from controllers.api.ids import HAPROXY_PREFIX
 from controllers.haproxy import metrics
 from controllers.haproxy.applier import Applier
-from controllers.haproxy.plan import Applied, Plan, SlotPolicy, plan
+from controllers.haproxy.plan import Applied, Plan, SlotPolicy, plan, plan_in_place
 from controllers.haproxy.process import ConfigInvalid, HAProxyError, ReloadFailed
 from controllers.haproxy.routes import KINDS, Rejection, Routing, RoutingReader
 from controllers.haproxy.runtime import RuntimeAPIError, RuntimeCommandFailed
 from controllers.settings import HAProxySettings, settings
 from reconciler import metrics as framework_metrics
 from reconciler import watches
-from reconciler.controller import Context, Controller, constant_key
+from reconciler.controller import Context, Controller, Dependencies, constant_key
 from reconciler.result import Result, TemporaryError
 
 NAME = "haproxy"
@@ -44,6 +45,9 @@ KEY = "haproxy"
 WATCH = f"kv:{HAPROXY_PREFIX}"
 TICK = "haproxy-tick"
 TICK_SECONDS = 5.0
+# Backoff between retries of a reload that failed (seconds).
+HOLD_MIN = 5.0
+HOLD_MAX = 300.0
 
 
 @dataclass
@@ -90,6 +94,8 @@ class HAProxyRouter:
     _repair: str | None = None
     _last_reload: float = 0.0
     _last_verify: float = 0.0
+    _held_until: float = 0.0
+    _hold_seconds: float = 0.0
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -139,11 +145,22 @@ class HAProxyRouter:
             ctx.log.warning("HAProxy is not running; starting it again")
             current = self.applied = None
 
-        force = self._repair
-        if force is None and current is not None:
-            force = await self._checks(ctx, applier, current, now)
+        # After a reload failed, the old configuration keeps serving: users keep coming and
+        # going within its shape, and the reload is retried with backoff.
+        held = current is not None and now < self._held_until
+        force = None
+        if not held:
+            force = self._repair
+            if force is None and current is not None:
+                force = await self._checks(ctx, applier, current, now)
         step = plan(current, routing, policy, mode=config.update_mode, force=force)
+        if held and current is not None and step.reload is not None:
+            if config.update_mode == "reload":
+                return Result(requeue_after=self._held_until - now)
+            step = plan_in_place(current, routing)
         if step.nothing_to_do:
+            if held:
+                return Result(requeue_after=self._held_until - now)
             debounce.settled()
             metrics.PENDING.set(0)
             return None
@@ -152,10 +169,22 @@ class HAProxyRouter:
             wait = debounce.remaining(now)
             if wait > 0:
                 return Result(requeue_after=wait)
-        await self._apply(ctx, applier, current, step)
+        if not await self._apply(ctx, applier, current, step):
+            assert current is not None
+            self._hold(now)
+            if config.update_mode == "runtime":
+                fallback = plan_in_place(current, routing)
+                if not fallback.nothing_to_do:
+                    await self._apply(ctx, applier, current, fallback)
+            return Result(requeue_after=self._held_until - now)
         debounce.settled()
-        metrics.PENDING.set(0)
-        return None
+        if not held:
+            metrics.PENDING.set(0)
+        return Result(requeue_after=self._held_until - now) if held else None
+
+    def _hold(self, now: float) -> None:
+        self._hold_seconds = min(HOLD_MAX, max(HOLD_MIN, 2 * self._hold_seconds))
+        self._held_until = now + self._hold_seconds
 
     async def _checks(
         self, ctx: Context, applier: Applier, current: Applied, now: float
@@ -179,32 +208,31 @@ class HAProxyRouter:
 
     async def _apply(
         self, ctx: Context, applier: Applier, current: Applied | None, step: Plan
-    ) -> None:
+    ) -> bool:
+        """Carry ``step`` out; False when a reload did not take (the old one keeps serving)."""
         try:
             timings = await anyio.to_thread.run_sync(applier.apply, current, step)
         except (RuntimeCommandFailed, RuntimeAPIError) as exc:
             # HAProxy may be half-updated: only a full reload says for sure what it runs.
             self._repair = "repair"
             raise TemporaryError(f"runtime update failed, reloading everything: {exc}") from exc
-        except ConfigInvalid as exc:
+        except (ConfigInvalid, ReloadFailed) as exc:
+            what = "invalid" if isinstance(exc, ConfigInvalid) else "rejected by the master"
             ctx.log.error(
-                "rendered HAProxy configuration is invalid; the previous one keeps serving",
-                error=exc.message,
+                f"HAProxy configuration {what}; the previous one keeps serving",
+                error=exc.message if isinstance(exc, ConfigInvalid) else str(exc),
                 reason=step.reload,
             )
-            raise TemporaryError("HAProxy configuration invalid") from exc
-        except ReloadFailed as exc:
-            ctx.log.error(
-                "HAProxy rejected the reload; the previous configuration keeps serving",
-                error=str(exc),
-                reason=step.reload,
-            )
-            raise TemporaryError("HAProxy reload rejected") from exc
+            if current is None:
+                raise TemporaryError(f"HAProxy configuration {what}") from exc
+            return False
         except HAProxyError as exc:
             raise TemporaryError(str(exc)) from exc
         self.applied = step.target
-        self._repair = None
         if step.reload is not None:
+            self._repair = None
+            self._hold_seconds = 0.0
+            self._held_until = 0.0
             self._last_reload = self._last_verify = self.clock()
         ctx.log.info(
             "HAProxy updated",
@@ -215,6 +243,7 @@ class HAProxyRouter:
             tcp_routes=len(step.target.routing.tcp),
             seconds=round(timings.total, 4),
         )
+        return True
 
     def declaration(self, *, tick: float = TICK_SECONDS) -> Controller:
         """The :class:`Controller` running this router."""
@@ -230,12 +259,18 @@ class HAProxyRouter:
                 watches.periodic([KEY], every=tick, name=TICK),
             ],
             writes=["HAProxy on this host (configuration, maps, runtime API); nothing in Consul"],
+            models={"haproxy-user-routes": UserRoutes},
             workers=1,
             resync_period=None,
             needs_leadership=False,
             reconcile_timeout=300,
-            # framework: status=False (no reconciler/status/ writes) once Controller accepts it.
+            status=False,
+            startup=self.startup,
         )
+
+    async def startup(self, deps: Dependencies) -> None:
+        """Read and check the settings, the template and the paths before anything runs."""
+        self._setup()
 
     def _report(self, ctx: Context, rejected: list[Rejection]) -> None:
         for rejection in rejected:

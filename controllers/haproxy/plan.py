@@ -231,6 +231,32 @@ def plan(
     return Plan(target, ops=ops)
 
 
+def plan_in_place(current: Applied, routing: Routing) -> Plan:
+    """Runtime operations only: as much of ``routing`` as the running shape can serve.
+
+    For when a reload is wanted but failed (the configuration was invalid or the master refused
+    it): the old configuration keeps serving, users keep coming and going within its slots and
+    under its domain and port, and whoever does not fit waits for the reload to succeed. Routes
+    already in place are kept before new ones are admitted.
+    """
+    shape = current.shape
+    fitted = Routing(
+        domain=shape.domain,
+        main_port=shape.main_port,
+        web_app=tuple(_fit(routing.web_app, current.web, shape.web_slots)),
+        http={s: routing.http[s] for s in _fit(routing.http, current.http, shape.http_slots)},
+        tcp={p: routing.tcp[p] for p in _fit(routing.tcp, current.tcp, shape.tcp_slots)},
+    )
+    target = _assign(shape, fitted, current, current.generation)
+    return Plan(target, ops=runtime_ops(current, target))
+
+
+def _fit(wanted: Iterable[K], held: Mapping[K, int], size: int) -> list[K]:
+    keys = sorted(wanted)
+    kept = [k for k in keys if k in held]
+    return sorted(kept + [k for k in keys if k not in held][: max(0, size - len(kept))])
+
+
 def _fresh(
     routing: Routing, policy: SlotPolicy, generation: int, current: Applied | None = None
 ) -> Applied:

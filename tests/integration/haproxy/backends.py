@@ -1,10 +1,9 @@
-"""Small stand-ins for a user's HMI and core containers, and the clients that reach them.
+"""Each user's containers (the devstack's fake core and HMI) and the clients that reach them.
 
-An HMI answers every HTTP request with ``hmi:<user>`` and completes a websocket upgrade
-(RFC 6455 handshake), then sends ``hmi:<user>`` as a text frame and echoes text frames back. A
-core sends ``core:<user>\\n`` on connect, then echoes every line. So a response through HAProxy
-names the container that produced it: a test asserts who it reached, not only that something
-answered. Everything binds 127.0.0.1 on a port the kernel picks.
+The fakes name their user in every answer (``hmi <id>`` on the HMI page and its websocket,
+``broker <id>`` on the broker, ``core <id>`` as core's TCP greeting; the broker's websocket is
+relayed to core), so a test asserts whose container it reached, not only that something
+answered. The clients here speak raw HTTP/1.1, the RFC 6455 handshake and TCP through HAProxy.
 """
 
 from __future__ import annotations
@@ -14,12 +13,13 @@ import contextlib
 import hashlib
 import os
 import socket
-import socketserver
 import struct
-import threading
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from devstack.process import free_ports
 
 _WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -45,151 +45,103 @@ def ws_frame(payload: bytes, *, mask: bool) -> bytes:
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
-def ws_read_frame(stream: socket.socket | object) -> bytes:
-    """Read one frame from a socket (or a file with ``read``); its unmasked payload."""
-    read = _reader(stream)
-    first, second = read(2)
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("closed mid-frame")
+        data += chunk
+    return data
+
+
+def ws_read_frame(sock: socket.socket) -> bytes:
+    """Read one frame; its (unmasked) payload."""
+    _, second = _recv_exactly(sock, 2)
     length = second & 0x7F
     if length == 126:
-        (length,) = struct.unpack("!H", read(2))
+        (length,) = struct.unpack("!H", _recv_exactly(sock, 2))
     elif length == 127:
-        (length,) = struct.unpack("!Q", read(8))
-    key = read(4) if second & 0x80 else b""
-    payload = read(length)
+        (length,) = struct.unpack("!Q", _recv_exactly(sock, 8))
+    key = _recv_exactly(sock, 4) if second & 0x80 else b""
+    payload = _recv_exactly(sock, length)
     if key:
         payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-    del first
     return payload
-
-
-def _reader(stream: object):  # type: ignore[no-untyped-def]
-    if isinstance(stream, socket.socket):
-
-        def read_socket(n: int) -> bytes:
-            data = b""
-            while len(data) < n:
-                chunk = stream.recv(n - len(data))
-                if not chunk:
-                    raise ConnectionError("closed mid-frame")
-                data += chunk
-            return data
-
-        return read_socket
-
-    def read_file(n: int) -> bytes:
-        data = stream.read(n)  # type: ignore[attr-defined]
-        if len(data) < n:
-            raise ConnectionError("closed mid-frame")
-        return bytes(data)
-
-    return read_file
-
-
-def _hmi_handler(user: str) -> type[BaseHTTPRequestHandler]:
-    body = f"hmi:{user}".encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:
-            if self.headers.get("Upgrade", "").lower() == "websocket":
-                self._websocket()
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _websocket(self) -> None:
-            key = self.headers.get("Sec-WebSocket-Key", "")
-            self.send_response(101, "Switching Protocols")
-            self.send_header("Upgrade", "websocket")
-            self.send_header("Connection", "Upgrade")
-            self.send_header("Sec-WebSocket-Accept", ws_accept(key))
-            self.end_headers()
-            self.wfile.write(ws_frame(body, mask=False))
-            self.wfile.flush()
-            with contextlib.suppress(OSError, ConnectionError):
-                while True:
-                    payload = ws_read_frame(self.rfile)
-                    self.wfile.write(ws_frame(payload, mask=False))
-                    self.wfile.flush()
-            self.close_connection = True
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    return Handler
-
-
-def _core_handler(user: str) -> type[socketserver.StreamRequestHandler]:
-    hello = f"core:{user}\n".encode()
-
-    class Handler(socketserver.StreamRequestHandler):
-        def handle(self) -> None:
-            with contextlib.suppress(OSError):
-                self.wfile.write(hello)
-                for line in self.rfile:
-                    self.wfile.write(line)
-
-    return Handler
-
-
-class _TCPServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    block_on_close = False
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
 
 
 @dataclass
 class UserContainers:
-    """One user's fake HMI (HTTP + websocket) and core (TCP), serving until :meth:`stop`."""
+    """One user's containers: the devstack's fake core and fake HMI (with its broker) as real
+    processes on free loopback ports, serving until :meth:`stop`."""
 
     user: str
-    hmi_port: int = 0
     core_port: int = 0
-    _servers: list[socketserver.BaseServer] = field(default_factory=list)
-    _threads: list[threading.Thread] = field(default_factory=list)
+    hmi_port: int = 0
+    broker_port: int = 0
+    _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def hmi(self) -> str:
         return f"127.0.0.1:{self.hmi_port}"
 
     @property
+    def broker(self) -> str:
+        return f"127.0.0.1:{self.broker_port}"
+
+    @property
     def core(self) -> str:
         return f"127.0.0.1:{self.core_port}"
 
     def start(self) -> UserContainers:
-        hmi = _HTTPServer(("127.0.0.1", 0), _hmi_handler(self.user))
-        core = _TCPServer(("127.0.0.1", 0), _core_handler(self.user))
-        self.hmi_port = hmi.server_address[1]
-        self.core_port = core.server_address[1]
-        for server in (hmi, core):
-            thread = threading.Thread(target=server.serve_forever, daemon=True)
-            thread.start()
-            self._servers.append(server)
-            self._threads.append(thread)
+        self.core_port, self.hmi_port, self.broker_port = free_ports(3)
+        self._spawn("devstack.fakes.core", "--core-port", str(self.core_port))
+        self._spawn(
+            "devstack.fakes.hmi",
+            "--hmi-port",
+            str(self.hmi_port),
+            "--broker-port",
+            str(self.broker_port),
+            "--core",
+            self.core,
+        )
         return self
 
+    def _spawn(self, module: str, *args: str) -> None:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, "--user", self.user, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        self._procs.append(proc)
+        assert proc.stdout is not None
+        banner = proc.stdout.readline().decode()
+        if not banner.startswith("fake "):
+            self.stop()
+            raise RuntimeError(f"{module} for {self.user} did not start: {banner!r}")
+
     def stop(self) -> None:
-        for server in self._servers:
-            server.shutdown()
-            server.server_close()
-        for thread in self._threads:
-            thread.join(5)
-        self._servers.clear()
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self._procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        self._procs.clear()
 
 
 @contextlib.contextmanager
 def containers(*users: str) -> Iterator[dict[str, UserContainers]]:
-    started = {user: UserContainers(user).start() for user in users}
+    started: dict[str, UserContainers] = {}
     try:
+        for user in users:
+            started[user] = UserContainers(user).start()
         yield started
     finally:
         for each in started.values():
@@ -211,11 +163,13 @@ def http_get(port: int, host: str, path: str = "/", timeout: float = 5.0) -> tup
     return status, body.decode(errors="replace")
 
 
-def websocket_hello(port: int, host: str, timeout: float = 5.0) -> tuple[int, str, str]:
-    """Open a websocket through HAProxy: (status, first message, echo of a message we send)."""
-    key = base64.b64encode(os.urandom(16)).decode()
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
-        conn.sendall(
+class OpenWebSocket:
+    """A websocket held open through HAProxy: its greeting, then an echo per message sent."""
+
+    def __init__(self, port: int, host: str, timeout: float = 5.0) -> None:
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.sendall(
             (
                 f"GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
@@ -224,27 +178,37 @@ def websocket_hello(port: int, host: str, timeout: float = 5.0) -> tuple[int, st
         )
         head = b""
         while b"\r\n\r\n" not in head:
-            chunk = conn.recv(1)
+            chunk = self.sock.recv(1)
             if not chunk:
                 break
             head += chunk
-        status = int(head.split(b" ", 2)[1]) if head else 0
-        if status != 101:
-            return status, "", ""
-        accept = next(
-            (
-                line.split(b":", 1)[1].strip().decode()
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"sec-websocket-accept:")
-            ),
-            "",
+        self.status = int(head.split(b" ", 2)[1]) if head else 0
+        self.accepted = any(
+            line.lower().startswith(b"sec-websocket-accept:")
+            and line.split(b":", 1)[1].strip().decode() == ws_accept(key)
+            for line in head.split(b"\r\n")
         )
-        if accept != ws_accept(key):
-            return status, "bad accept", ""
-        first = ws_read_frame(conn).decode()
-        conn.sendall(ws_frame(b"ping", mask=True))
-        echo = ws_read_frame(conn).decode()
-    return status, first, echo
+        self.hello = ws_read_frame(self.sock).decode() if self.status == 101 else ""
+
+    def echo(self, text: str) -> str:
+        self.sock.sendall(ws_frame(text.encode(), mask=True))
+        return ws_read_frame(self.sock).decode()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def websocket_hello(port: int, host: str, timeout: float = 5.0) -> tuple[int, str, str]:
+    """Open a websocket through HAProxy: (status, first message, echo of "ping")."""
+    ws = OpenWebSocket(port, host, timeout)
+    try:
+        if ws.status != 101:
+            return ws.status, "", ""
+        if not ws.accepted:
+            return ws.status, "bad accept", ""
+        return ws.status, ws.hello, ws.echo("ping")
+    finally:
+        ws.close()
 
 
 def tcp_hello(port: int, timeout: float = 5.0) -> str:

@@ -15,6 +15,8 @@ from controllers.haproxy.process import HAProxyProcess, haproxy_binary
 from controllers.settings import HAProxySettings, Settings
 from devstack.process import free_ports
 
+from .backends import UserContainers
+
 DOMAIN = "manticore.test"
 
 
@@ -90,13 +92,19 @@ def subdomain(user: str, role: str = "hmi") -> str:
     return (base + "x" * 16)[: max(16, len(base))]
 
 
-def user_routes(
-    user: str, *, hmi: str | None = None, core: str | None = None, port: int | None = None
-) -> bytes:
-    """``haproxy/data/<user>`` as haproxy-kv writes it."""
-    value: dict[str, Any] = {"http": [], "tcp": []}
-    if hmi is not None:
-        value["http"].append({"subdomain": subdomain(user), "address": hmi, "role": "hmi"})
-    if core is not None and port is not None:
-        value["tcp"].append({"port": port, "address": core, "role": "core"})
+def user_routes(user: UserContainers, port: int | None = None, *, broker: bool = True) -> bytes:
+    """``haproxy/data/<user>`` as haproxy-kv writes it: HMI (and broker) by subdomain, core by
+    TCP ``port``."""
+    http = [{"subdomain": subdomain(user.user), "address": user.hmi, "role": "hmi"}]
+    if broker:
+        http.append(
+            {"subdomain": subdomain(user.user, "broker"), "address": user.broker, "role": "broker"}
+        )
+    value: dict[str, Any] = {"http": http, "tcp": []}
+    if port is not None:
+        value["tcp"].append({"port": port, "address": user.core, "role": "core"})
     return json.dumps(value).encode()
+
+
+def host(user: str, role: str = "hmi") -> str:
+    return f"{subdomain(user, role)}.{DOMAIN}"

@@ -1,6 +1,13 @@
-"""The haproxy controller and a real HAProxy: users reach their own containers, nobody else's."""
+"""The haproxy controller and a real HAProxy: users reach their own containers, nobody else's.
+
+Each user's containers are the devstack's fake core and HMI (real processes), so an answer
+through HAProxy names whose container produced it.
+"""
 
 from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -8,10 +15,11 @@ from prometheus_client import REGISTRY
 
 from controllers.haproxy.controller import HAProxyRouter
 from controllers.settings import HAProxySettings
+from reconciler.clients.consul import ConsulClient
 from tests.integration.helpers import eventually, running
 
-from .backends import OpenTCP, containers, http_get, tcp_hello, websocket_hello
-from .conftest import DOMAIN, subdomain, user_routes
+from .backends import OpenTCP, OpenWebSocket, containers, http_get, tcp_hello, websocket_hello
+from .conftest import DOMAIN, host, user_routes
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -20,85 +28,181 @@ def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-async def get(settings: HAProxySettings, host: str, path: str = "/") -> tuple[int, str]:
-    return await anyio.to_thread.run_sync(http_get, settings.main_port, host, path)
+def reloads() -> float:
+    return sum(
+        metric("manticore_haproxy_reloads_total", reason=r)
+        for r in ("start", "shape", "slots", "change", "periodic", "repair")
+    )
 
 
-async def answers(settings: HAProxySettings, host: str, expected: str) -> bool:
+async def get(settings: HAProxySettings, where: str, path: str = "/") -> tuple[int, str]:
+    return await anyio.to_thread.run_sync(http_get, settings.main_port, where, path)
+
+
+async def first_line(settings: HAProxySettings, where: str) -> str:
     try:
-        return (await get(settings, host))[1] == expected
+        status, body = await get(settings, where)
     except OSError:
-        return False
+        return ""
+    return body.splitlines()[0] if status == 200 and body else f"status {status}"
 
 
-async def status_is(settings: HAProxySettings, host: str, expected: int) -> bool:
+async def until(expected: object, fn, *args: object, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    """Wait until ``await fn(*args) == expected``; fail with the last answer seen."""
+    last: list[object] = []
+
+    async def check() -> bool:
+        last[:] = [await fn(*args)]
+        return last[0] == expected
+
     try:
-        return (await get(settings, host))[0] == expected
-    except OSError:
-        return False
+        await eventually(check, timeout=timeout, every=0.02)
+    except TimeoutError:
+        raise AssertionError(f"{fn.__name__}{args[1:]} stayed {last!r}, not {expected!r}") from None
 
 
-async def test_users_reach_their_own_containers_only(
+async def core_of(port: int) -> str:
+    return await anyio.to_thread.run_sync(tcp_hello, port)
+
+
+async def put_basics(consul: ConsulClient, settings: HAProxySettings, webapp: str) -> None:
+    await consul.kv_put("haproxy/domainName", DOMAIN.encode())
+    await consul.kv_put("haproxy/mainPort", str(settings.main_port).encode())
+    await consul.kv_put("haproxy/webAppAddresses/0", webapp.encode())
+
+
+class Hammer:
+    """Clients that keep requesting through HAProxy and count every failure.
+
+    One repeats HTTP requests to a user's subdomain on fresh connections, one keeps a websocket
+    open, one keeps a TCP session open and echoes through it.
+    """
+
+    def __init__(self, settings: HAProxySettings, hmi_host: str, tcp_port: int) -> None:
+        self.settings = settings
+        self.hmi_host = hmi_host
+        self.tcp_port = tcp_port
+        self.stop = threading.Event()
+        self.ok = 0
+        self.failures: list[str] = []
+        self.session: OpenTCP | None = None
+        self._threads = [threading.Thread(target=self._http, daemon=True)]
+
+    def _http(self) -> None:
+        while not self.stop.is_set():
+            try:
+                status, body = http_get(self.settings.main_port, self.hmi_host, timeout=5)
+                if status == 200 and body.startswith("hmi "):
+                    self.ok += 1
+                else:
+                    self.failures.append(f"{status} {body[:40]!r}")
+            except OSError as exc:
+                self.failures.append(repr(exc))
+
+    def start(self) -> Hammer:
+        self.session = OpenTCP(self.tcp_port)
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def finish(self) -> None:
+        self.stop.set()
+        for thread in self._threads:
+            thread.join(10)
+        assert self.session is not None
+        self.session.close()
+
+
+@pytest.fixture
+async def router(
     consul_server, haproxy_settings: HAProxySettings
-) -> None:
-    settings = haproxy_settings
+) -> AsyncIterator[tuple[HAProxyRouter, ConsulClient]]:
+    router = HAProxyRouter(config=haproxy_settings)
+    async with running([router.declaration(tick=0.2)], consul_server.address) as (_, consul):
+        yield router, consul
+
+
+async def test_users_reach_their_own_containers_only(router, haproxy_settings) -> None:
+    router_, consul = router
+    settings: HAProxySettings = haproxy_settings
     ports = settings.tcp_port_range
-    router = HAProxyRouter(config=settings)
+    with containers("alice", "bob", "webapp") as c:
+        await put_basics(consul, settings, c["webapp"].hmi)
+        await consul.kv_put("haproxy/data/alice", user_routes(c["alice"], ports[0]))
+        await consul.kv_put("haproxy/data/bob", user_routes(c["bob"], ports[1]))
+        await until("hmi bob", first_line, settings, host("bob"), timeout=20)
+
+        # HTTP by Host header (any case, with or without the port).
+        assert await first_line(settings, host("alice")) == "hmi alice"
+        assert await first_line(settings, f"{host('alice').upper()}:{settings.main_port}") == (
+            "hmi alice"
+        )
+        assert await first_line(settings, host("alice", "broker")) == "broker alice"
+        # A websocket through the same frontend, to the HMI and to the broker (relayed to core).
+        ws = await anyio.to_thread.run_sync(websocket_hello, settings.main_port, host("alice"))
+        assert ws == (101, "hmi alice", "ping")
+        ws = await anyio.to_thread.run_sync(
+            websocket_hello, settings.main_port, host("bob", "broker")
+        )
+        assert (ws[0], ws[1].strip()) == (101, "core bob")
+        # TCP by external port, to each user's own core.
+        assert await core_of(ports[0]) == "core alice"
+        assert await core_of(ports[1]) == "core bob"
+        # Nobody else's: an unknown subdomain is the 404 page, an unrouted port is refused,
+        # a near miss of a real subdomain is unknown too.
+        status, body = await get(settings, f"{'z' * 16}.{DOMAIN}")
+        assert status == 404
+        assert "no session" in body.lower()
+        assert (await get(settings, host("alice") + ".evil.example"))[0] == 404
+        assert (await get(settings, "x" + host("alice")))[0] == 404
+        assert await core_of(ports[2]) == ""
+        # The web app on the bare domain; the load balancer's health check on any host.
+        assert await first_line(settings, DOMAIN) == "hmi webapp"
+        assert (await get(settings, "anything", "/haproxy"))[0] == 200
+
+        assert router_.applied is not None
+        assert await anyio.to_thread.run_sync(router_.applier.verify, router_.applied) == []
+
+
+async def test_users_come_and_go_without_a_reload_and_open_sessions_stay_up(
+    router, haproxy_settings
+) -> None:
+    router_, consul = router
+    settings: HAProxySettings = haproxy_settings
+    ports = settings.tcp_port_range
     with containers("alice", "bob", "carol", "webapp") as c:
-        async with running([router.declaration(tick=0.5)], consul_server.address) as (_, consul):
-            await consul.kv_put("haproxy/domainName", DOMAIN.encode())
-            await consul.kv_put("haproxy/mainPort", str(settings.main_port).encode())
-            await consul.kv_put("haproxy/webAppAddresses/0", c["webapp"].hmi.encode())
-            for i, user in enumerate(("alice", "bob")):
-                await consul.kv_put(
-                    f"haproxy/data/{user}",
-                    user_routes(user, hmi=c[user].hmi, core=c[user].core, port=ports[i]),
-                )
-            alice, bob = f"{subdomain('alice')}.{DOMAIN}", f"{subdomain('bob')}.{DOMAIN}"
-            await eventually(lambda: answers(settings, alice, "hmi:alice"), timeout=20)
-            reloads = metric("manticore_haproxy_reloads_total", reason="start")
-            assert reloads >= 1
-
-            # HTTP by Host header (any case, with a port), websocket, TCP by port.
-            assert await get(settings, bob) == (200, "hmi:bob")
-            assert await get(settings, f"{alice.upper()}:{settings.main_port}") == (
-                200,
-                "hmi:alice",
+        await put_basics(consul, settings, c["webapp"].hmi)
+        await consul.kv_put("haproxy/data/alice", user_routes(c["alice"], ports[0]))
+        await until("hmi alice", first_line, settings, host("alice"), timeout=20)
+        before = reloads()
+        hammer = await anyio.to_thread.run_sync(
+            lambda: Hammer(settings, host("alice"), ports[0]).start()
+        )
+        websocket = await anyio.to_thread.run_sync(OpenWebSocket, settings.main_port, host("alice"))
+        assert websocket.hello == "hmi alice"
+        try:
+            for round_ in range(3):
+                await consul.kv_put("haproxy/data/bob", user_routes(c["bob"], ports[1]))
+                await consul.kv_put("haproxy/data/carol", user_routes(c["carol"], ports[2]))
+                await until("hmi carol", first_line, settings, host("carol"), timeout=10)
+                assert await core_of(ports[1]) == "core bob"
+                await consul.kv_delete("haproxy/data/bob")
+                await until("status 404", first_line, settings, host("bob"), timeout=10)
+                assert await core_of(ports[1]) == ""
+                assert await first_line(settings, host("carol")) == "hmi carol", round_
+                await consul.kv_delete("haproxy/data/carol")
+                await until("status 404", first_line, settings, host("carol"), timeout=10)
+            assert hammer.session is not None
+            assert await anyio.to_thread.run_sync(hammer.session.echo, "still here") == (
+                "still here"
             )
-            status, first, echo = await anyio.to_thread.run_sync(
-                websocket_hello, settings.main_port, alice
-            )
-            assert (status, first, echo) == (101, "hmi:alice", "ping")
-            assert await anyio.to_thread.run_sync(tcp_hello, ports[0]) == "core:alice"
-            assert await anyio.to_thread.run_sync(tcp_hello, ports[1]) == "core:bob"
-            # Nobody else's: an unknown subdomain is the 404 page, an unrouted port refused.
-            status, body = await get(settings, f"{'z' * 16}.{DOMAIN}")
-            assert status == 404
-            assert "no session" in body.lower()
-            assert await anyio.to_thread.run_sync(tcp_hello, ports[2]) == ""
-            # The web app at the bare domain, the load balancer's health check anywhere.
-            assert await get(settings, DOMAIN) == (200, "hmi:webapp")
-            assert (await get(settings, "anything", "/haproxy"))[0] == 200
-
-            # Users come and go over the runtime API: no reload, and an open session stays up.
-            session = await anyio.to_thread.run_sync(OpenTCP, ports[0])
-            assert session.hello == "core:alice"
-            updates = metric("manticore_haproxy_runtime_updates_total", op="map-add")
-            await consul.kv_put(
-                "haproxy/data/carol",
-                user_routes("carol", hmi=c["carol"].hmi, core=c["carol"].core, port=ports[2]),
-            )
-            carol = f"{subdomain('carol')}.{DOMAIN}"
-            await eventually(lambda: answers(settings, carol, "hmi:carol"), timeout=10)
-            assert await anyio.to_thread.run_sync(tcp_hello, ports[2]) == "core:carol"
-            await consul.kv_delete("haproxy/data/bob")
-            await eventually(lambda: status_is(settings, bob, 404), timeout=10)
-            assert await anyio.to_thread.run_sync(tcp_hello, ports[1]) == ""
-            assert metric("manticore_haproxy_runtime_updates_total", op="map-add") >= updates + 2
-            assert metric("manticore_haproxy_reloads_total", reason="start") == reloads
-            assert await anyio.to_thread.run_sync(session.echo, "still here") == "still here"
-            session.close()
-
-            # What runs and what is on disk agree.
-            assert router.applied is not None
-            assert await anyio.to_thread.run_sync(router.applier.verify, router.applied) == []
+            assert await anyio.to_thread.run_sync(websocket.echo, "and here") == "and here"
+        finally:
+            await anyio.to_thread.run_sync(hammer.finish)
+            websocket.close()
+        assert reloads() == before, "users coming and going must not reload HAProxy"
+        assert metric("manticore_haproxy_runtime_updates_total", op="map-add") >= 6
+        assert hammer.failures == []
+        assert hammer.ok > 10
+        assert router_.applied is not None
+        assert await anyio.to_thread.run_sync(router_.applier.verify, router_.applied) == []
