@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import contextvars
+import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -419,23 +420,47 @@ class HealthCheck:
 
 @dataclass(frozen=True)
 class CheckState:
-    """One check from ``/v1/health/state/:state``: whose it is and its status (no output)."""
+    """One check from ``/v1/health/state/:state``, with the node and service it belongs to."""
 
     node: str
-    check_id: str
-    status: str
-    service_id: str = ""
-    service_name: str = ""
+    service_name: str
+    check: HealthCheck
+
+    @property
+    def check_id(self) -> str:
+        return self.check.check_id
+
+    @property
+    def service_id(self) -> str:
+        return self.check.service_id
+
+    @property
+    def status(self) -> str:
+        return self.check.status
 
     @classmethod
     def from_api(cls, raw: Mapping[str, Any]) -> CheckState:
         return cls(
             node=str(raw.get("Node") or ""),
-            check_id=str(raw.get("CheckID") or ""),
-            status=str(raw.get("Status") or "critical"),
-            service_id=str(raw.get("ServiceID") or ""),
             service_name=str(raw.get("ServiceName") or ""),
+            check=_check(raw),
         )
+
+
+def _check(raw: Mapping[str, Any]) -> HealthCheck:
+    return HealthCheck(
+        check_id=str(raw.get("CheckID") or ""),
+        name=str(raw.get("Name") or ""),
+        status=str(raw.get("Status") or "critical"),
+        service_id=str(raw.get("ServiceID") or ""),
+        output=str(raw.get("Output") or ""),
+    )
+
+
+def _check_order(check: HealthCheck) -> tuple[str, str]:
+    # Node checks first, then the service's, each by id: the same order whichever endpoint
+    # the checks came from, so instances built from different reads compare equal.
+    return check.service_id, check.check_id
 
 
 @dataclass(frozen=True)
@@ -459,30 +484,45 @@ class ServiceInstance:
 
     @classmethod
     def from_api(cls, raw: Mapping[str, Any]) -> ServiceInstance:
+        """One entry of ``/v1/health/service/:name``."""
         node = raw.get("Node") or {}
-        svc = raw.get("Service") or {}
-        checks = tuple(
-            HealthCheck(
-                check_id=str(c.get("CheckID", "")),
-                name=str(c.get("Name", "")),
-                status=str(c.get("Status", "critical")),
-                service_id=str(c.get("ServiceID") or ""),
-                output=str(c.get("Output") or ""),
-            )
-            for c in raw.get("Checks") or ()
+        return cls.build(
+            str(node.get("Node") or ""),
+            str(node.get("Address") or ""),
+            raw.get("Service") or {},
+            (_check(c) for c in raw.get("Checks") or ()),
         )
-        node_address = str(node.get("Address") or "")
+
+    @classmethod
+    def build(
+        cls,
+        node: str,
+        node_address: str,
+        service: Mapping[str, Any],
+        checks: Iterable[HealthCheck],
+    ) -> ServiceInstance:
+        """An instance from its parts: a catalog service entry, its node and its checks (node
+        checks included), as ``/v1/health/service`` would return it."""
+        ordered = tuple(sorted(checks, key=_check_order))
+        meta = service.get("Meta") or {}
         return cls(
-            node=str(node.get("Node") or ""),
+            node=node,
             node_address=node_address,
-            service_id=str(svc.get("ID") or ""),
-            service=str(svc.get("Service") or ""),
-            address=str(svc.get("Address") or node_address),
-            port=int(svc.get("Port") or 0),
-            tags=tuple(str(t) for t in svc.get("Tags") or ()),
-            meta=MappingProxyType({str(k): str(v) for k, v in (svc.get("Meta") or {}).items()}),
-            checks=checks,
-            status=aggregate_status(c.status for c in checks),
+            service_id=str(service.get("ID") or ""),
+            service=str(service.get("Service") or ""),
+            address=str(service.get("Address") or node_address),
+            port=int(service.get("Port") or 0),
+            tags=tuple(str(t) for t in service.get("Tags") or ()),
+            meta=MappingProxyType({str(k): str(v) for k, v in meta.items()}),
+            checks=ordered,
+            status=aggregate_status(c.status for c in ordered),
+        )
+
+    def with_checks(self, checks: Iterable[HealthCheck]) -> ServiceInstance:
+        """The same registration with other checks (a status change seen on the checks alone)."""
+        ordered = tuple(sorted(checks, key=_check_order))
+        return dataclasses.replace(
+            self, checks=ordered, status=aggregate_status(c.status for c in ordered)
         )
 
     @property
@@ -582,6 +622,12 @@ class ConsulReader:
         self, name: str, *, passing: bool = False, index: int = 0, wait: float | None = None
     ) -> tuple[int, list[ServiceInstance]]:
         return await self._client.health_service(name, passing=passing, index=index, wait=wait)
+
+    async def catalog_nodes(self) -> list[tuple[str, str]]:
+        return await self._client.catalog_nodes()
+
+    async def catalog_node(self, node: str) -> tuple[str, list[Mapping[str, Any]]]:
+        return await self._client.catalog_node(node)
 
     async def health_state(
         self,
@@ -877,6 +923,20 @@ class ConsulClient:
 
         got, raw = await (self._call(what, call) if idx else self._read(what, call))
         return _index(got), {str(k): [str(t) for t in v or ()] for k, v in (raw or {}).items()}
+
+    async def catalog_nodes(self) -> list[tuple[str, str]]:
+        """Every node as ``(name, address)``."""
+        _, raw = await self._read("GET catalog/nodes", lambda: self._api.catalog.nodes())
+        return [(str(n.get("Node") or ""), str(n.get("Address") or "")) for n in raw or ()]
+
+    async def catalog_node(self, node: str) -> tuple[str, list[Mapping[str, Any]]]:
+        """The address of ``node`` and every service registered on it (raw catalog entries)."""
+        _, raw = await self._read(f"GET catalog/node/{node}", lambda: self._api.catalog.node(node))
+        if not raw:
+            return "", []
+        address = str((raw.get("Node") or {}).get("Address") or "")
+        services = raw.get("Services") or {}
+        return address, list(services.values() if isinstance(services, dict) else services)
 
     async def health_state(
         self,

@@ -14,16 +14,19 @@ exhaust the client's pool (and the agent) at a few dozen users. Instead the sour
 two long polls whatever the number of services:
 
 * ``/v1/health/state/any``: every check of the datacenter (optionally narrowed by a server-side
-  ``filter``), diffed client-side into the set of services whose checks changed;
+  ``filter``), with its node, service and status. A status change needs nothing else: the
+  instance is rebuilt from the checks alone, with no further request.
 * ``/v1/catalog/services``: names and tags, for services that appear, disappear or carry no
   check.
 
-Only the services those two say changed are then read with short, non-blocking
-``/v1/health/service/:name`` requests, at most ``read_concurrency`` at a time, so writes and
-session renewals sharing the client's short-request pool never wait behind them for long. A
-re-registration that changes an instance's address without touching its checks or tags is
-invisible to both long polls; ``relist_every`` (10 min by default) re-reads every matching
-service to bound how long such a change can go unseen.
+The registration itself (address, port, tags, meta) is read with short, non-blocking requests:
+once per node at start (``/v1/catalog/node/:node``: a read per node, not per service), then one
+``/v1/health/service/:name`` per service that appeared or whose tags or instances changed, at
+most ``read_concurrency`` at a time, so writes and session renewals sharing the client's
+short-request pool never wait behind them for long. A re-registration that changes an
+instance's address without touching its checks, tags or id is invisible to both long polls;
+``relist_every`` (10 min by default) re-reads every node to bound how long such a change can go
+unseen.
 
 Check ``Output`` is ignored when comparing, so a chatty HTTP check does not wake the controller
 while its status stays the same.
@@ -34,12 +37,12 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 
 from reconciler import metrics
-from reconciler.clients.consul import CheckState, ServiceInstance
+from reconciler.clients.consul import CheckState, HealthCheck, ServiceInstance
 from reconciler.ratelimit import SYSTEM_CLOCK, Clock
 from reconciler.sources._watch import (
     DEFAULT_WAIT,
@@ -72,6 +75,24 @@ class HealthReader(Protocol):
     async def catalog_services(
         self, *, index: int = 0, wait: float | None = None
     ) -> tuple[int, dict[str, list[str]]]: ...
+
+    async def catalog_nodes(self) -> list[tuple[str, str]]: ...
+
+    async def catalog_node(self, node: str) -> tuple[str, list[Mapping[str, Any]]]: ...
+
+
+class _ReadFailed(Exception):
+    """Some short reads failed: ``names`` to read again, ``touched`` read fine meanwhile."""
+
+    def __init__(self, names: Iterable[str], touched: set[str], *, relist: bool = False) -> None:
+        super().__init__("read failed")
+        self.names = list(names)
+        self.touched = touched
+        self.relist = relist
+
+
+def _by_id(check: HealthCheck) -> str:
+    return check.check_id
 
 
 def instance_id(instance: ServiceInstance) -> str:
@@ -130,14 +151,20 @@ class ServiceHealthSource(WatchBase):
             backoff_cap=backoff_cap,
             clock=clock,
         )
-        # Pattern mode: what the two long polls last said, per matching service name.
+        # Pattern mode: what the two long polls last said, for matching services.
         self._catalog: dict[str, tuple[str, ...]] | None = None
-        self._check_sigs: dict[str, frozenset[tuple[str, str, str, str]]] | None = None
-        self._node_sigs: dict[str, frozenset[tuple[str, str]]] = {}
+        self._checks: dict[tuple[str, str], tuple[HealthCheck, ...]] | None = None
+        self._check_names: dict[tuple[str, str], str] = {}
+        self._node_checks: dict[str, tuple[HealthCheck, ...]] = {}
         self._by_service: dict[str, dict[str, ServiceInstance]] = {}
-        self._dirty: set[str] = set()
+        self._dirty: set[str] = set()  # names whose registrations must be read again
+        self._restatus: set[str] = set()  # names whose checks changed (no read needed)
+        self._relist = True  # read every node (start, and every relist_every)
         self._wake = anyio.Event()
         self._limiter: anyio.CapacityLimiter | None = None
+        # Every matching instance known, by service (the cache holds those ``passing_only``
+        # keeps), so one turning passing is published from the checks alone.
+        self._known: dict[str, dict[str, ServiceInstance]] = {}
         self.reads = 0
 
     def matches(self, service: str) -> bool:
@@ -189,10 +216,11 @@ class ServiceHealthSource(WatchBase):
         )
 
     # -- a pattern: two long polls, then short reads of what changed -------------------------
-    def _mark(self, names: Iterable[str]) -> None:
-        before = len(self._dirty)
-        self._dirty.update(names)
-        if len(self._dirty) != before:
+    def _mark(self, names: Iterable[str], *, read: bool = True) -> None:
+        target = self._dirty if read else self._restatus
+        before = len(target)
+        target.update(names)
+        if len(target) != before:
             self._wake.set()
 
     async def _watch_catalog(self, controller: str) -> None:
@@ -203,9 +231,7 @@ class ServiceHealthSource(WatchBase):
             new = {n: tuple(sorted(t)) for n, t in services.items() if self.matches(n)}
             old = self._catalog
             self._catalog = new
-            if old is None:
-                self._mark(new)
-            else:
+            if old is not None:
                 self._mark(n for n in new.keys() | old.keys() if new.get(n) != old.get(n))
             self._wake.set()
 
@@ -224,33 +250,42 @@ class ServiceHealthSource(WatchBase):
                 "any", filter=self.server_filter, index=index, wait=self.settings.wait
             )
 
-        def apply(checks: list[CheckState]) -> None:
-            per_service: dict[str, set[tuple[str, str, str, str]]] = {}
-            per_node: dict[str, set[tuple[str, str]]] = {}
-            for c in checks:
-                if not c.service_id:
-                    per_node.setdefault(c.node, set()).add((c.check_id, c.status))
-                elif self.matches(c.service_name):
-                    per_service.setdefault(c.service_name, set()).add(
-                        (c.node, c.service_id, c.check_id, c.status)
-                    )
-            sigs = {n: frozenset(v) for n, v in per_service.items()}
-            nodes = {n: frozenset(v) for n, v in per_node.items()}
-            old, old_nodes = self._check_sigs, self._node_sigs
-            self._check_sigs, self._node_sigs = sigs, nodes
-            if old is None:
-                self._mark(sigs)
-            else:
-                self._mark(n for n in sigs.keys() | old.keys() if sigs.get(n) != old.get(n))
-                # A node-level check (serfHealth...) changes the health of every instance on it.
+        def apply(states: list[CheckState]) -> None:
+            grouped: dict[tuple[str, str], list[HealthCheck]] = {}
+            names: dict[tuple[str, str], str] = {}
+            per_node: dict[str, list[HealthCheck]] = {}
+            for state in states:
+                if not state.service_id:
+                    per_node.setdefault(state.node, []).append(state.check)
+                elif self.matches(state.service_name):
+                    instance = (state.node, state.service_id)
+                    grouped.setdefault(instance, []).append(state.check)
+                    names[instance] = state.service_name
+            checks = {k: tuple(sorted(v, key=_by_id)) for k, v in grouped.items()}
+            nodes = {k: tuple(sorted(v, key=_by_id)) for k, v in per_node.items()}
+            old, old_nodes, old_names = self._checks, self._node_checks, self._check_names
+            self._checks, self._node_checks, self._check_names = checks, nodes, names
+            if old is not None:
+                appeared = {names[i] for i in checks.keys() - old.keys()}
+                vanished = {old_names[i] for i in old.keys() - checks.keys()}
+                # A new or vanished instance needs its registration read; a status change
+                # only needs the instance rebuilt from the checks we already have.
+                self._mark(appeared | vanished)
+                self._mark(
+                    (names[i] for i in checks.keys() & old.keys() if checks[i] != old[i]),
+                    read=False,
+                )
                 moved = {
                     n for n in nodes.keys() | old_nodes.keys() if nodes.get(n) != old_nodes.get(n)
                 }
                 if moved:
                     self._mark(
-                        name
-                        for name, instances in self._by_service.items()
-                        if any(i.node in moved for i in instances.values())
+                        (
+                            name
+                            for name, instances in self._known.items()
+                            if any(i.node in moved for i in instances.values())
+                        ),
+                        read=False,
                     )
             self._wake.set()
 
@@ -267,59 +302,54 @@ class ServiceHealthSource(WatchBase):
         assert self.relist_every is not None
         while True:
             await self.settings.clock.sleep(self.relist_every)
-            self._mark(self._catalog or ())
+            self._relist = True
+            self._wake.set()
+
+    def _checks_of(self, node: str, service_id: str) -> list[HealthCheck]:
+        assert self._checks is not None
+        return [*self._node_checks.get(node, ()), *self._checks.get((node, service_id), ())]
 
     async def _refresh_loop(self, emit: Emit, controller: str) -> None:
         while True:
             await self._wake.wait()
             self._wake = anyio.Event()
-            if self._catalog is None or self._check_sigs is None:
-                continue  # not both long polls yet: the first refresh reads everything once
-            dirty, self._dirty = self._dirty, set()
-            changes, failed = await self._refresh(sorted(dirty), controller)
-            if not self._dirty and not failed:
+            if self._catalog is None or self._checks is None:
+                continue  # both long polls first: the first refresh reads every node once
+            try:
+                if self._relist:
+                    self._relist = False
+                    self._dirty.clear()
+                    self._restatus.clear()
+                    touched = await self._read_nodes(controller)
+                else:
+                    dirty, self._dirty = self._dirty, set()
+                    restatus, self._restatus = self._restatus - dirty, set()
+                    touched = await self._read_services(sorted(dirty), controller)
+                    touched |= self._rebuild(restatus)
+            except _ReadFailed as failed:
+                # Keep what we have; read again after a pause (the failure is counted).
+                self._dirty.update(failed.names)
+                self._relist = self._relist or failed.relist
+                changes = self._publish(failed.touched)
+                self._emit(emit, controller, changes)
+                await self.settings.clock.sleep(self.settings.backoff_base)
+                self._wake.set()
+                continue
+            changes = self._publish(touched)
+            if not self._dirty and not self._relist:
                 self._set_ready(controller)
             self._emit(emit, controller, changes)
-            if failed:
-                await self.settings.clock.sleep(self.settings.backoff_base)
-                self._mark(failed)
 
-    async def _refresh(self, names: list[str], controller: str) -> tuple[list[Change], list[str]]:
-        catalog = self._catalog or {}
+    def _publish(self, names: Iterable[str]) -> list[Change]:
+        """Make the cache of every service in ``names`` what is known of it (absent: gone)."""
         changes: list[Change] = []
-        fetched: dict[str, dict[str, ServiceInstance]] = {}
-        failed: list[str] = []
-
-        async def read(name: str) -> None:
-            assert self._limiter is not None
-            async with self._limiter:
-                try:
-                    _, instances = await self._client.health_service(
-                        name, passing=self.passing_only
-                    )
-                except Exception as exc:
-                    metrics.WATCH_ERRORS.labels(controller=controller, source=self.name).inc()
-                    log.warning(
-                        "%s: reading health of %s failed: %s; retrying",
-                        controller,
-                        name,
-                        exc,
-                        extra={"controller": controller, "source": self.name},
-                    )
-                    failed.append(name)
-                    return
-                self.reads += 1
-                fetched[name] = self._keep(instances)
-
-        async with anyio.create_task_group() as tg:
-            for name in names:
-                if name in catalog:
-                    tg.start_soon(read, name)
-                else:
-                    fetched[name] = {}
-        for name in sorted(fetched):
+        catalog = self._catalog or {}
+        for name in sorted(set(names)):
+            if name not in catalog:
+                self._known.pop(name, None)
+            wanted = self._keep(self._known.get(name, {}).values())
             current = self._by_service.setdefault(name, {})
-            for change in replace_items(current, fetched[name]):
+            for change in replace_items(current, wanted):
                 if change.deleted:
                     self._items.pop(change.id, None)
                 else:
@@ -327,7 +357,96 @@ class ServiceHealthSource(WatchBase):
                 changes.append(change)
             if not current:
                 del self._by_service[name]
-        return changes, failed
+        return changes
+
+    def _rebuild(self, names: Iterable[str]) -> set[str]:
+        """Re-derive the status of the instances of ``names`` from the checks alone."""
+        touched: set[str] = set()
+        for name in names:
+            instances = self._known.get(name)
+            if instances:
+                self._known[name] = {
+                    key: i.with_checks(self._checks_of(i.node, i.service_id))
+                    for key, i in instances.items()
+                }
+                touched.add(name)
+        return touched
+
+    async def _read_nodes(self, controller: str) -> set[str]:
+        """Every matching instance, from one catalog read per node; returns the names touched."""
+        try:
+            nodes = await self._client.catalog_nodes()
+        except Exception as exc:
+            self._read_failed(controller, "catalog nodes", exc)
+            raise _ReadFailed((), set(), relist=True) from exc
+        found: dict[str, dict[str, ServiceInstance]] = {}
+        failed: list[str] = []
+
+        async def read(node: str) -> None:
+            assert self._limiter is not None
+            async with self._limiter:
+                try:
+                    address, services = await self._client.catalog_node(node)
+                except Exception as exc:
+                    self._read_failed(controller, f"catalog node {node}", exc)
+                    failed.append(node)
+                    return
+            self.reads += 1
+            for svc in services:
+                name = str(svc.get("Service") or "")
+                if not self.matches(name):
+                    continue
+                instance = ServiceInstance.build(
+                    node, address, svc, self._checks_of(node, str(svc.get("ID") or ""))
+                )
+                found.setdefault(name, {})[instance_id(instance)] = instance
+
+        async with anyio.create_task_group() as tg:
+            for node, _ in nodes:
+                tg.start_soon(read, node)
+        if failed:
+            raise _ReadFailed((), set(), relist=True)
+        touched = set(self._known) | set(found)
+        self._known = found
+        return touched
+
+    async def _read_services(self, names: list[str], controller: str) -> set[str]:
+        catalog = self._catalog or {}
+        touched: set[str] = set()
+        failed: list[str] = []
+
+        async def read(name: str) -> None:
+            assert self._limiter is not None
+            async with self._limiter:
+                try:
+                    _, instances = await self._client.health_service(name)
+                except Exception as exc:
+                    self._read_failed(controller, f"health of {name}", exc)
+                    failed.append(name)
+                    return
+            self.reads += 1
+            self._known[name] = {instance_id(i): i for i in instances}
+            touched.add(name)
+
+        async with anyio.create_task_group() as tg:
+            for name in names:
+                if name in catalog:
+                    tg.start_soon(read, name)
+                else:
+                    touched.add(name)  # gone from the catalog: published as deleted
+        if failed:
+            raise _ReadFailed(failed, touched)
+        return touched
+
+    def _read_failed(self, controller: str, what: str, exc: Exception) -> None:
+        metrics.WATCH_ERRORS.labels(controller=controller, source=self.name).inc()
+        log.warning(
+            "%s: reading %s failed: %s; retrying",
+            controller,
+            what,
+            exc,
+            extra={"controller": controller, "source": self.name},
+        )
 
     def instances_of(self, service: str) -> Mapping[str, ServiceInstance]:
         """The cached instances of one service (pattern mode), by instance id."""
