@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from controllers.api.elb import LoadBalancerName
 from controllers.api.haproxy import DomainName, IPAddress
 from controllers.api.waiting import DEFAULT_MAX_USERS
 from reconciler.clients.errors import ConfigError
@@ -98,11 +99,44 @@ class HAProxySettings(_Group):
     pre-provisioned slots, debounce).
     """
 
-    domain_name: DomainName = Field(default="manticore.localhost", alias="DOMAIN_NAME")
-    main_port: int = Field(default=8080, ge=1, le=65535, alias="HAPROXY_HTTP_LISTEN")
-    tcp_port_range_start: int = Field(default=20000, ge=1, le=65535, alias="TCP_PORT_RANGE_START")
-    tcp_port_range_end: int = Field(default=20999, ge=1, le=65535, alias="TCP_PORT_RANGE_END")
-    web_app_service: str = Field(default="manticore-service", alias="MANTICORE_WEB_APP_SERVICE")
+    domain_name: DomainName = Field(
+        default="manticore.localhost",
+        alias="DOMAIN_NAME",
+        description="Users reach <subdomain>.<DOMAIN_NAME>; written to haproxy/domainName",
+    )
+    main_port: int = Field(
+        default=8080,
+        ge=1,
+        le=65535,
+        alias="HAPROXY_HTTP_LISTEN",
+        description="HAProxy's HTTP port (also HAPROXY_HTTP_PORT); written to haproxy/mainPort",
+    )
+    tcp_port_range_start: int = Field(
+        default=20000,
+        ge=1,
+        le=65535,
+        alias="TCP_PORT_RANGE_START",
+        description="First external TCP port handed to a user's TCP service",
+    )
+    tcp_port_range_end: int = Field(
+        default=20999,
+        ge=1,
+        le=65535,
+        alias="TCP_PORT_RANGE_END",
+        description="Last external TCP port (inclusive)",
+    )
+    web_app_service: str = Field(
+        default="manticore-service",
+        alias="MANTICORE_WEB_APP_SERVICE",
+        description="Consul service of the web app, published to haproxy/webAppAddresses/<i>",
+    )
+    subdomain_length: int = Field(
+        default=16,
+        ge=16,
+        le=63,
+        alias="MANTICORE_SUBDOMAIN_LENGTH",
+        description="Characters of [a-z0-9] in each random subdomain (16: about 83 bits)",
+    )
 
     # -- the haproxy controller ---------------------------------------------------------------
     config_dir: Path = Field(
@@ -230,19 +264,110 @@ class HAProxySettings(_Group):
 
 
 class ELBSettings(_Group):
-    """The Classic ELB(s) in front of HAProxy."""
+    """The Classic ELB(s) in front of HAProxy.
 
-    load_balancers: tuple[str, ...] = Field(default=(), alias="ELB_MANTICORE_NAME")
-    region: str | None = Field(default=None, alias="AWS_REGION")
-    http_port: int = Field(default=80, ge=1, le=65535, alias="MANTICORE_ELB_HTTP_PORT")
-    ssl_port: int | None = Field(default=None, ge=1, le=65535, alias="ELB_SSL_PORT")
-    ws_port: int | None = Field(default=None, ge=1, le=65535, alias="ELB_WS_PORT")
-    listener_quota: int = Field(default=100, ge=1, alias="MANTICORE_ELB_LISTENER_QUOTA")
-    certificate_arn: str | None = Field(default=None, alias="SSL_CERTIFICATE_ARN")
+    Fixed listeners forward to HAProxy's main port: HTTP ``MANTICORE_ELB_HTTP_PORT`` (HTTPS on
+    ``MANTICORE_ELB_HTTPS_PORT`` with ``ELB_ENCRYPT_HTTP``), the websocket port ``ELB_WS_PORT``
+    (TCP, or SSL with ``ELB_ENCRYPT_WS``) and ``ELB_SSL_PORT`` (SSL); each user's TCP port gets
+    a ``TCP P -> P`` listener (SSL with ``ELB_ENCRYPT_TCP``). Every encrypted listener uses
+    ``SSL_CERTIFICATE_ARN``.
+    """
+
+    load_balancers: tuple[LoadBalancerName, ...] = Field(
+        default=(),
+        alias="ELB_MANTICORE_NAME",
+        description="Classic ELB name(s), comma-separated; users are spread over them",
+    )
+    region: str | None = Field(
+        default=None, alias="AWS_REGION", description="AWS region (else the standard AWS chain)"
+    )
+    http_port: int = Field(
+        default=80,
+        ge=1,
+        le=65535,
+        alias="MANTICORE_ELB_HTTP_PORT",
+        description="ELB HTTP listener port -> HAProxy's main port",
+    )
+    https_port: int = Field(
+        default=443,
+        ge=1,
+        le=65535,
+        alias="MANTICORE_ELB_HTTPS_PORT",
+        description="ELB HTTPS listener port when ELB_ENCRYPT_HTTP",
+    )
+    ssl_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        alias="ELB_SSL_PORT",
+        description="ELB SSL listener port -> HAProxy's main port (needs SSL_CERTIFICATE_ARN)",
+    )
+    ws_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        alias="ELB_WS_PORT",
+        description="ELB websocket (TCP) listener port -> HAProxy's main port",
+    )
+    encrypt_http: bool = Field(
+        default=False, alias="ELB_ENCRYPT_HTTP", description="HTTPS instead of HTTP"
+    )
+    encrypt_ws: bool = Field(
+        default=False, alias="ELB_ENCRYPT_WS", description="SSL instead of TCP on ELB_WS_PORT"
+    )
+    encrypt_tcp: bool = Field(
+        default=False, alias="ELB_ENCRYPT_TCP", description="SSL instead of TCP for user ports"
+    )
+    listener_quota: int = Field(
+        default=100,
+        ge=1,
+        alias="MANTICORE_ELB_LISTENER_QUOTA",
+        description="Listeners per load balancer (AWS's default quota is 100)",
+    )
+    certificate_arn: str | None = Field(
+        default=None,
+        alias="SSL_CERTIFICATE_ARN",
+        pattern=r"^arn:[A-Za-z0-9-]+:(iam|acm):[A-Za-z0-9-]*:\d{12}:[A-Za-z0-9/_.+=,@-]+$",
+        description="Certificate of every encrypted listener",
+    )
+    calls_per_second: float = Field(
+        default=5.0,
+        gt=0,
+        le=100,
+        alias="MANTICORE_ELB_CALLS_PER_SECOND",
+        description="Pace of mutating ELB calls (AWS throttles at about 10/s per account)",
+    )
+
+    @model_validator(mode="after")
+    def _listeners(self) -> ELBSettings:
+        needs_certificate = [
+            name
+            for name, used in (
+                ("ELB_SSL_PORT", self.ssl_port is not None),
+                ("ELB_ENCRYPT_HTTP", self.encrypt_http),
+                ("ELB_ENCRYPT_WS", self.encrypt_ws),
+                ("ELB_ENCRYPT_TCP", self.encrypt_tcp),
+            )
+            if used
+        ]
+        if needs_certificate and not self.certificate_arn:
+            raise ValueError(f"{', '.join(needs_certificate)} need(s) SSL_CERTIFICATE_ARN")
+        if self.encrypt_ws and self.ws_port is None:
+            raise ValueError("ELB_ENCRYPT_WS needs ELB_WS_PORT")
+        fixed = self.fixed_ports
+        if len(set(fixed)) != len(fixed):
+            raise ValueError(f"the fixed ELB listener ports must differ, got {fixed}")
+        return self
 
     @property
     def enabled(self) -> bool:
         return bool(self.load_balancers)
+
+    @property
+    def fixed_ports(self) -> tuple[int, ...]:
+        """The load-balancer ports of the fixed (non-user) listeners."""
+        web = self.https_port if self.encrypt_http else self.http_port
+        return tuple(p for p in (web, self.ws_port, self.ssl_port) if p is not None)
 
 
 class UsageSettings(_Group):

@@ -11,6 +11,8 @@ key                                    writer         model
 ``manticore/waiting/data`` (+ pages)   waitlist       :class:`~.waiting.WaitingPage`
 ``manticore/allocations/data/<id>``    allocations    :class:`~.allocations.UserAllocation`
 ``manticore/routes/data/<id>``         haproxy-kv     :class:`~.haproxy.RouteReservation`
+``manticore/routes/tcp/<port>``        haproxy-kv     user id text: the port's unique claim
+``manticore/routes/subdomains/<s>``    haproxy-kv     user id text: the subdomain's claim
 ``haproxy/data/<id>``                  haproxy-kv     :class:`~.haproxy.UserRoutes`
 ``haproxy/webAppAddresses/<i>``        haproxy-kv     ``ip:port`` text (:data:`~.haproxy.Address`)
 ``haproxy/domainName``                 haproxy-kv     domain text (:data:`~.haproxy.DomainName`)

@@ -4,6 +4,13 @@
 external TCP port per TCP service. ``haproxy/webAppAddresses/<i>``, ``haproxy/domainName`` and
 ``haproxy/mainPort`` are plain text, as Manticore's consul-template template reads them.
 
+The random names and ports are reserved before use in ``manticore/routes/data/<id>``
+(:class:`RouteReservation`), and each one is also *claimed* under its own key,
+``manticore/routes/tcp/<port>`` and ``manticore/routes/subdomains/<subdomain>`` (plain text: the
+user id), created in the same Consul transaction with ``cas=0``. Consul then refuses a second
+claim of the same port or subdomain whatever the number of workers, replicas or stale caches:
+the claim keys are a unique index, as a database has one.
+
 Every field that ends up in an HAProxy configuration, map file or runtime command is validated
 here to an alphabet that cannot inject anything (no spaces, quotes, ``#``, newlines): an IPv4
 or bracket-free IPv6 address, a port in range, a ``[a-z0-9]`` subdomain, a DNS domain.
@@ -71,6 +78,11 @@ class UserRoutes(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     http: list[HTTPRoute] = Field(default_factory=list)
     tcp: list[TCPRoute] = Field(default_factory=list)
+
+
+ROUTES_DATA_PREFIX = "manticore/routes/data/"
+ROUTES_TCP_PREFIX = "manticore/routes/tcp/"
+ROUTES_SUBDOMAIN_PREFIX = "manticore/routes/subdomains/"
 
 
 class RouteReservation(BaseModel):

@@ -1,0 +1,543 @@
+"""haproxy-kv: allocations -> ``haproxy/``, the data HAProxy routes every user with.
+
+For each user with an allocation record it publishes ``haproxy/data/<id>``
+(:class:`~controllers.api.haproxy.UserRoutes`): one unguessable subdomain per HTTP service
+(``secrets``, ``MANTICORE_SUBDOMAIN_LENGTH`` characters of ``[a-z0-9]``, 16 by default) and one
+external TCP port per TCP service from ``TCP_PORT_RANGE_START..END``. Beside them it keeps
+``haproxy/webAppAddresses/<i>`` (one ``ip:port`` per passing instance of the web app service,
+rewritten in one fenced transaction), ``haproxy/domainName`` and ``haproxy/mainPort``, as
+Manticore's consul-template template reads them.
+
+**Random values are reserved before they are used.** A user's subdomains and ports are written
+to ``manticore/routes/data/<id>`` (:class:`~controllers.api.haproxy.RouteReservation`) before any
+route names them, and kept for the user's lifetime: a restart, a new leader or an allocation
+that moves finds them there. They are given up only when the user's request is gone.
+
+**Uniqueness is Consul's, not ours.** Each reserved port and subdomain is also claimed under its
+own key (``manticore/routes/tcp/<port>``, ``manticore/routes/subdomains/<name>``, value the user
+id), created in the same transaction as the reservation with ``cas=0``. Two workers, or a new
+leader whose cache has not yet seen the old leader's last write, may pick the same free port;
+Consul commits only one of the two transactions, and the other picks again. No port or
+subdomain can be handed to two users, whatever the workers, replicas or cache lag.
+
+**Exhaustion.** When the range has no free port the user still gets their HTTP routes; the TCP
+route is left out with a ``NoTCPPort`` status entry, a log line,
+``manticore_tcp_port_exhausted_total`` and ``manticore_users_waiting_for_tcp_port``, and the key
+is retried every 15 s, so a port freed by a departing user is taken up. Other users keep theirs.
+
+Invalid input (an allocation record or reservation that fails validation) is reported through
+``ctx.parse`` and that user is left exactly as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import string
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+from pydantic import TypeAdapter, ValidationError
+
+from controllers.api.allocations import UserAllocation
+from controllers.api.haproxy import (
+    ROUTES_DATA_PREFIX,
+    ROUTES_SUBDOMAIN_PREFIX,
+    ROUTES_TCP_PREFIX,
+    Address,
+    HTTPRoute,
+    RouteReservation,
+    TCPRoute,
+    UserRoutes,
+)
+from controllers.api.ids import (
+    ALLOCATIONS_PREFIX,
+    HAPROXY_DATA_PREFIX,
+    HAPROXY_DOMAIN_KEY,
+    HAPROXY_MAIN_PORT_KEY,
+    HAPROXY_PREFIX,
+    HAPROXY_WEB_APP_PREFIX,
+    REQUESTS_PREFIX,
+    is_user_id,
+    user_of_key,
+)
+from controllers.settings import HAProxySettings, Settings
+from reconciler import watches
+from reconciler.clients.consul import KVEntry, KVOp, ServiceInstance
+from reconciler.controller import Context, Controller, Dependencies
+from reconciler.kv import decode, encode
+from reconciler.result import InvalidValue, Result, TemporaryError
+
+NAME = "haproxy-kv"
+ROUTES_PREFIX = "manticore/routes/"
+REQUESTS_WATCH = f"kv:{REQUESTS_PREFIX}"
+ALLOCATIONS_WATCH = f"kv:{ALLOCATIONS_PREFIX}"
+ROUTES_WATCH = f"kv:{ROUTES_PREFIX}"
+HAPROXY_WATCH = f"kv:{HAPROXY_PREFIX}"
+WEB_APP_WATCH = "web-app"
+WEB_APP_KEY = "_web_app"
+GLOBALS_KEY = "_globals"
+STATS_KEY = "_stats"
+STATS_EVERY = 15.0
+EXHAUSTED_RETRY = 15.0
+# One transaction carries at most 127 operations besides the fencing check.
+MAX_WEB_APP_ADDRESSES = 120
+RESERVE_ATTEMPTS = 8
+SUBDOMAIN_ALPHABET = string.ascii_lowercase + string.digits
+
+USERS_ROUTED = Gauge("manticore_users_routed", "Users with routes published (haproxy/data)")
+TCP_PORTS_IN_USE = Gauge(
+    "manticore_tcp_ports_in_use", "External TCP ports reserved by users (manticore/routes/tcp)"
+)
+TCP_PORTS_TOTAL = Gauge(
+    "manticore_tcp_ports_total", "Size of TCP_PORT_RANGE_START..TCP_PORT_RANGE_END"
+)
+TCP_PORT_EXHAUSTED = Counter(
+    "manticore_tcp_port_exhausted_total",
+    "Times a user's TCP service found no free port in the TCP port range",
+)
+USERS_WAITING_FOR_PORT = Gauge(
+    "manticore_users_waiting_for_tcp_port",
+    "Users routed without their TCP route because the TCP port range is exhausted",
+)
+WEB_APP_ADDRESSES = Gauge(
+    "manticore_web_app_addresses", "Passing web app instances in haproxy/webAppAddresses"
+)
+RESERVATION_CONFLICTS = Counter(
+    "manticore_route_reservation_conflicts_total",
+    "Reservations refused by Consul because a port or subdomain was claimed concurrently",
+)
+
+_ADDRESS: TypeAdapter[str] = TypeAdapter(Address)
+
+
+# --------------------------------------------------------------------------- the pure part
+
+
+def new_subdomain(length: int = 16) -> str:
+    """An unguessable subdomain: ``length`` characters of ``[a-z0-9]`` from ``secrets``."""
+    return "".join(secrets.choice(SUBDOMAIN_ALPHABET) for _ in range(length))
+
+
+def ip_port(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+@dataclass(frozen=True)
+class ReservationPlan:
+    """The reservation a user should hold, and the claims that must exist for it."""
+
+    reservation: RouteReservation
+    claim_ports: frozenset[int] = frozenset()
+    claim_subdomains: frozenset[str] = frozenset()
+    exhausted: tuple[str, ...] = ()
+
+    @property
+    def claims(self) -> list[str]:
+        return [f"{ROUTES_TCP_PREFIX}{p}" for p in sorted(self.claim_ports)] + [
+            f"{ROUTES_SUBDOMAIN_PREFIX}{s}" for s in sorted(self.claim_subdomains)
+        ]
+
+
+def plan_reservation(
+    user: str,
+    allocation: UserAllocation,
+    current: RouteReservation | None,
+    *,
+    port_owners: Mapping[int, str],
+    subdomain_owners: Mapping[str, str],
+    ports: range,
+    make_subdomain: Callable[[], str],
+    pick: Callable[[list[int]], int] = random.choice,
+) -> ReservationPlan:
+    """What the user's reservation must become (pure but for the injected randomness).
+
+    What the user holds is kept for life (stable across restarts, leaders and moves) unless it
+    cannot be: a port now outside the range, or a port or subdomain claimed by another user
+    (a damaged store), is replaced. Roles that are not running any more keep their values, so a
+    restarting HMI comes back on the same subdomain. ``claim_*`` lists what the reservation
+    holds but no claim key says is the user's yet (new values, and claims lost by hand).
+    """
+    held = current or RouteReservation()
+    subdomains = {
+        role: sub
+        for role, sub in held.subdomains.items()
+        if subdomain_owners.get(sub, user) == user
+    }
+    tcp_ports = {
+        role: port
+        for role, port in held.tcp_ports.items()
+        if port in ports and port_owners.get(port, user) == user
+    }
+    exhausted: list[str] = []
+    taken_ports = set(port_owners) | set(tcp_ports.values())
+    for role, service in sorted(allocation.services.items()):
+        if service.route == "http" and role not in subdomains:
+            used = set(subdomain_owners) | set(subdomains.values())
+            sub = make_subdomain()
+            while sub in used:
+                sub = make_subdomain()
+            subdomains[role] = sub
+        elif service.route == "tcp" and role not in tcp_ports:
+            free = [p for p in ports if p not in taken_ports]
+            if not free:
+                exhausted.append(role)
+                continue
+            port = pick(free)
+            tcp_ports[role] = port
+            taken_ports.add(port)
+    reservation = RouteReservation(subdomains=subdomains, tcp_ports=tcp_ports)
+    return ReservationPlan(
+        reservation=reservation,
+        claim_ports=frozenset(p for p in tcp_ports.values() if port_owners.get(p) != user),
+        claim_subdomains=frozenset(
+            s for s in subdomains.values() if subdomain_owners.get(s) != user
+        ),
+        exhausted=tuple(exhausted),
+    )
+
+
+def plan_routes(allocation: UserAllocation, reservation: RouteReservation) -> UserRoutes:
+    """The user's routes: every service whose route kind has a reserved value (pure)."""
+    http: list[HTTPRoute] = []
+    tcp: list[TCPRoute] = []
+    for role, service in sorted(allocation.services.items()):
+        target = ip_port(service.address, service.port)
+        if service.route == "http" and role in reservation.subdomains:
+            http.append(
+                HTTPRoute(subdomain=reservation.subdomains[role], address=target, role=role)
+            )
+        elif service.route == "tcp" and role in reservation.tcp_ports:
+            tcp.append(TCPRoute(port=reservation.tcp_ports[role], address=target, role=role))
+    return UserRoutes(http=http, tcp=tcp)
+
+
+def claim_owners(cache: Mapping[str, Any]) -> tuple[dict[int, str], dict[str, str]]:
+    """Port -> user and subdomain -> user, from the claim keys in the routes cache."""
+    ports: dict[int, str] = {}
+    subdomains: dict[str, str] = {}
+    for key, entry in cache.items():
+        owner = entry.text if isinstance(entry, KVEntry) else ""
+        if key.startswith(ROUTES_TCP_PREFIX):
+            rest = key[len(ROUTES_TCP_PREFIX) :]
+            if rest.isdigit():
+                ports[int(rest)] = owner
+        elif key.startswith(ROUTES_SUBDOMAIN_PREFIX):
+            subdomains[key[len(ROUTES_SUBDOMAIN_PREFIX) :]] = owner
+    return ports, subdomains
+
+
+def web_app_plan(
+    instances: Iterable[ServiceInstance], current: Mapping[str, bytes | None]
+) -> tuple[list[KVOp], list[str], list[str]]:
+    """Operations making ``haproxy/webAppAddresses/<i>`` list the passing instances (pure).
+
+    Returns ``(ops, addresses, rejected)``: ``ip:port`` sorted, one key per index from 0; keys
+    not wanted (beyond the count, or anything else under the prefix) are deleted.
+    """
+    addresses: set[str] = set()
+    rejected: list[str] = []
+    for instance in instances:
+        if not instance.passing:
+            continue
+        try:
+            addresses.add(_ADDRESS.validate_python(ip_port(instance.address, instance.port)))
+        except ValidationError:
+            rejected.append(f"{instance.service_id}: {instance.address!r}:{instance.port}")
+    wanted = {
+        f"{HAPROXY_WEB_APP_PREFIX}{i}": a.encode()
+        for i, a in enumerate(sorted(addresses)[:MAX_WEB_APP_ADDRESSES])
+    }
+    ops = [KVOp.set(k, v) for k, v in wanted.items() if current.get(k) != v]
+    ops += [KVOp.delete(k) for k in sorted(current) if k not in wanted]
+    return ops, sorted(addresses), rejected
+
+
+# --------------------------------------------------------------------------- the controller
+
+
+def _web_app_service() -> str:
+    """The web app's Consul service, read at declaration time (the watch needs it then).
+
+    A bad environment is reported by the startup check; here it falls back to the default.
+    """
+    default = HAProxySettings.model_fields["web_app_service"].default
+    return os.environ.get("MANTICORE_WEB_APP_SERVICE", "").strip() or str(default)
+
+
+def _routes_key(entry: KVEntry) -> list[str]:
+    if entry.key.startswith(ROUTES_DATA_PREFIX):
+        user = user_of_key(ROUTES_DATA_PREFIX, entry.key)
+        return [user] if user else []
+    owner = entry.text
+    return [owner] if is_user_id(owner) else []
+
+
+def _haproxy_key(entry: KVEntry) -> list[str]:
+    key = entry.key
+    if key.startswith(HAPROXY_DATA_PREFIX):
+        user = user_of_key(HAPROXY_DATA_PREFIX, key)
+        return [user] if user else []
+    if key.startswith(HAPROXY_WEB_APP_PREFIX):
+        return [WEB_APP_KEY]
+    if key in (HAPROXY_DOMAIN_KEY, HAPROXY_MAIN_PORT_KEY):
+        return [GLOBALS_KEY]
+    return []
+
+
+def _user_key(prefix: str) -> Callable[[KVEntry], list[str]]:
+    def mapper(entry: KVEntry) -> list[str]:
+        user = user_of_key(prefix, entry.key)
+        return [user] if user else []
+
+    return mapper
+
+
+@dataclass
+class HAProxyKV:
+    """The controller's configuration (from the environment at start, or given by a test) and
+    what it remembers between reconciles (only for metrics: the state is in Consul)."""
+
+    config: HAProxySettings | None = None
+    waiting_for_port: set[str] = field(default_factory=set)
+
+    @property
+    def cfg(self) -> HAProxySettings:
+        if self.config is None:
+            self.config = Settings.from_env().haproxy
+        return self.config
+
+    async def startup(self, deps: Dependencies) -> None:
+        cfg = self.cfg  # raises ConfigError with the variable's name
+        TCP_PORTS_TOTAL.set(len(cfg.tcp_port_range))
+
+    async def reconcile(self, ctx: Context, key: str) -> Result | None:
+        if key == STATS_KEY:
+            return self.stats(ctx)
+        if key == GLOBALS_KEY:
+            await ctx.kv.put_if_changed(HAPROXY_DOMAIN_KEY, self.cfg.domain_name.encode())
+            await ctx.kv.put_if_changed(HAPROXY_MAIN_PORT_KEY, str(self.cfg.main_port).encode())
+            return None
+        if key == WEB_APP_KEY:
+            return await self.web_app(ctx)
+        if is_user_id(key):
+            return await self.user(ctx, key)
+        return None
+
+    # -- one user
+    async def user(self, ctx: Context, user: str) -> Result | None:
+        routes_key = f"{HAPROXY_DATA_PREFIX}{user}"
+        if f"{REQUESTS_PREFIX}{user}" not in ctx.cache(REQUESTS_WATCH):
+            self.waiting_for_port.discard(user)
+            await self.release(ctx, user)
+            return None
+        alloc_entry = ctx.cache(ALLOCATIONS_WATCH).get(f"{ALLOCATIONS_PREFIX}{user}")
+        if alloc_entry is None:
+            # Not running (yet, or any more): no route, but the reservation stays for life.
+            self.waiting_for_port.discard(user)
+            if await ctx.kv.delete_if_present(routes_key):
+                ctx.log.info("routes removed: no allocation")
+            return None
+        allocation = ctx.parse(UserAllocation, alloc_entry)
+        if allocation is None:
+            return None
+        plan = await self.reserve(ctx, user, allocation)
+        if plan is None:
+            return None
+        routes = plan_routes(allocation, plan.reservation)
+        if await ctx.kv.put_if_changed(routes_key, routes):
+            ctx.log.info(
+                "routes published",
+                http=[r.role for r in routes.http],
+                tcp=[r.port for r in routes.tcp],
+            )
+        if plan.exhausted:
+            self.waiting_for_port.add(user)
+            TCP_PORT_EXHAUSTED.inc()
+            size = len(self.cfg.tcp_port_range)
+            message = (
+                f"TCP port range {self.cfg.tcp_port_range_start}-{self.cfg.tcp_port_range_end} "
+                f"is exhausted ({size} ports, all reserved): no TCP route for "
+                f"{', '.join(plan.exhausted)}; retrying every {EXHAUSTED_RETRY:g} s"
+            )
+            ctx.log.error("tcp port range exhausted", roles=list(plan.exhausted), size=size)
+            ctx.status.set("NoTCPPort", message, observed_index=alloc_entry.modify_index)
+            return Result(requeue_after=EXHAUSTED_RETRY)
+        self.waiting_for_port.discard(user)
+        return None
+
+    async def reserve(
+        self, ctx: Context, user: str, allocation: UserAllocation
+    ) -> ReservationPlan | None:
+        """Make the user's reservation and its claims exist in Consul, atomically."""
+        key = f"{ROUTES_DATA_PREFIX}{user}"
+        port_owners, subdomain_owners = claim_owners(ctx.cache(ROUTES_WATCH))
+        for _ in range(RESERVE_ATTEMPTS):
+            entry = await ctx.kv.get(key)
+            current = None
+            if entry is not None:
+                current = ctx.parse(RouteReservation, entry)
+                if current is None:
+                    return None  # reported; a damaged reservation is left for a human
+            plan = plan_reservation(
+                user,
+                allocation,
+                current,
+                port_owners=port_owners,
+                subdomain_owners=subdomain_owners,
+                ports=self.cfg.tcp_port_range,
+                make_subdomain=lambda: new_subdomain(self.cfg.subdomain_length),
+            )
+            if plan.reservation == current and not plan.claims:
+                return plan
+            ops = [
+                KVOp.cas(
+                    key,
+                    encode(plan.reservation),
+                    index=entry.modify_index if entry else 0,
+                ),
+                *(KVOp.cas(claim, user.encode(), index=0) for claim in plan.claims),
+            ]
+            if await ctx.kv.apply(ops):
+                ctx.log.info(
+                    "routes reserved",
+                    subdomains=sorted(plan.reservation.subdomains),
+                    tcp_ports=plan.reservation.tcp_ports,
+                )
+                return plan
+            # Someone claimed one of our picks first (or our view of a claim was stale): learn
+            # the truth for exactly those keys and choose again.
+            RESERVATION_CONFLICTS.inc()
+            for claim in plan.claims:
+                found = await ctx.kv.get(claim)
+                owner = found.text if found is not None else None
+                if claim.startswith(ROUTES_TCP_PREFIX):
+                    port = int(claim[len(ROUTES_TCP_PREFIX) :])
+                    _set_owner(port_owners, port, owner)
+                else:
+                    _set_owner(subdomain_owners, claim[len(ROUTES_SUBDOMAIN_PREFIX) :], owner)
+        raise TemporaryError(f"{user}: reservation conflicted {RESERVE_ATTEMPTS} times")
+
+    async def release(self, ctx: Context, user: str) -> None:
+        """The user left: routes, then reservation and claims, in one transaction each."""
+        if await ctx.kv.delete_if_present(f"{HAPROXY_DATA_PREFIX}{user}"):
+            ctx.log.info("routes removed: request gone")
+        key = f"{ROUTES_DATA_PREFIX}{user}"
+        entry = await ctx.kv.get(key)
+        claims = {
+            k
+            for k, e in ctx.cache(ROUTES_WATCH).items()
+            if (k.startswith((ROUTES_TCP_PREFIX, ROUTES_SUBDOMAIN_PREFIX)))
+            and isinstance(e, KVEntry)
+            and e.text == user
+        }
+        if entry is not None:
+            held = _lenient(entry)
+            claims |= {f"{ROUTES_TCP_PREFIX}{p}" for p in held.tcp_ports.values()}
+            claims |= {f"{ROUTES_SUBDOMAIN_PREFIX}{s}" for s in held.subdomains.values()}
+        ops: list[KVOp] = []
+        for claim in sorted(claims):
+            found = await ctx.kv.get(claim)
+            if found is not None and found.text == user:
+                ops.append(KVOp.delete_cas(claim, index=found.modify_index))
+        if entry is not None:
+            ops.append(KVOp.delete_cas(key, index=entry.modify_index))
+        for start in range(0, len(ops), 100):
+            if not await ctx.kv.apply(ops[start : start + 100]):
+                raise TemporaryError(f"{user}: reservation changed while releasing it")
+        if ops:
+            ctx.log.info("reservation released", claims=len(ops) - (entry is not None))
+
+    # -- the web app and the globals
+    async def web_app(self, ctx: Context) -> Result | None:
+        current = {e.key: e.value for e in await ctx.kv.list(HAPROXY_WEB_APP_PREFIX)}
+        instances = [i for i in ctx.cache(WEB_APP_WATCH).values() if isinstance(i, ServiceInstance)]
+        ops, addresses, rejected = web_app_plan(instances, current)
+        if ops and await ctx.kv.apply(ops):
+            ctx.log.info("web app addresses published", addresses=addresses)
+        WEB_APP_ADDRESSES.set(min(len(addresses), MAX_WEB_APP_ADDRESSES))
+        problems = [f"unusable instance {r}" for r in rejected]
+        if len(addresses) > MAX_WEB_APP_ADDRESSES:
+            problems.append(
+                f"{len(addresses)} web app instances pass; only {MAX_WEB_APP_ADDRESSES} "
+                "fit one transaction and are published"
+            )
+        if problems:
+            ctx.status.set("Degraded", "; ".join(problems))
+        return None
+
+    def stats(self, ctx: Context) -> Result | None:
+        haproxy = ctx.cache(HAPROXY_WATCH)
+        USERS_ROUTED.set(sum(1 for k in haproxy if user_of_key(HAPROXY_DATA_PREFIX, k)))
+        ports, _ = claim_owners(ctx.cache(ROUTES_WATCH))
+        in_range = self.cfg.tcp_port_range
+        TCP_PORTS_IN_USE.set(sum(1 for p in ports if p in in_range))
+        TCP_PORTS_TOTAL.set(len(in_range))
+        requests = ctx.cache(REQUESTS_WATCH)
+        self.waiting_for_port = {
+            u for u in self.waiting_for_port if f"{REQUESTS_PREFIX}{u}" in requests
+        }
+        USERS_WAITING_FOR_PORT.set(len(self.waiting_for_port))
+        return None
+
+
+def _set_owner(owners: dict[Any, str], item: Any, owner: str | None) -> None:
+    if owner is None:
+        owners.pop(item, None)
+    else:
+        owners[item] = owner
+
+
+def _lenient(entry: KVEntry) -> RouteReservation:
+    """A reservation being released: whatever of it parses (a damaged one frees nothing)."""
+    try:
+        return decode(RouteReservation, entry.value, key=entry.key)
+    except InvalidValue:
+        return RouteReservation()
+
+
+def build(config: HAProxySettings | None = None) -> Controller:
+    """The haproxy-kv controller (``config``: the environment's, read at start)."""
+    state = HAProxyKV(config)
+    return Controller(
+        name=NAME,
+        description="allocations -> haproxy/data/<id> (+ webAppAddresses, domainName, mainPort)",
+        reconcile=state.reconcile,
+        startup=state.startup,
+        watches=[
+            watches.kv(REQUESTS_PREFIX, to_keys=_user_key(REQUESTS_PREFIX)),
+            watches.kv(ALLOCATIONS_PREFIX, to_keys=_user_key(ALLOCATIONS_PREFIX)),
+            watches.kv(ROUTES_PREFIX, to_keys=_routes_key),
+            watches.kv(HAPROXY_PREFIX, to_keys=_haproxy_key),
+            watches.service_health(
+                config.web_app_service if config else _web_app_service(),
+                name=WEB_APP_WATCH,
+                to_keys=lambda _: [WEB_APP_KEY],
+            ),
+            watches.periodic([STATS_KEY], every=STATS_EVERY),
+            watches.periodic([GLOBALS_KEY, WEB_APP_KEY], every=60.0),
+        ],
+        writes=[
+            f"{HAPROXY_DATA_PREFIX}<id>",
+            f"{HAPROXY_WEB_APP_PREFIX}<i>",
+            HAPROXY_DOMAIN_KEY,
+            HAPROXY_MAIN_PORT_KEY,
+            f"{ROUTES_DATA_PREFIX}<id>",
+            f"{ROUTES_TCP_PREFIX}<port>",
+            f"{ROUTES_SUBDOMAIN_PREFIX}<subdomain>",
+        ],
+        models={
+            "haproxy-user-routes": UserRoutes,
+            "manticore-route-reservation": RouteReservation,
+            "manticore-allocation": UserAllocation,
+        },
+        workers=4,
+        resync_period=60,
+        status=True,
+    )
+
+
+controller = build()
