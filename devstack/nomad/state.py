@@ -17,7 +17,17 @@ from typing import Any
 from .events import Event, EventBroker
 
 JobKey = tuple[str, str]  # (namespace, job id)
-TABLES = ("jobs", "job_version", "job_summary", "allocs", "evals", "nodes", "services")
+TABLES = (
+    "jobs",
+    "job_version",
+    "job_summary",
+    "allocs",
+    "evals",
+    "nodes",
+    "services",
+    "deployment",
+)
+TERMINAL_DEPLOYMENT = frozenset({"successful", "failed", "cancelled"})
 
 TERMINAL_CLIENT = frozenset({"complete", "failed", "lost"})
 TERMINAL_EVAL = frozenset({"complete", "failed", "canceled"})
@@ -65,6 +75,8 @@ class StateStore:
         self.evals_by_job: dict[JobKey, dict[str, None]] = defaultdict(dict)
         self.nodes: dict[str, dict[str, Any]] = {}
         self.services: dict[str, dict[str, Any]] = {}
+        self.deployments: dict[str, dict[str, Any]] = {}
+        self.deployments_by_job: dict[JobKey, dict[str, None]] = defaultdict(dict)
         # What non-client-terminal allocations hold per node, kept as allocations are written
         # so that scheduling does not rescan every allocation for every evaluation.
         self.node_usage: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
@@ -115,6 +127,16 @@ class StateStore:
         self.evals[ev["ID"]] = ev
         self.evals_by_job[(ev["Namespace"], ev["JobID"])][ev["ID"]] = None
         self.touch("evals", index)
+
+    def put_deployment(self, d: dict[str, Any], index: int) -> None:
+        self.deployments[d["ID"]] = d
+        self.deployments_by_job[(d["Namespace"], d["JobID"])][d["ID"]] = None
+        self.touch("deployment", index)
+
+    def job_deployments(self, key: JobKey) -> list[dict[str, Any]]:
+        """A job's deployments, newest first."""
+        out = [self.deployments[d] for d in self.deployments_by_job.get(key, ())]
+        return sorted(out, key=lambda d: d["CreateIndex"], reverse=True)
 
     def put_node(self, node: dict[str, Any], index: int) -> None:
         self.nodes[node["ID"]] = node

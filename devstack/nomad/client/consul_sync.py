@@ -24,6 +24,7 @@ from .taskenv import interpolate, port_map
 
 log = logging.getLogger("devstack.nomad.consul")
 RESYNC_SECONDS = 30.0
+STATUS_TTL = 0.25
 
 
 def service_id(alloc_id: str, owner: str, service: str, port_label: str) -> str:
@@ -207,6 +208,8 @@ class ConsulSync:
         self._wake = asyncio.Event()
         self._synced = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
+        self._statuses: tuple[float, dict[str, str]] = (float("-inf"), {})
+        self._status_fetch: asyncio.Task[dict[str, str]] | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -242,6 +245,38 @@ class ConsulSync:
         except TimeoutError:
             return False
         return True
+
+    def check_ids(self, owner: str) -> list[str]:
+        """The Consul check IDs of ``owner``'s wanted registrations."""
+        return [
+            c["CheckID"]
+            for sid in self._owners.get(owner, [])
+            for c in self._wanted.get(sid, {}).get("Checks") or []
+        ]
+
+    async def check_statuses(self) -> dict[str, str]:
+        """Every check of the local agent and its status (``GET /v1/agent/checks``).
+
+        Every allocation's health tracker asks; one request serves all who ask within
+        :data:`STATUS_TTL`, so a thousand deploying allocations cost a few requests a second.
+        """
+        loop = asyncio.get_running_loop()
+        fetched_at, statuses = self._statuses
+        if loop.time() - fetched_at < STATUS_TTL:
+            return statuses
+        if self._status_fetch is None or self._status_fetch.done():
+            self._status_fetch = loop.create_task(self._fetch_statuses())
+        return await asyncio.shield(self._status_fetch)
+
+    async def _fetch_statuses(self) -> dict[str, str]:
+        assert self._session is not None
+        async with self._session.get(self.base + "/v1/agent/checks") as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"consul /v1/agent/checks: {resp.status}")
+            body = await resp.json()
+        statuses = {cid: str(c.get("Status", "")) for cid, c in (body or {}).items()}
+        self._statuses = (asyncio.get_running_loop().time(), statuses)
+        return statuses
 
     async def _put(self, path: str, body: Any = None) -> None:
         assert self._session is not None
@@ -293,6 +328,10 @@ class ConsulSync:
 
     async def close(self) -> None:
         """Deregister everything this client registered, then stop."""
+        if self._status_fetch is not None:
+            self._status_fetch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._status_fetch
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

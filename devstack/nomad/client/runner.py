@@ -49,6 +49,8 @@ class ServerLink(Protocol):
 
     def deregister_native(self, owner: str) -> None: ...
 
+    def update_alloc_health(self, alloc_id: str, healthy: bool) -> None: ...
+
 
 def task_event(type_: str, message: str, **extra: Any) -> dict[str, Any]:
     event: dict[str, Any] = {
@@ -465,6 +467,9 @@ class AllocRunner:
                 self.changed()
                 return
         runs = {asyncio.ensure_future(t.run()): t for t in self.tasks}
+        health = None
+        if self.alloc.get("DeploymentID"):
+            health = asyncio.ensure_future(self._watch_health())
         pending = set(runs)
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -474,9 +479,67 @@ class AllocRunner:
                     for other in self.tasks:
                         if other is not t:
                             other.kill()
+        if health is not None:
+            health.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await health
         if self.group["Services"]:
             await self._drop_services(f"group-{self.group['Name']}")
         self.changed()
+
+    async def _watch_health(self) -> None:
+        """The client's allocation health tracker for deployments (``update`` block).
+
+        Healthy once every task runs (and, for ``health_check = "checks"``, every Consul check
+        of the allocation passes) without interruption for ``min_healthy_time``; unhealthy on
+        a failed task or when ``healthy_deadline`` passes first. ``manual`` reports nothing.
+        """
+        job = self.alloc["Job"]
+        strategy = self.group.get("Update") or job.get("Update") or {}
+        mode = strategy.get("HealthCheck") or "checks"
+        if mode == "manual":
+            return
+        loop = asyncio.get_running_loop()
+        min_healthy = int(strategy.get("MinHealthyTime") or 0) / 1e9
+        deadline = loop.time() + int(strategy.get("HealthyDeadline") or 300 * 10**9) / 1e9
+        since: float | None = None
+        while True:
+            states = [t.state for t in self.tasks]
+            if any(st["State"] == "dead" and st["Failed"] for st in states):
+                self.cluster.update_alloc_health(self.alloc["ID"], False)
+                return
+            ok = all(st["State"] == "running" for st in states)
+            if ok and mode == "checks":
+                ok = await self._checks_passing()
+            now = loop.time()
+            if ok:
+                since = now if since is None else since
+                if now - since >= min_healthy:
+                    self.cluster.update_alloc_health(self.alloc["ID"], True)
+                    return
+            else:
+                since = None
+            if now >= deadline:
+                self.cluster.update_alloc_health(self.alloc["ID"], False)
+                return
+            await asyncio.sleep(0.25)
+
+    async def _checks_passing(self) -> bool:
+        consul = self.cluster.consul
+        if consul is None:
+            return True
+        wanted = [cid for owner in self._owners for cid in consul.check_ids(owner)]
+        if not wanted:
+            return True
+        try:
+            statuses = await consul.check_statuses()
+        except (TimeoutError, RuntimeError, OSError) as exc:
+            log.warning("health: consul checks unavailable: %s", exc)
+            return False
+        except Exception as exc:  # aiohttp's client errors
+            log.warning("health: consul checks unavailable: %s", exc)
+            return False
+        return all(statuses.get(cid) == "passing" for cid in wanted)
 
 
 class NodeClient:

@@ -16,6 +16,7 @@ from devstack.nomad.server import NomadServer
 from .agent import AgentAPI
 from .allocs import AllocsAPI
 from .common import Handler, request_token, text_response
+from .deployments import DeploymentsAPI
 from .jobs import JobsAPI
 from .nodes import NodesAPI
 from .services import ServicesAPI
@@ -28,6 +29,7 @@ PUBLIC = {"/v1/status/leader", "/v1/status/peers", "/v1/agent/health", "/v1/regi
 def build_app(server: NomadServer) -> web.Application:
     jobs, allocs, nodes = JobsAPI(server), AllocsAPI(server), NodesAPI(server)
     services, agent = ServicesAPI(server), AgentAPI(server)
+    deployments = DeploymentsAPI(server)
 
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -61,6 +63,8 @@ def build_app(server: NomadServer) -> web.Application:
     r.add_route("*", "/v1/allocation/{tail:.+}", allocs.allocation)
     r.add_route("*", "/v1/evaluations", allocs.evaluations)
     r.add_route("*", "/v1/evaluation/{tail:.+}", allocs.evaluation)
+    r.add_route("*", "/v1/deployments", deployments.deployments)
+    r.add_route("*", "/v1/deployment/{tail:.+}", deployments.deployment)
     r.add_route("*", "/v1/nodes", nodes.nodes)
     r.add_route("*", "/v1/node/{tail:.+}", nodes.node)
     r.add_route("*", "/v1/services", services.services)

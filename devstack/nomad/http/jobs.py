@@ -158,11 +158,35 @@ class JobsAPI(APIBase):
 
     async def job_deployments(self, request: web.Request, job_id: str, ns: str) -> web.Response:
         methods(request, READ)
-        return json_response([], self.state.index)
+        every = bool_param(request, "all")
+
+        def compute() -> tuple[int, Any]:
+            job = self.state.jobs.get((ns, job_id))
+            out = [
+                d
+                for d in self.state.job_deployments((ns, job_id))
+                if every or job is None or d["JobCreateIndex"] == job["CreateIndex"]
+            ]
+            return self.state.table_index["deployment"], out
+
+        return await self.blocking(request, compute)
 
     async def job_deployment(self, request: web.Request, job_id: str, ns: str) -> web.Response:
         methods(request, READ)
-        return json_response(None, self.state.index)
+
+        def compute() -> tuple[int, Any]:
+            job = self.state.jobs.get((ns, job_id))
+            latest = next(
+                (
+                    d
+                    for d in self.state.job_deployments((ns, job_id))
+                    if job is None or d["JobCreateIndex"] == job["CreateIndex"]
+                ),
+                None,
+            )
+            return self.state.table_index["deployment"], latest
+
+        return await self.blocking(request, compute)
 
     async def job_services(self, request: web.Request, job_id: str, ns: str) -> web.Response:
         methods(request, READ)

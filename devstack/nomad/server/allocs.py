@@ -6,6 +6,7 @@ from typing import Any
 
 from devstack.nomad.errors import NomadError
 from devstack.nomad.state import TERMINAL_CLIENT
+from devstack.nomad.structs import rfc3339
 from devstack.nomad.util import now_ns
 
 from .nodes import NodeManager
@@ -40,8 +41,23 @@ class AllocUpdates(NodeManager):
             "ModifyIndex": index,
             "ModifyTime": now,
         }
+        # A failed allocation of a deployment is unhealthy, whatever its checks said.
+        unhealthy = (
+            client_status == "failed"
+            and not was_terminal
+            and bool(a["DeploymentID"])
+            and (a["DeploymentStatus"] or {}).get("Healthy") is None
+        )
+        if unhealthy:
+            a["DeploymentStatus"] = {
+                "Healthy": False,
+                "Timestamp": rfc3339(now),
+                "Canary": False,
+                "ModifyIndex": index,
+            }
         self.state.put_alloc(a, index)
         events = [self._alloc_event("AllocationUpdated", a)]
+        revert = self._count_health(a, False, index, events)[1] if unhealthy else None
         key = (a["Namespace"], a["JobID"])
         job = self.state.jobs.get(key)
         eval_id = ""
@@ -59,6 +75,8 @@ class AllocUpdates(NodeManager):
         self.state.commit(index, events)
         if eval_id:
             self._enqueue(eval_id)
+        if revert is not None:
+            self._roll_back(*revert)
         if client_status in TERMINAL_CLIENT and not was_terminal:
             self._unblock_soon()
             self._maybe_finish_drain(a["NodeID"])

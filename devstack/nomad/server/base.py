@@ -2,8 +2,10 @@
 
 The server is composed in layers, one module per concern, each a class building on the one
 below: this core; :mod:`.plan` (turning placements into allocations and committing a plan);
-:mod:`.evals` (the evaluation worker and Nomad's reconciler); :mod:`.nodes`; :mod:`.allocs`
-(client updates); :mod:`.jobs` (job writes); :mod:`.services` (native service discovery).
+:mod:`.deployments` (deployments and their watcher); :mod:`.evals` (the evaluation worker and
+Nomad's reconciler); :mod:`.nodes`; :mod:`.allocs` (client updates); :mod:`.jobs` (job
+writes); :mod:`.services` (native service discovery); :mod:`.lifecycle` (dispatch, revert,
+stable, scale); :mod:`.dryrun` (plan).
 :class:`devstack.nomad.server.NomadServer` is the whole. Everything runs on the server's event
 loop, so there are no locks. Client nodes are reached only through :class:`ClientHandle`.
 """
@@ -20,7 +22,13 @@ from typing import Any, Protocol
 from devstack.nomad.config import NomadConfig
 from devstack.nomad.events import Event
 from devstack.nomad.scheduler import NodeInfo
-from devstack.nomad.state import TERMINAL_EVAL, JobKey, StateStore, alloc_terminal
+from devstack.nomad.state import (
+    TERMINAL_DEPLOYMENT,
+    TERMINAL_EVAL,
+    JobKey,
+    StateStore,
+    alloc_terminal,
+)
 from devstack.nomad.structs import rfc3339, strip_zero
 from devstack.nomad.util import new_id, now_ns
 
@@ -99,6 +107,17 @@ class ServerCore:
     def _attach_client(self, node_id: str) -> None:
         """A node registered: start the client that runs its allocations (none by default)."""
 
+    def _deployment_for_plan(
+        self,
+        job: dict[str, Any] | None,
+        key: JobKey,
+        placed: list[dict[str, Any]],
+        stops: dict[str, str],
+        index: int,
+        events: list[Event],
+    ) -> None:
+        """A plan is being committed: create or cancel its deployment (see deployments)."""
+
     async def _stopped(self) -> None:
         """Everything is stopped; release what the composition added (Consul sync)."""
 
@@ -112,7 +131,9 @@ class ServerCore:
             or (job["ParameterizedJob"] is not None and not job["Dispatched"])
         ):
             return "dead" if job["Stop"] else "running"
-        if any(not alloc_terminal(a) for a in self.state.job_allocs(key)):
+        if any(not alloc_terminal(a) for a in self.state.job_allocs(key)) or any(
+            d["Status"] not in TERMINAL_DEPLOYMENT for d in self.state.job_deployments(key)
+        ):
             return "running"
         evals = self.state.job_evals(key)
         if any(e["Status"] not in TERMINAL_EVAL for e in evals):

@@ -17,7 +17,7 @@ from devstack.nomad.state import JobKey, alloc_client_terminal
 from devstack.nomad.structs import alloc_index
 from devstack.nomad.util import now_ns
 
-from .plan import Planner
+from .deployments import DeploymentWatcher
 
 log = logging.getLogger("devstack.nomad")
 
@@ -33,7 +33,7 @@ Decision = tuple[
 ]
 
 
-class Reconciler(Planner):
+class Reconciler(DeploymentWatcher):
     # --- evaluation processing --------------------------------------------------------------
 
     async def _eval_worker(self) -> None:
@@ -127,9 +127,16 @@ class Reconciler(Planner):
         for gname, group in groups.items():
             assert job is not None
             current = []
+            # A rolling update replaces at most max_parallel unhealthy-yet allocations.
+            budget = self._update_budget(job, key, gname)
             for a in sorted(live[gname], key=lambda x: (alloc_index(x["Name"]), x["CreateIndex"])):
                 if a["Job"]["JobModifyIndex"] != job["JobModifyIndex"] or a["Job"] is not job:
                     if jobspec.group_destructively_changed(a["Job"], job, gname):
+                        if budget is not None and budget <= 0:
+                            current.append(a)
+                            continue
+                        if budget is not None:
+                            budget -= 1
                         stops[a["ID"]] = "alloc is being updated due to job update"
                         wanted.append((gname, a["Name"], None, 0))
                         continue

@@ -162,16 +162,11 @@ class JobLifecycle(NativeServices):
         self.state.commit(index, [])
         return {"Index": index, "LastContact": 0, "KnownLeader": False, "NextToken": ""}
 
-    def mark_stable(self, key: tuple[str, str], version: int, stable: bool, index: int) -> None:
-        """Set ``Stable`` on one stored version (and the current job if it is that version)."""
-        versions = self.state.versions.get(key, [])
-        self.state.versions[key] = [
-            {**v, "Stable": stable} if v["Version"] == version else v for v in versions
-        ]
-        self.state.touch("job_version", index)
-        job = self.state.jobs.get(key)
-        if job is not None and job["Version"] == version:
-            self.state.put_job({**job, "Stable": stable, "ModifyIndex": index}, index)
+    def _roll_back(self, key: tuple[str, str], version: int) -> None:
+        """``auto_revert``: register the last stable version again."""
+        old = self._version(key[1], key[0], version)
+        if old is not None:
+            self._resubmit({**old, "Stop": False})
 
     # --- scaling ----------------------------------------------------------------------------
 

@@ -135,6 +135,7 @@ class Planner(ServerCore):
                     if result.failed is not None:
                         failed[gname] = result.failed
         events: list[Event] = []
+        self._deployment_for_plan(job, key, placed, stops, index, events)
         updated: list[dict[str, Any]] = []
         for alloc_id, desc in stops.items():
             a = self.state.allocs[alloc_id]

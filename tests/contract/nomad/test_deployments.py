@@ -1,0 +1,190 @@
+"""Deployments of service jobs with an ``update`` block: health, stability, rollback, API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from devstack.nomad import EmbeddedNomad
+from devstack.nomad.testing import requires_embedded_nomad
+
+from .helpers import SECOND, allocs, docker_job, python_task, raw_exec_job, register, wait_for
+
+pytestmark = pytest.mark.contract
+
+
+def _update(**extra: Any) -> dict[str, Any]:
+    return {
+        "MaxParallel": 1,
+        "HealthCheck": "task_states",
+        "MinHealthyTime": SECOND // 2,
+        "HealthyDeadline": 30 * SECOND,
+        "ProgressDeadline": 60 * SECOND,
+        **extra,
+    }
+
+
+def _job(job_id: str, count: int = 2, image: str = "nginx:1.27", **update: Any) -> dict:
+    job = docker_job(job_id, count=count, config={"image": image})
+    job["Update"] = _update(**update)
+    return job
+
+
+def _latest(http: httpx.Client, job_id: str) -> dict[str, Any] | None:
+    resp = http.get(f"/v1/job/{job_id}/deployment")
+    assert resp.status_code == 200, resp.text
+    return resp.json()  # type: ignore[no-any-return]
+
+
+def _settled(http: httpx.Client, job_id: str, version: int) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        d = _latest(http, job_id)
+        if d and d["JobVersion"] == version and d["Status"] in ("successful", "failed"):
+            return d
+        return None
+
+    return wait_for(done, timeout=40)
+
+
+def test_a_healthy_deployment_succeeds_and_marks_the_version_stable(
+    nomad_http: httpx.Client, job_id: str
+) -> None:
+    register(nomad_http, _job(job_id))
+    first = wait_for(lambda: _latest(nomad_http, job_id))
+    assert first["Status"] == "running"
+    assert first["StatusDescription"] == "Deployment is running"
+    assert first["TaskGroups"]["app"]["DesiredTotal"] == 2
+    done = _settled(nomad_http, job_id, 0)
+    assert done["Status"] == "successful"
+    assert done["StatusDescription"] == "Deployment completed successfully"
+    assert done["TaskGroups"]["app"]["HealthyAllocs"] == 2
+    versions = nomad_http.get(f"/v1/job/{job_id}/versions").json()["Versions"]
+    assert versions[0]["Stable"] is True
+    assert nomad_http.get(f"/v1/job/{job_id}").json()["Stable"] is True
+    members = nomad_http.get(f"/v1/deployment/allocations/{done['ID']}").json()
+    assert len(members) == 2
+    for stub in members:
+        full = nomad_http.get(f"/v1/allocation/{stub['ID']}").json()
+        assert full["DeploymentID"] == done["ID"]
+        assert full["DeploymentStatus"]["Healthy"] is True
+    listed = nomad_http.get("/v1/deployments").json()
+    assert done["ID"] in [d["ID"] for d in listed]
+    assert nomad_http.get(f"/v1/deployment/{done['ID']}").json()["JobID"] == job_id
+    assert [d["ID"] for d in nomad_http.get(f"/v1/job/{job_id}/deployments").json()] == [done["ID"]]
+
+
+def test_a_rolling_update_replaces_every_allocation(nomad_http: httpx.Client, job_id: str) -> None:
+    register(nomad_http, _job(job_id, count=3))
+    _settled(nomad_http, job_id, 0)
+    register(nomad_http, _job(job_id, count=3, image="nginx:1.28"))
+    done = _settled(nomad_http, job_id, 1)
+    assert done["Status"] == "successful"
+    live = [a for a in allocs(nomad_http, job_id) if a["DesiredStatus"] == "run"]
+    assert len(live) == 3
+    assert {a["JobVersion"] for a in live} == {1}
+    triggers = {e["TriggeredBy"] for e in nomad_http.get(f"/v1/job/{job_id}/evaluations").json()}
+    assert "deployment-watcher" in triggers
+    assert len(nomad_http.get(f"/v1/job/{job_id}/deployments").json()) == 2
+
+
+def _failing(job_id: str, **update: Any) -> dict[str, Any]:
+    job = raw_exec_job(
+        job_id,
+        [python_task("main", "import sys; sys.exit(1)")],
+        RestartPolicy={"Attempts": 0, "Interval": 60 * SECOND, "Delay": SECOND, "Mode": "fail"},
+        ReschedulePolicy={"Attempts": 0, "Unlimited": False},
+    )
+    job["Update"] = _update(**update)
+    return job
+
+
+def test_a_failed_allocation_fails_the_deployment(nomad_http: httpx.Client, job_id: str) -> None:
+    register(nomad_http, _failing(job_id))
+    done = _settled(nomad_http, job_id, 0)
+    assert done["Status"] == "failed"
+    assert done["StatusDescription"] == "Failed due to unhealthy allocations"
+    assert done["TaskGroups"]["app"]["UnhealthyAllocs"] >= 1
+
+
+def test_auto_revert_rolls_back_to_the_last_stable_version(
+    nomad_http: httpx.Client, job_id: str
+) -> None:
+    good = raw_exec_job(job_id, [python_task("main", "import time; time.sleep(120)")])
+    good["Update"] = _update(AutoRevert=True)
+    register(nomad_http, good)
+    assert _settled(nomad_http, job_id, 0)["Status"] == "successful"
+    register(nomad_http, _failing(job_id, AutoRevert=True))
+    done = _settled(nomad_http, job_id, 1)
+    assert done["Status"] == "failed"
+    assert done["StatusDescription"] == (
+        "Failed due to unhealthy allocations - rolling back to job version 0"
+    )
+    job = wait_for(lambda: (j := nomad_http.get(f"/v1/job/{job_id}").json())["Version"] == 2 and j)
+    assert "sleep" in job["TaskGroups"][0]["Tasks"][0]["Config"]["args"][1]
+
+
+def test_fail_pause_and_promote(nomad_http: httpx.Client, job_id: str) -> None:
+    register(nomad_http, _job(job_id, MinHealthyTime=120 * SECOND, HealthyDeadline=300 * SECOND))
+    d = wait_for(lambda: _latest(nomad_http, job_id))
+    paused = nomad_http.post(f"/v1/deployment/pause/{d['ID']}", json={"Pause": True})
+    assert paused.status_code == 200, paused.text
+    assert nomad_http.get(f"/v1/deployment/{d['ID']}").json()["Status"] == "paused"
+    resumed = nomad_http.post(f"/v1/deployment/pause/{d['ID']}", json={"Pause": False})
+    assert resumed.status_code == 200
+    assert nomad_http.get(f"/v1/deployment/{d['ID']}").json()["StatusDescription"] == (
+        "Deployment is running"
+    )
+    promote = nomad_http.post(f"/v1/deployment/promote/{d['ID']}", json={"All": True})
+    assert promote.status_code == 500
+    failed = nomad_http.post(f"/v1/deployment/fail/{d['ID']}", json={})
+    assert failed.status_code == 200, failed.text
+    after = nomad_http.get(f"/v1/deployment/{d['ID']}").json()
+    assert (after["Status"], after["StatusDescription"]) == (
+        "failed",
+        "Deployment marked as failed",
+    )
+    again = nomad_http.post(f"/v1/deployment/fail/{d['ID']}", json={})
+    assert again.status_code == 500
+    assert again.text == "can't fail terminal deployment"
+
+
+def test_unknown_deployment_is_a_404(nomad_http: httpx.Client) -> None:
+    resp = nomad_http.get("/v1/deployment/00000000-0000-0000-0000-000000000000")
+    assert resp.status_code == 404
+    assert resp.text == "deployment not found"
+
+
+def test_a_job_without_update_has_no_deployment(nomad_http: httpx.Client, job_id: str) -> None:
+    job = docker_job(job_id, Type="batch")
+    register(nomad_http, job)
+    wait_for(lambda: allocs(nomad_http, job_id))
+    assert _latest(nomad_http, job_id) is None
+
+
+@pytest.fixture
+def nomad(nomad_with_consul: EmbeddedNomad) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=nomad_with_consul.url, timeout=10) as client:
+        yield client
+
+
+@requires_embedded_nomad
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("config", "status"), [({}, "successful"), ({"devstack_unhealthy": True}, "failed")]
+)
+def test_check_based_health(nomad: httpx.Client, config: dict[str, Any], status: str) -> None:
+    check = {"Type": "http", "Path": "/health", "Interval": SECOND, "Timeout": SECOND}
+    job = docker_job(
+        "checked",
+        ports=("http",),
+        config=config,
+        services=[{"Name": "checked", "PortLabel": "http", "Checks": [check]}],
+    )
+    job["Update"] = _update(HealthCheck="checks", HealthyDeadline=4 * SECOND)
+    job["TaskGroups"][0]["Count"] = 1
+    register(nomad, job)
+    done = _settled(nomad, "checked", 0)
+    assert done["Status"] == status
