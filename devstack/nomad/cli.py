@@ -35,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--acl-master-token", default=None, help="enable ACLs with this management token"
     )
     parser.add_argument(
+        "--acl-enabled",
+        action="store_true",
+        help="enable ACLs, un-bootstrapped (POST /v1/acl/bootstrap creates the first token)",
+    )
+    parser.add_argument(
         "--docker-start-delay",
         type=float,
         default=0.5,
@@ -63,6 +68,7 @@ def config_from_args(args: argparse.Namespace) -> NomadConfig:
         consul_addr=args.consul_addr,
         consul_token=args.consul_token,
         acl_master_token=args.acl_master_token,
+        acl_enabled=args.acl_enabled,
         docker_start_delay=args.docker_start_delay,
         event_heartbeat=args.event_heartbeat,
     )

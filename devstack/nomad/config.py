@@ -19,7 +19,9 @@ class NomadConfig:
     node_meta: dict[str, str] = field(default_factory=dict)
     consul_addr: str | None = None
     consul_token: str | None = None
+    # ACLs on: un-bootstrapped (acl_enabled), or bootstrapped with this management secret.
     acl_master_token: str | None = None
+    acl_enabled: bool = False
     # Simulated docker tasks start this long after the client receives them.
     docker_start_delay: float = 0.5
     event_heartbeat: float = 10.0

@@ -26,6 +26,8 @@ TABLES = (
     "nodes",
     "services",
     "deployment",
+    "acl_token",
+    "acl_policy",
 )
 TERMINAL_DEPLOYMENT = frozenset({"successful", "failed", "cancelled"})
 

@@ -58,7 +58,7 @@ class AgentAPI(APIBase):
                         "VersionPrerelease": "",
                         "VersionMetadata": "",
                     },
-                    "ACL": {"Enabled": cfg.acl_master_token is not None},
+                    "ACL": {"Enabled": self.cluster.acl_enabled},
                     "Server": {"Enabled": True, "BootstrapExpect": 1},
                     "Client": {"Enabled": True},
                     "Consul": {"Address": cfg.consul_addr or ""},
@@ -96,28 +96,6 @@ class AgentAPI(APIBase):
     async def regions(self, request: web.Request) -> web.Response:
         methods(request, READ)
         return json_response([self.cluster.config.region])
-
-    async def acl_token_self(self, request: web.Request) -> web.Response:
-        methods(request, READ)
-        token = self.cluster.config.acl_master_token
-        if token is None:
-            raise NomadError(400, "ACL support disabled")
-        return json_response(
-            {
-                "AccessorID": "00000000-0000-0000-0000-000000000001",
-                "SecretID": token,
-                "Name": "Bootstrap Token",
-                "Type": "management",
-                "Policies": None,
-                "Roles": None,
-                "Global": True,
-                "CreateTime": "2024-01-01T00:00:00Z",
-                "ExpirationTime": None,
-                "CreateIndex": 1,
-                "ModifyIndex": 1,
-            },
-            1,
-        )
 
     async def admin_nodes(self, request: web.Request) -> web.Response:
         methods(request, WRITE)

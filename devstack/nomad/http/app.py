@@ -13,33 +13,45 @@ from aiohttp import web
 from devstack.nomad.errors import NomadError
 from devstack.nomad.server import NomadServer
 
+from .acl import ACLAPI
 from .agent import AgentAPI
 from .allocs import AllocsAPI
-from .common import Handler, request_token, text_response
+from .authz import ADMIN_DENIED, requirement
+from .common import CALLER, Handler, request_token, text_response
 from .deployments import DeploymentsAPI
 from .jobs import JobsAPI
 from .nodes import NodesAPI
 from .services import ServicesAPI
 
 SERVER_KEY: web.AppKey[NomadServer] = web.AppKey("nomad_server", NomadServer)
-# Paths readable without a token even when ACLs are enabled.
-PUBLIC = {"/v1/status/leader", "/v1/status/peers", "/v1/agent/health", "/v1/regions"}
+
+
+def _authorize(server: NomadServer, request: web.Request) -> None:
+    """Resolve the caller's token and check the endpoint's capability (403 otherwise)."""
+    check = requirement(request)
+    if check is None and not request.path.startswith("/v1/acl/"):
+        return
+    token, acl = server.resolve_token(request_token(request))
+    CALLER.set((token, acl))
+    if check is not None and not check(acl, request.query.get("namespace") or "default"):
+        if request.path.startswith("/v1/devstack/"):
+            raise NomadError(403, ADMIN_DENIED)
+        raise NomadError(403, "Permission denied")
 
 
 def build_app(server: NomadServer) -> web.Application:
     jobs, allocs, nodes = JobsAPI(server), AllocsAPI(server), NodesAPI(server)
     services, agent = ServicesAPI(server), AgentAPI(server)
-    deployments = DeploymentsAPI(server)
+    deployments, acl = DeploymentsAPI(server), ACLAPI(server)
 
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-        token = server.config.acl_master_token
-        if token is not None and request.path not in PUBLIC and request_token(request) != token:
-            return text_response(403, "Permission denied")
         region = request.query.get("region")
         if region and region != server.config.region:
             return text_response(500, "No path to region")
         try:
+            if server.acl_enabled:
+                _authorize(server, request)
             return await handler(request)
         except NomadError as exc:
             if exc.status == 404 and not exc.message:
@@ -76,7 +88,13 @@ def build_app(server: NomadServer) -> web.Application:
     r.add_route("*", "/v1/status/leader", agent.status_leader)
     r.add_route("*", "/v1/status/peers", agent.status_peers)
     r.add_route("*", "/v1/regions", agent.regions)
-    r.add_route("*", "/v1/acl/token/self", agent.acl_token_self)
+    r.add_route("*", "/v1/acl/bootstrap", acl.bootstrap)
+    r.add_route("*", "/v1/acl/token/self", acl.token_self)
+    r.add_route("*", "/v1/acl/tokens", acl.tokens)
+    r.add_route("*", "/v1/acl/token", acl.create_token)
+    r.add_route("*", "/v1/acl/token/{accessor}", acl.token)
+    r.add_route("*", "/v1/acl/policies", acl.policies)
+    r.add_route("*", "/v1/acl/policy/{name}", acl.policy)
     r.add_route("*", "/v1/devstack/nodes", agent.admin_nodes)
     r.add_route("*", "/v1/devstack/node/{id}/status", agent.admin_node_status)
     r.add_route("*", "/{tail:.*}", agent.not_found)

@@ -9,6 +9,7 @@ Conventions copied from ``command/agent/http.go``: writes accept PUT or POST, an
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import random
 import re
@@ -17,10 +18,16 @@ from typing import Any
 
 from aiohttp import web
 
+from devstack.nomad.aclpolicy import ACL
 from devstack.nomad.errors import NomadError
 from devstack.nomad.server import NomadServer
 from devstack.nomad.util import MINUTE, SECOND, parse_go_duration
 
+# The caller's token (None: anonymous) and ACL, set per request when ACLs are enabled; the
+# handler runs in the middleware's task, so a context variable carries it.
+CALLER: contextvars.ContextVar[tuple[dict[str, Any] | None, ACL]] = contextvars.ContextVar(
+    "nomad_caller"
+)
 READ = ("GET",)
 WRITE = ("PUT", "POST")
 MAX_WAIT = 10 * MINUTE

@@ -8,11 +8,11 @@ simulated clients (:mod:`devstack.nomad.client`) and the server do not import ea
 
 from __future__ import annotations
 
+from .acl import ACLStore
 from .base import ClientHandle
-from .dryrun import JobPlans
 
 
-class NomadServer(JobPlans):
+class NomadServer(ACLStore):
     """One region's Nomad server (the client nodes are attached by the cluster)."""
 
 
