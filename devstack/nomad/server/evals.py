@@ -20,6 +20,7 @@ from devstack.nomad.util import now_ns
 from .deployments import DeploymentWatcher
 
 log = logging.getLogger("devstack.nomad")
+RESCHEDULE_SLACK = 50_000_000  # ns
 
 Wanted = list[tuple[str, str, dict[str, Any] | None, int]]  # group, name, previous, delay
 # (stops: alloc id -> reason, in-place updates, placements wanted, delayed follow-ups,
@@ -67,7 +68,9 @@ class Reconciler(DeploymentWatcher):
         if policy["MaxDelay"]:
             delay = min(delay, policy["MaxDelay"])
         when = a["ModifyTime"] + delay
-        return ("now" if now >= when else "later"), when, delay
+        # The follow-up timer runs on the monotonic clock, ``when`` on the wall clock: a timer
+        # firing a hair early must not leave the allocation waiting for a follow-up forever.
+        return ("now" if now + RESCHEDULE_SLACK >= when else "later"), when, delay
 
     def process_eval(self, eval_id: str) -> None:
         ev = self.state.evals.get(eval_id)
@@ -78,6 +81,10 @@ class Reconciler(DeploymentWatcher):
         now = now_ns()
         stops, inplace, wanted, followups, held = self._reconcile(job, key, now)
         self._apply_plan(ev, job, key, stops, inplace, wanted, followups, held, now)
+
+    def _followup_pending(self, a: dict[str, Any]) -> bool:
+        follow = self.state.evals.get(a["FollowupEvalID"]) if a["FollowupEvalID"] else None
+        return follow is not None and follow["Status"] == "pending"
 
     def _reconcile(self, job: dict[str, Any] | None, key: JobKey, now: int) -> Decision:
         """What an evaluation of ``job`` (the stored one, or a plan's) would change; pure."""
@@ -114,7 +121,7 @@ class Reconciler(DeploymentWatcher):
                 decision, when, delay = self._reschedule_decision(a, now)
                 if decision == "now":
                     wanted.append((gname, a["Name"], a, delay))
-                elif decision == "later" and not a["FollowupEvalID"]:
+                elif decision == "later" and not self._followup_pending(a):
                     followups.append((a, when))
                 held[gname].add(a["Name"] if not is_system else a["NodeID"])
                 continue
