@@ -48,6 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from controllers.api.ids import JOB_PREFIX, job_id
+from controllers.api.requests import UserRequest
+from controllers.settings import Settings
 from reconciler.clients.errors import ConfigError
 
 OWNER_META = "manticore_owner"
@@ -320,3 +322,50 @@ def _resources(job: Mapping[str, Any]) -> UserResources:
     if cpu <= 0 or memory <= 0:
         raise TemplateError("task resources must be positive")
     return UserResources(cpu=cpu, memory_mb=memory, disk_mb=disk)
+
+
+class NotOffered(ValueError):
+    """A request asks for a version or type the configuration does not offer."""
+
+
+def values_for(user: str, request: UserRequest, settings: Settings) -> TemplateValues:
+    """A user's placeholder values: the request's choices, else the configured defaults.
+
+    A choice outside the offered lists
+    (``MANTICORE_CORE_VERSIONS``...) raises :class:`NotOffered`: a request picks from the
+    images the operator publishes, never an arbitrary tag.
+    """
+    jobs = settings.jobs
+    core = request.core
+    hmi = request.hmi
+    chosen = {
+        "core_version": (core.version if core else None) or jobs.core_version,
+        "core_build": (core.build if core else None) or jobs.core_build,
+        "hmi_type": (hmi.type if hmi else None) or jobs.hmi_type,
+        "hmi_version": (hmi.version if hmi else None) or jobs.hmi_version,
+    }
+    offered = {
+        "core_version": ("core.version", "MANTICORE_CORE_VERSIONS", jobs.core_versions),
+        "core_build": ("core.build", "MANTICORE_CORE_BUILDS", jobs.core_builds),
+        "hmi_type": ("hmi.type", "MANTICORE_HMI_TYPES", jobs.hmi_types),
+        "hmi_version": ("hmi.version", "MANTICORE_HMI_VERSIONS", jobs.hmi_versions),
+    }
+    defaults = {
+        "core_version": jobs.core_version,
+        "core_build": jobs.core_build,
+        "hmi_type": jobs.hmi_type,
+        "hmi_version": jobs.hmi_version,
+    }
+    for name, value in chosen.items():
+        field_name, variable, allowed = offered[name]
+        if value != defaults[name] and value not in allowed:
+            raise NotOffered(
+                f"{field_name} {value!r} is not offered ({variable}: {', '.join(allowed)})"
+            )
+    return TemplateValues(
+        user=user,
+        domain=settings.haproxy.domain_name,
+        datacenters=tuple(jobs.datacenters),
+        variables=jobs.variables,
+        **chosen,
+    )

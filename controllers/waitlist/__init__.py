@@ -51,7 +51,7 @@ from controllers.api.waiting import (
     transactions,
 )
 from controllers.settings import Settings
-from controllers.templates import JobTemplate
+from controllers.templates import JobTemplate, NotOffered, values_for
 from controllers.waitlist.capacity import (
     AllocInfo,
     NodeInfo,
@@ -64,8 +64,10 @@ from reconciler import watches
 from reconciler.clients.consul import KVEntry, KVOp
 from reconciler.clients.nomad import Allocation, Node
 from reconciler.controller import Context, Controller, Dependencies, constant_key
+from reconciler.kv import decode
 from reconciler.logging import get_logger
-from reconciler.result import Result, TemporaryError
+from reconciler.metrics import INVALID_INPUT
+from reconciler.result import InvalidValue, Result, TemporaryError
 
 log = get_logger("controllers.waitlist")
 
@@ -136,6 +138,7 @@ for _outcome in ("committed", "conflict"):
 class Config:
     """What a waitlist pass needs from the settings, checked once at start."""
 
+    settings: Settings
     template: JobTemplate
     placement: Placement
     max_users: int | None
@@ -145,6 +148,7 @@ class Config:
     def of(cls, settings: Settings) -> Config:
         template = JobTemplate.load(settings.jobs.template, variables=settings.jobs.variables)
         return cls(
+            settings=settings,
             template=template,
             placement=Placement.of(template, settings.jobs.datacenters),
             max_users=settings.capacity.max_users,
@@ -292,16 +296,7 @@ class Waitlist:
             present.add(user)
             got = memo.get(user)
             if got is None or got[0] != entry.modify_index:
-                problem: str | None = None
-                if len(user) > max_len:
-                    problem = (
-                        f"user id is {len(user)} characters; the job template's service names "
-                        f"allow at most {max_len}"
-                    )
-                    ctx.log.warning("skipping request", user=user, error=problem)
-                elif ctx.parse(UserRequest, entry, key=key, report_as=user) is None:
-                    problem = "invalid request (see the log)"
-                got = (entry.modify_index, problem)
+                got = (entry.modify_index, self._check(ctx, user, entry, max_len))
                 memo[user] = got
             elif got[1] is not None:
                 # Still invalid: say so again (status entries not repeated are cleared).
@@ -311,6 +306,31 @@ class Waitlist:
         for gone in [u for u in memo if u not in present]:
             del memo[gone]
         return valid, frozenset(present)
+
+    def _check(self, ctx: Context, user: str, entry: KVEntry, max_len: int) -> str | None:
+        """Why this request cannot be served (reported), or None when it is fine."""
+        try:
+            request = decode(UserRequest, entry.value, key=entry.key)
+        except InvalidValue as exc:
+            # ctx.parse does the reporting (log, metric, status) for a bad value.
+            ctx.parse(UserRequest, entry, key=entry.key, report_as=user)
+            return str(exc)
+        problem: str | None = None
+        if len(user) > max_len:
+            problem = (
+                f"user id is {len(user)} characters; the job template's service names allow "
+                f"at most {max_len}"
+            )
+        else:
+            try:
+                values_for(user, request, self.config.settings)
+            except NotOffered as exc:
+                problem = str(exc)
+        if problem is not None:
+            INVALID_INPUT.labels(controller=NAME, kind="unservable").inc()
+            ctx.log.warning("skipping request", user=user, error=problem)
+            ctx.status.set("Invalid", problem, key=user, observed_index=entry.modify_index)
+        return problem
 
     def _capacity(self, ctx: Context) -> tuple[int, frozenset[str]]:
         """(users that fit in free resources now, users whose job holds resources)."""

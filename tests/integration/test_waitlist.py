@@ -242,9 +242,11 @@ async def test_a_full_list_refuses_newcomers_loudly_and_loses_none(
         assert json.loads(refused.value or b"{}")["phase"] == "Refused"
         # room frees: the refused users join, in the order they asked
         await delete_many(consul, [f"{REQUESTS_PREFIX}{u}" for u in users[:10]])
-        await eventually(lambda: count(40), timeout=20)
-        state = await listed(consul)
-        assert list(state) == users[10:]
+
+        async def rest_listed() -> bool:
+            return list(await listed(consul)) == users[10:]
+
+        await eventually(rest_listed, timeout=20)
         await eventually(lambda: sample(manager, "manticore_waiting_list_refused_users") == 0)
 
 
