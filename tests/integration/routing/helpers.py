@@ -28,8 +28,9 @@ class Services:
     """Registers a user's services in a Consul agent the way Nomad does, with TTL checks whose
     status the test sets."""
 
-    def __init__(self, consul_url: str) -> None:
-        self.http = httpx.Client(base_url=consul_url, timeout=10)
+    def __init__(self, consul_url: str, token: str | None = None) -> None:
+        headers = {"X-Consul-Token": token} if token else {}
+        self.http = httpx.Client(base_url=consul_url, timeout=10, headers=headers)
 
     def close(self) -> None:
         self.http.close()
