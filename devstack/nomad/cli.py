@@ -77,6 +77,8 @@ def config_from_args(args: argparse.Namespace) -> NomadConfig:
 def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
+        if args.port:
+            config.advertise_http = f"127.0.0.1:{args.port}"
     except ValueError as exc:
         print(f"devstack nomad: {exc}")
         return 2

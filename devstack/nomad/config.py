@@ -19,6 +19,8 @@ class NomadConfig:
     node_meta: dict[str, str] = field(default_factory=dict)
     consul_addr: str | None = None
     consul_token: str | None = None
+    # host:port clients reach the HTTP API on (when known before binding, as the CLI's --port).
+    advertise_http: str | None = None
     # ACLs on: un-bootstrapped (acl_enabled), or bootstrapped with this management secret.
     acl_master_token: str | None = None
     acl_enabled: bool = False

@@ -43,7 +43,7 @@ class EmbeddedNomad:
 
     def start(self) -> EmbeddedNomad:
         self._thread.start()
-        self.call(lambda: setattr(self.cluster, "http_addr", self.address))
+        self.call(lambda: self.cluster.advertise(self.address))
         return self
 
     def stop(self) -> None:

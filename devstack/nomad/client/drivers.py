@@ -26,6 +26,8 @@ task ``Config``                                 effect
 ``devstack_http_status: 503``                   answer this HTTP status instead of 200
 ``devstack_listen_delay: "5s"``                 running, but ports open only this long after
                                                 the start (an application slow to come up)
+``devstack_stop_delay: "2s"``                   a stop takes this long (bounded by the kill
+                                                timeout), as a container slow to shut down
 ==============================================  ==============================================
 
 A node's meta ``devstack_unhealthy`` (``"true"`` or ``"refuse"``) applies the same to every
@@ -137,7 +139,8 @@ def _http_response(status: int) -> bytes:
 
 
 class _SimulatedContainer:
-    def __init__(self, exit_after: float | None, exit_code: int) -> None:
+    def __init__(self, exit_after: float | None, exit_code: int, stop_delay: float = 0) -> None:
+        self._stop_delay = stop_delay
         self._killed = asyncio.Event()
         self._exit_after = exit_after
         self._exit_code = exit_code
@@ -200,6 +203,8 @@ class _SimulatedContainer:
             self.close()
 
     async def kill(self, sig: str, timeout: float) -> None:
+        if self._stop_delay > 0:
+            await asyncio.sleep(min(self._stop_delay, timeout))
         self.close()
         self._killed.set()
 
@@ -239,6 +244,7 @@ class DockerDriver:
         container = _SimulatedContainer(
             None if exit_after is None else _seconds(exit_after, 0.0),
             int(code) if isinstance(code, (int, str)) and str(code).lstrip("-").isdigit() else 0,
+            _seconds(cfg.get("devstack_stop_delay"), 0.0),
         )
         status, serve = _health(cfg, ctx.node_meta)
         if serve and ctx.ports:

@@ -25,13 +25,13 @@ class AgentAPI(APIBase):
         return {
             "Name": f"devstack.{cfg.region}",
             "Addr": "127.0.0.1",
-            "Port": 4648,
+            "Port": self.cluster.serf_port,
             "Tags": {
                 "role": "nomad",
                 "region": cfg.region,
                 "dc": cfg.datacenter,
                 "build": NOMAD_VERSION,
-                "port": "4647",
+                "port": str(self.cluster.rpc_port),
                 "bootstrap": "1",
             },
             "Status": "alive",
@@ -83,7 +83,43 @@ class AgentAPI(APIBase):
     async def agent_health(self, request: web.Request) -> web.Response:
         methods(request, READ)
         ok = {"ok": True, "message": "ok"}
-        return json_response({"client": ok, "server": ok})
+        kind = request.query.get("type", "")
+        if kind not in ("", "client", "server"):
+            raise NomadError(400, f'unknown type "{kind}"')
+        body = {k: ok for k in ("client", "server") if kind in ("", k)}
+        return json_response(body)
+
+    async def agent_servers(self, request: web.Request) -> web.Response:
+        """The client's server list: GET reads it, PUT/POST replaces it (``?address=``)."""
+        methods(request, READ + WRITE)
+        if request.method in WRITE:
+            addresses = request.query.getall("address", [])
+            if not addresses:
+                raise NomadError(400, "missing server address")
+            self.servers = list(addresses)
+            return json_response(None)
+        return json_response(getattr(self, "servers", None) or [self.cluster.leader])
+
+    async def agent_join(self, request: web.Request) -> web.Response:
+        methods(request, WRITE)
+        addresses = request.query.getall("address", [])
+        if not addresses:
+            raise NomadError(400, "missing address to join")
+        own = {f"127.0.0.1:{self.cluster.serf_port}", "127.0.0.1"}
+        failed = [a for a in addresses if a not in own]
+        error = ""
+        if failed:
+            # One server, alone on loopback: every other address is unreachable.
+            error = "\n".join(
+                f"Failed to join {a}: dial tcp {a}: connect: connection refused" for a in failed
+            )
+        return json_response({"error": error, "num_joined": len(addresses) - len(failed)})
+
+    async def agent_force_leave(self, request: web.Request) -> web.Response:
+        methods(request, WRITE)
+        if not request.query.get("node"):
+            raise NomadError(400, "missing node to force leave")
+        return json_response(None)
 
     async def status_leader(self, request: web.Request) -> web.Response:
         methods(request, READ)

@@ -50,6 +50,10 @@ class NodesAPI(APIBase):
             methods(request, WRITE)
             reply = self.cluster.set_eligibility(node_id, await read_body(request))
             return json_response(reply, reply["Index"])
+        if action == "evaluate":
+            methods(request, WRITE)
+            reply = self.cluster.evaluate_node(node_id)
+            return json_response(reply, reply["Index"])
         if action == "allocations":
             methods(request, READ)
             self.cluster.node(node_id)

@@ -54,6 +54,8 @@ class ServerCore:
         self.rng = random.Random(self.config.seed)
         self.leader = "127.0.0.1:4647"
         self.http_addr = "127.0.0.1:4646"
+        self.rpc_port = 4647
+        self.serf_port = 4648
         self.clients: dict[str, ClientHandle] = {}
         # job -> group -> scaling events, newest first (``/v1/job/<id>/scale``)
         self.scaling_events: dict[JobKey, dict[str, list[dict[str, Any]]]] = {}

@@ -137,6 +137,7 @@ class NodeManager(Reconciler):
             "NodeClass": node_class,
             "NodePool": node_pool,
             "ComputedClass": "v1:" + str(abs(hash((node_class, node_pool))) % 10**18),
+            "Drain": False,
             "DrainStrategy": None,
             "SchedulingEligibility": "eligible",
             "Status": "ready",
@@ -303,6 +304,7 @@ class NodeManager(Reconciler):
                 last = {**last, "Status": "canceled", "UpdatedAt": rfc3339(now)}
             node = {
                 **node,
+                "Drain": False,
                 "DrainStrategy": None,
                 "LastDrain": last,
                 "SchedulingEligibility": "eligible"
@@ -316,6 +318,7 @@ class NodeManager(Reconciler):
             deadline = int(spec.get("Deadline") or 0)
             node = {
                 **node,
+                "Drain": True,
                 "DrainStrategy": {
                     "DrainSpec": {
                         "Deadline": deadline,
@@ -384,6 +387,47 @@ class NodeManager(Reconciler):
         index = self.state.begin()
         now = now_ns()
         last = {**(node["LastDrain"] or {}), "Status": "complete", "UpdatedAt": rfc3339(now)}
-        node = {**node, "DrainStrategy": None, "LastDrain": last, "ModifyIndex": index}
+        node = {
+            **node,
+            "Drain": False,
+            "DrainStrategy": None,
+            "LastDrain": last,
+            "ModifyIndex": index,
+        }
         self.state.put_node(node, index)
         self.state.commit(index, [self._node_event("NodeDrain", node)])
+
+    def evaluate_node(self, node_id: str) -> dict[str, Any]:
+        """``POST /v1/node/<id>/evaluate``: re-evaluate every job with work on the node."""
+        self.node(node_id)
+        keys: dict[JobKey, None] = {}
+        for a in self.state.node_allocs(node_id):
+            if not alloc_terminal(a):
+                keys[(a["Namespace"], a["JobID"])] = None
+        for key, job in self.state.jobs.items():
+            if job["Type"] in ("system", "sysbatch") and not job["Stop"]:
+                keys[key] = None
+        index = self.state.begin()
+        events: list[Event] = []
+        eval_ids = []
+        for key in keys:
+            target = self.state.jobs.get(key)
+            if target is None:
+                continue
+            ev = self._new_eval(target, index, "node-update", node_id=node_id)
+            ev["NodeModifyIndex"] = self.state.nodes[node_id]["ModifyIndex"]
+            self.state.put_eval(ev, index)
+            events.append(self._eval_event("EvaluationUpdated", ev))
+            eval_ids.append(ev["ID"])
+        self.state.commit(index, events)
+        for eval_id in eval_ids:
+            self._enqueue(eval_id)
+        return {
+            "EvalIDs": eval_ids or None,
+            "EvalCreateIndex": index if eval_ids else 0,
+            "NodeModifyIndex": self.state.nodes[node_id]["ModifyIndex"],
+            "Index": index,
+            "LastContact": 0,
+            "KnownLeader": False,
+            "NextToken": "",
+        }
