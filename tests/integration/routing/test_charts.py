@@ -116,7 +116,9 @@ def test_each_job_is_accepted_and_placed_on_two_hosts(nomad_with_consul: Any, na
     # Consul services need nodes with Consul: Nomad adds that constraint itself.
     job = parsed(nomad_with_consul, name)
     reply = httpx.post(
-        f"{nomad_with_consul.url}/v1/job/{job['ID']}/plan", json={"Job": job, "Diff": False}, timeout=10
+        f"{nomad_with_consul.url}/v1/job/{job['ID']}/plan",
+        json={"Job": job, "Diff": False},
+        timeout=10,
     )
     assert reply.status_code == 200, reply.text
     plan = reply.json()

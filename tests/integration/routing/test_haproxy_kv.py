@@ -248,3 +248,63 @@ async def _all_tcp(consul: ConsulClient, users: list[str]) -> bool:
         if routes is None or len(routes["tcp"]) != 1:
             return False
     return True
+
+
+class StaleView:
+    """What a reconcile sees, with a routes cache that has not caught up with Consul.
+
+    Everything else is real: the KV store writes through the framework's fenced writer (without
+    an elector) to the embedded Consul, so Consul alone decides which claim wins.
+    """
+
+    def __init__(self, consul: ConsulClient, caches: dict[str, dict[str, Any]]) -> None:
+        from reconciler.kv import KVStore
+        from reconciler.leader import FencedKV
+        from reconciler.logging import get_logger
+
+        self.kv = KVStore(consul, FencedKV(consul, "haproxy-kv-test"))
+        self.caches = caches
+        self.log = get_logger("tests.haproxy-kv")
+
+    def cache(self, name: str) -> dict[str, Any]:
+        return self.caches.get(name, {})
+
+    def parse(self, model: Any, entry: Any, **_: Any) -> Any:
+        from reconciler.kv import decode
+
+        return decode(model, entry.value, key=entry.key)
+
+
+async def test_a_claim_the_cache_has_not_seen_is_refused_by_consul_not_duplicated(
+    consul_server,
+) -> None:
+    """The port looks free to this replica (its cache lags), but another user holds it."""
+    from controllers.api.allocations import UserAllocation
+    from reconciler.clients.config import ClientsConfig
+
+    clients = ClientsConfig.from_env({"CONSUL_HTTP_ADDR": consul_server.address})
+    async with ConsulClient(clients.consul) as consul:
+        await consul.kv_put(f"{ROUTES_TCP_PREFIX}20000", b"ghost")
+        conflicts = metric("manticore_route_reservation_conflicts_total")
+        state = haproxy_kv.HAProxyKV(config(20000, 20001))
+        view = StaleView(consul, {haproxy_kv.ROUTES_WATCH: {}})  # sees no claim at all
+        alloc = UserAllocation.model_validate_json(allocation("ada"))
+        plan = await state.reserve(view, "ada", alloc)  # type: ignore[arg-type]
+        assert plan is not None
+        # Whatever it picked first, ada ends on the one port nobody holds.
+        assert plan.reservation.tcp_ports == {"core": 20001}
+        _, ghost = await consul.kv_get(f"{ROUTES_TCP_PREFIX}20000")
+        assert ghost is not None
+        assert ghost.text == "ghost"
+        _, mine = await consul.kv_get(f"{ROUTES_TCP_PREFIX}20001")
+        assert mine is not None
+        assert mine.text == "ada"
+
+        # Range full as far as Consul knows, still free as far as the stale cache knows.
+        bob = await state.reserve(view, "bob", alloc)  # type: ignore[arg-type]
+        assert bob is not None
+        assert bob.exhausted == ("core",)
+        assert bob.reservation.tcp_ports == {}
+        assert metric("manticore_route_reservation_conflicts_total") >= conflicts + 1
+        reservation = await read_json(consul, f"{ROUTES_DATA_PREFIX}bob")
+        assert reservation["tcp_ports"] == {}
