@@ -206,3 +206,47 @@ async def test_users_come_and_go_without_a_reload_and_open_sessions_stay_up(
         assert hammer.ok > 10
         assert router_.applied is not None
         assert await anyio.to_thread.run_sync(router_.applier.verify, router_.applied) == []
+
+
+async def test_hostile_values_are_reported_never_used_and_cost_nobody_else(
+    router, haproxy_settings
+) -> None:
+    router_, consul = router
+    settings: HAProxySettings = haproxy_settings
+    ports = settings.tcp_port_range
+
+    def invalid(kind: str) -> float:
+        return metric("reconciler_invalid_input_total", controller="haproxy", kind=kind)
+
+    before = {k: invalid(k) for k in ("schema", "malformed-json", "conflict", "domain", "key")}
+    with containers("webapp", "alice", "bob") as c:
+        await put_basics(consul, settings, c["webapp"].hmi)
+        await consul.kv_put("haproxy/data/alice", user_routes(c["alice"], ports[0]))
+        await until("hmi alice", first_line, settings, host("alice"), timeout=20)
+        injection = (
+            b'{"http": [{"subdomain": "evilevilevilevil\\n    bind *:1", '
+            b'"address": "127.0.0.1:1", "role": "hmi"}], "tcp": []}'
+        )
+        await consul.kv_put("haproxy/data/mallory", injection)
+        await consul.kv_put("haproxy/data/broken", b"{not json")
+        # Bob claims Alice's subdomain and port: Alice keeps them, Bob's routes are refused.
+        stolen = user_routes(c["alice"], ports[0]).replace(
+            c["alice"].hmi.encode(), c["bob"].hmi.encode()
+        )
+        stolen = stolen.replace(c["alice"].core.encode(), c["bob"].core.encode())
+        await consul.kv_put("haproxy/data/bob", stolen)
+        await consul.kv_put("haproxy/domainName", b"manticore.test\n    bind *:2")
+        await consul.kv_put("haproxy/data/a.b", b"{}")
+        await eventually(lambda: invalid("conflict") > before["conflict"], timeout=10)
+        await eventually(lambda: invalid("schema") > before["schema"], timeout=10)
+        assert invalid("malformed-json") > before["malformed-json"]
+        assert invalid("domain") > before["domain"]
+        await eventually(lambda: invalid("key") > before["key"], timeout=10)
+        assert await first_line(settings, host("alice")) == "hmi alice"
+        assert await core_of(ports[0]) == "core alice"
+        config = await anyio.Path(settings.config_dir / "haproxy.cfg").read_text()
+        assert "evil" not in config
+        assert "bind *" not in config
+        assert metric("manticore_haproxy_config_valid") == 1
+        assert router_.applied is not None
+        assert router_.applied.routing.users() == {"alice"}
