@@ -59,6 +59,10 @@ schemas: $(STAMP) ## Regenerate crds-equivalent-schemas/ from the pydantic KV mo
 schemas-check: $(STAMP) ## Fail when crds-equivalent-schemas/ is stale
 	$(BIN)/python -m reconciler.schemas crds-equivalent-schemas --check --module controllers.api
 
+.PHONY: settings-table
+settings-table: $(STAMP) ## Regenerate the README's table of Manticore settings
+	$(BIN)/python -m controllers.settings README.md
+
 .PHONY: test
 test: install lint typecheck schemas-check contract-external ## Install, check, run every test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
