@@ -466,9 +466,7 @@ def build(settings: Settings | None = None, **options: Any) -> Controller:
             watches.kv(WAITING_KEY, recurse=True, to_keys=everything, name=PAGES_WATCH),
             watches.nomad("nodes", to_keys=everything, name=NODES_WATCH),
             # Every namespace: other teams' allocations use the same nodes.
-            watches.nomad(
-                "allocations", to_keys=everything, name=ALLOCATIONS_WATCH, namespace="*"
-            ),
+            watches.nomad("allocations", to_keys=everything, name=ALLOCATIONS_WATCH, namespace="*"),
         ],
         writes=[f"{WAITING_KEY} (+ {WAITING_KEY}-<n> pages)"],
         models={"manticore-request": UserRequest, "manticore-waiting-list": WaitingPage},
