@@ -187,8 +187,12 @@ class DevStack:
         if "elb" in self._plans:
             env.update(elb_module.aws_env(self._plans["elb"].url, self.region))
             env["DEVSTACK_ELB_NAME"] = self.load_balancer
+            # Manticore's own names, so `reconciler run elb` finds this stack's load balancer.
+            env["ELB_MANTICORE_NAME"] = self.load_balancer
         if "haproxy" in self._plans:
             plan = self._plans["haproxy"]
+            # HAProxy's main port in this stack (the ELB's HTTP listener forwards to it).
+            env["HAPROXY_HTTP_LISTEN"] = str(self.ports.haproxy)
             env["DEVSTACK_HAPROXY_URL"] = plan.url
             env["DEVSTACK_HAPROXY_STATS_URL"] = plan.extra["stats_url"]
             env["DEVSTACK_HAPROXY_CONFIG_DIR"] = str(self.haproxy_config_dir)
