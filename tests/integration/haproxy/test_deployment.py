@@ -1,0 +1,131 @@
+"""The haproxy controller's deployment material: a system job, a read-only policy, alerts.
+
+The job is parsed by the embedded Nomad (HCL2, Nomad's jobspec rules). The policy is loaded
+into an ACL-enforcing embedded Consul and the controller really runs with nothing but it: it
+routes users, and the token can write nothing at all. The alert rules only use series the
+controller exports.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+import yaml
+from prometheus_client import REGISTRY
+
+from controllers.haproxy import metrics
+from controllers.haproxy.controller import HAProxyRouter
+from controllers.settings import HAProxySettings, env_table
+from devstack.consul import ConsulServer
+from reconciler.clients.config import ClientsConfig
+from reconciler.clients.consul import ConsulClient
+from reconciler.clients.errors import PermissionDenied
+from reconciler.manager import Manager, ManagerOptions
+from tests.integration.helpers import eventually
+from tests.integration.routing.test_charts import FRAMEWORK_ENV, parsed
+
+from .backends import containers
+from .conftest import DOMAIN, host, user_routes
+from .test_routing import first_line, until
+
+pytestmark = [pytest.mark.integration]
+
+ROOT = Path(__file__).resolve().parents[3]
+MASTER = "root-token-for-tests"
+
+
+def test_the_job_is_a_system_job_beside_haproxy_reading_only_known_settings(
+    nomad_server: Any,
+) -> None:
+    job = parsed(nomad_server, "haproxy")
+    assert (job["ID"], job["Type"]) == ("manticore-haproxy", "system")
+    assert job["Constraints"][0]["LTarget"] == "${meta.haproxy}"
+    (group,) = job["TaskGroups"]
+    checks = {s["Name"]: s["Checks"][0] for s in group["Services"]}
+    assert checks["reconciler"]["Path"] == "/readyz"
+    assert checks["manticore-haproxy"]["Path"] == "/haproxy"
+    (task,) = group["Tasks"]
+    assert task["Config"]["args"] == ["run", "haproxy"]
+    (template,) = task["Templates"]
+    assert 'nomadVar "nomad/jobs/manticore-haproxy"' in template["EmbeddedTmpl"]
+    env = set(task["Env"])
+    known = {row[0] for row in env_table()} | FRAMEWORK_ENV
+    assert env <= known, f"unknown variables {sorted(env - known)}"
+    assert {"DOMAIN_NAME", "TCP_PORT_RANGE_START", "MANTICORE_HAPROXY_BIND_ADDRESS"} <= env
+    assert "CONSUL_HTTP_TOKEN" not in env
+
+
+def test_alert_rules_use_only_exported_haproxy_series() -> None:
+    metrics.init()
+    exported = {s.name for f in REGISTRY.collect() for s in f.samples}
+    rules = yaml.safe_load((ROOT / "charts/prometheus/haproxy-alerts.yml").read_text())
+    alerts = [rule for group in rules["groups"] for rule in group["rules"]]
+    used: set[str] = set()
+    for alert in alerts:
+        assert alert["labels"]["severity"] in {"critical", "warning", "info"}
+        names = set(re.findall(r"\bmanticore_haproxy_[a-z_]+", alert["expr"]))
+        assert names, alert["alert"]
+        assert names <= exported, f"{alert['alert']} uses {sorted(names - exported)}"
+        used |= names
+    for essential in ("config_valid", "reload_failures_total", "slots_in_use", "drift_total"):
+        assert f"manticore_haproxy_{essential}" in used
+
+
+@pytest.fixture
+def acl_consul():  # type: ignore[no-untyped-def]
+    with ConsulServer(acl_master_token=MASTER, acl_default_policy="deny") as server:
+        yield server
+
+
+def create_token(address: str, policy_file: Path) -> str:
+    headers = {"X-Consul-Token": MASTER}
+    with httpx.Client(base_url=f"http://{address}", headers=headers) as http:
+        http.put(
+            "/v1/acl/policy", json={"Name": policy_file.stem, "Rules": policy_file.read_text()}
+        ).raise_for_status()
+        token = http.put("/v1/acl/token", json={"Policies": [{"Name": policy_file.stem}]})
+        token.raise_for_status()
+        return str(token.json()["SecretID"])
+
+
+@pytest.mark.anyio
+async def test_the_controller_routes_with_its_read_only_token_and_can_write_nothing(
+    acl_consul: ConsulServer, haproxy_settings: HAProxySettings
+) -> None:
+    settings = haproxy_settings
+    secret = create_token(acl_consul.address, ROOT / "charts/policies/haproxy.hcl")
+    scoped = ClientsConfig.from_env(
+        {"CONSUL_HTTP_ADDR": acl_consul.address, "CONSUL_HTTP_TOKEN": secret}
+    )
+    admin = ClientsConfig.from_env(
+        {"CONSUL_HTTP_ADDR": acl_consul.address, "CONSUL_HTTP_TOKEN": MASTER}
+    )
+    router = HAProxyRouter(config=settings)
+    manager = Manager(
+        [router.declaration(tick=0.2)],
+        options=ManagerOptions(metrics_port=0),
+        config=scoped,
+    )
+    with containers("webapp", "alice") as c:
+        async with (
+            ConsulClient(admin.consul) as root,
+            ConsulClient(scoped.consul) as limited,
+            anyio.create_task_group() as tg,
+        ):
+            await tg.start(manager.run)
+            await root.kv_put("haproxy/domainName", DOMAIN.encode())
+            await root.kv_put("haproxy/webAppAddresses/0", c["webapp"].hmi.encode())
+            await root.kv_put(
+                "haproxy/data/alice", user_routes(c["alice"], settings.tcp_port_range[0])
+            )
+            await eventually(lambda: manager.ready, timeout=20)
+            await until("hmi alice", first_line, settings, host("alice"), timeout=20)
+            for key in ("haproxy/data/alice", "haproxy/data/mallory", "reconciler/status/x"):
+                with pytest.raises(PermissionDenied):
+                    await limited.kv_put(key, b"{}")
+            manager.stop()
