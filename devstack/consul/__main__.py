@@ -2,6 +2,6 @@
 
 import sys
 
-from devstack.consul.cli import main
+from devstack.cli import main
 
-sys.exit(main())
+sys.exit(main(["consul", *sys.argv[1:]]))

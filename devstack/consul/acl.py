@@ -310,6 +310,8 @@ class AclStore:
     def __init__(self, master_token: str | None, default_policy: str | None = None) -> None:
         self.enabled = master_token is not None
         chosen = (default_policy or ("deny" if self.enabled else "allow")).lower()
+        # What X-Consul-Default-ACL-Policy reports.
+        self.default_name = chosen
         self.default = WRITE if chosen == "allow" else _LEVELS[chosen]
         self.policies: dict[str, Policy] = {}
         self.tokens: dict[str, Token] = {}  # by secret

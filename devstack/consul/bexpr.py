@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from devstack.consul.errors import bad_request
+from devstack.consul.errors import server_error
 
 _TOKENS = re.compile(
     r'\s+|(?P<str>"(?:[^"\\]|\\.)*"|`[^`]*`)|(?P<op>==|!=|\(|\)|\[|\]|\.)|(?P<word>[^\s"()\[\].=!`]+)'
@@ -219,7 +219,7 @@ def compile_filter(text: str) -> Predicate:
     try:
         return _Parser(_lex(text)).parse()
     except FilterError as exc:
-        raise bad_request(f"Failed to create boolean expression evaluator: {exc}") from exc
+        raise server_error(f"Failed to create boolean expression evaluator: {exc}") from exc
 
 
 def apply_filter(items: list[Any], text: str) -> list[Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -148,6 +149,13 @@ def parse_definition(body: CI, default_id: str, default_name: str) -> CheckDefin
     return defn
 
 
+def _go_errno_text(exc: OSError | None) -> str:
+    """Go's ``syscall.Errno`` text (``connection refused``), not Python's wrapping of it."""
+    if exc is not None and exc.errno:
+        return os.strerror(exc.errno).lower()
+    return str(exc).lower() if exc is not None else "unknown error"
+
+
 class CheckRunner:
     """Runs the probes of the agent's local checks as tasks on the server loop."""
 
@@ -243,7 +251,7 @@ class CheckRunner:
             self.critical_since.setdefault(check_id, time.monotonic())
         else:
             self.critical_since.pop(check_id, None)
-        set_check_status(self.state, self.state.node_name, check_id, status, output[:OUTPUT_MAX])
+        set_check_status(self.state, self.state.node_name, check_id, status, output)
 
     # -- probes --------------------------------------------------------------------------------
 
@@ -283,8 +291,11 @@ class CheckRunner:
                 ssl=not defn.tls_skip_verify,
                 allow_redirects=True,
             ) as resp:
-                body = await resp.content.read(OUTPUT_MAX)
-                text = body.decode("utf-8", "replace")
+                # Consul keeps the body in a circular buffer: the last 4 KiB are the output.
+                tail = b""
+                async for chunk in resp.content.iter_chunked(65536):
+                    tail = (tail + chunk)[-OUTPUT_MAX:]
+                text = tail.decode("utf-8", "replace")
                 output = (
                     f"HTTP {defn.method} {defn.http}: {resp.status} {resp.reason} Output: {text}"
                 )
@@ -300,11 +311,10 @@ class CheckRunner:
                 "(Client.Timeout exceeded while awaiting headers)",
             )
         except aiohttp.ClientConnectorError as exc:
-            reason = exc.os_error.strerror if exc.os_error is not None else str(exc)
             return (
                 "critical",
                 f'{defn.method.title()} "{defn.http}": dial tcp {exc.host}:{exc.port}: '
-                f"connect: {str(reason).lower()}",
+                f"connect: {_go_errno_text(exc.os_error)}",
             )
         except aiohttp.ClientError as exc:
             return "critical", f'{defn.method.title()} "{defn.http}": {exc}'
@@ -318,8 +328,7 @@ class CheckRunner:
         except TimeoutError:
             return "critical", f"dial tcp {target}: i/o timeout"
         except OSError as exc:
-            reason = (exc.strerror or str(exc)).lower()
-            return "critical", f"dial tcp {target}: connect: {reason}"
+            return "critical", f"dial tcp {target}: connect: {_go_errno_text(exc)}"
         except ValueError:
             return "critical", f"dial tcp {target}: address {target}: missing port in address"
         writer.close()

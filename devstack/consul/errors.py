@@ -26,11 +26,46 @@ def server_error(text: str) -> ConsulError:
     return ConsulError(500, text)
 
 
-def permission_denied(accessor: str = "", permission: str = "", resource: str = "") -> ConsulError:
-    if accessor and permission:
-        return ConsulError(
-            403,
-            f"Permission denied: token with AccessorID '{accessor}' lacks permission "
-            f"'{permission}' on \"{resource}\"",
-        )
-    return ConsulError(403, "Permission denied")
+def go_quote(text: str) -> str:
+    """Go's ``%q`` of a string: double quotes, Go escapes for what is not printable."""
+    out = ['"']
+    for ch in text:
+        code = ord(ch)
+        if ch in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        elif code < 0x80:
+            out.append(f"\\x{code:02x}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    out.append('"')
+    return "".join(out)
+
+
+_GO_ESCAPES = {
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\v": "\\v",
+    "\\": "\\\\",
+    '"': '\\"',
+}
+
+
+def permission_denied(accessor: str, permission: str, resource: str = "") -> ConsulError:
+    """``acl.PermissionDeniedError``: who lacks which permission, and on what when it is named.
+
+    The accessor is the token's AccessorID; a request without a token is the anonymous token's
+    (``00000000-0000-0000-0000-000000000002``). Global permissions (``acl``, ``operator``) and
+    empty names carry no ``on`` part.
+    """
+    text = f"Permission denied: token with AccessorID '{accessor}' lacks permission '{permission}'"
+    if resource:
+        text += f" on {go_quote(resource)}"
+    return ConsulError(403, text)

@@ -8,22 +8,20 @@ tombstones so prefix indexes advance. Key names follow the 1.22 validation rules
 from __future__ import annotations
 
 import base64
-import re
 import time
 from collections.abc import Callable
 from typing import Any
 
-from devstack.consul.errors import bad_request
+from devstack.consul.errors import bad_request, go_quote
 from devstack.consul.state import KVEntry, State
 
 Alloc = Callable[[], int]
-_SLASHES = re.compile(r"/{2,}")
 KV_MAX_VALUE_SIZE = 512 * 1024
 
 
 class InvalidSession(Exception):
-    def __init__(self, session: str) -> None:
-        super().__init__(f'invalid session "{session}"')
+    def __init__(self, session: str, text: str = "") -> None:
+        super().__init__(text or f"invalid session {go_quote(session)}")
 
 
 # -- encoding -----------------------------------------------------------------------------------
@@ -74,11 +72,15 @@ def kv_cas(st: State, key: str, value: bytes, flags: int, index: int, alloc: All
 def kv_lock(
     st: State, key: str, value: bytes, flags: int, session: str, alloc: Alloc
 ) -> tuple[bool, str]:
-    """Acquire: ``(ok, reason)`` with reason ``held`` or ``delay`` when refused."""
-    if not session or session not in st.sessions:
+    """Acquire: ``(ok, reason)`` with reason ``held`` when another session holds the key.
+
+    The lock-delay is checked by the callers before this runs, as Consul checks it on the
+    leader before the write is applied.
+    """
+    if not session:
+        raise InvalidSession("", "missing session")
+    if session not in st.sessions:
         raise InvalidSession(session)
-    if st.lock_delay_active(key):
-        return False, "delay"
     existing = st.kv.get(key)
     if existing is not None:
         if existing.session == session:
@@ -150,13 +152,6 @@ def release_session_locks(st: State, session: str, behavior: str, delay: float, 
 
 
 # -- key names ----------------------------------------------------------------------------------
-
-
-def clean_key(key: str) -> str:
-    """Consul collapses runs of slashes (``foo//bar`` is ``foo/bar``)."""
-    if "//" in key:
-        key = _SLASHES.sub("/", key)
-    return key
 
 
 def validate_key(key: str) -> None:

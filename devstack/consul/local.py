@@ -16,7 +16,7 @@ from devstack.consul.catalog import (
     ensure_service,
     set_check_status,
 )
-from devstack.consul.checks import CheckDefinition
+from devstack.consul.checks import OUTPUT_MAX, CheckDefinition
 from devstack.consul.core import Core
 from devstack.consul.errors import ConsulError, server_error
 from devstack.consul.state import SERF_CHECK_ID, Check, ServiceInstance
@@ -150,6 +150,9 @@ def update_ttl(core: Core, check_id: str, status: str, output: str) -> None:
     defn = runner.definitions.get(check_id)
     if defn is None or defn.kind != "ttl":
         raise server_error(f'CheckID "{check_id}" does not have associated TTL')
+    if len(output) > OUTPUT_MAX:
+        # CheckTTL.SetStatus keeps the first check_output_max_size bytes and says so.
+        output = f"{output[:OUTPUT_MAX]} ... (captured {OUTPUT_MAX} of {len(output)} bytes)"
     runner.refresh_ttl(check_id)
     runner.report(check_id, status, output, direct=True)
 

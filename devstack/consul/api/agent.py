@@ -8,6 +8,8 @@ script checks with ``/v1/agent/check/update``. The work is done in ``devstack.co
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import platform
 from typing import Any
 
@@ -16,6 +18,9 @@ from aiohttp import web
 from devstack.consul import local
 from devstack.consul.acl import READ, WRITE
 from devstack.consul.api.common import (
+    DEFAULT_WAIT,
+    MAX_WAIT,
+    QueryOptions,
     authorizer,
     can_read_service,
     core_of,
@@ -26,12 +31,14 @@ from devstack.consul.api.common import (
     read_object,
     require,
 )
+from devstack.consul.api.mux import tail
 from devstack.consul.bexpr import apply_filter_map
 from devstack.consul.catalog import service_from
 from devstack.consul.checks import CheckDefinition, parse_definition
 from devstack.consul.core import VERSION, Core
-from devstack.consul.encoding import CI
-from devstack.consul.errors import ConsulError, bad_request
+from devstack.consul.encoding import CI, dumps, parse_duration, parse_uint
+from devstack.consul.errors import ConsulError, bad_request, go_quote
+from devstack.consul.gojson import unmarshal_type_error
 from devstack.consul.state import Check
 
 
@@ -48,7 +55,7 @@ def _require_check_write(request: web.Request, check: Check) -> None:
 async def service_register(request: web.Request) -> web.Response:
     core = core_of(request)
     parse_query_options(request, core)
-    body = await read_object(request)
+    body = await read_object(request, "structs.ServiceDefinition")
     svc = service_from(core.node_name, body, name_field="Name")
     raw_checks: list[CI] = []
     single = body.obj("Check")
@@ -75,7 +82,7 @@ async def service_register(request: web.Request) -> web.Response:
 async def service_deregister(request: web.Request) -> web.Response:
     core = core_of(request)
     parse_query_options(request, core)
-    sid = request.match_info["id"]
+    sid = tail(request)
     svc = local.local_service(core, sid)
     if svc is None:
         raise ConsulError(
@@ -107,17 +114,13 @@ async def services(request: web.Request) -> web.Response:
 async def service_get(request: web.Request) -> web.Response:
     core = core_of(request)
     parse_query_options(request, core)
-    sid = request.match_info["id"]
-    body = local.agent_service_json(core, sid) if sid != "consul" else None
-    if body is None:
-        raise ConsulError(404, f"unknown service ID: {sid}")
-    require(request, "service", body["Service"], READ)
-    return ok_json(body)
+    sid = tail(request)
+    return await _service_blocking(request, core, sid)
 
 
 async def service_maintenance(request: web.Request) -> web.Response:
     core = core_of(request)
-    sid = request.match_info["id"]
+    sid = tail(request)
     enable = request.query.get("enable")
     if enable is None:
         raise bad_request("Missing value for enable")
@@ -147,14 +150,16 @@ async def node_maintenance(request: web.Request) -> web.Response:
 async def check_register(request: web.Request) -> web.Response:
     core = core_of(request)
     parse_query_options(request, core)
-    body = await read_object(request)
+    body = await read_object(request, "structs.CheckDefinition")
     if not body.text("Name"):
         raise bad_request("Missing check name")
+    if body.text("Status") not in ("", "passing", "warning", "critical"):
+        raise bad_request("Bad check status")
     defn = parse_definition(body, "", body.text("Name"))
     if defn.service_id:
         svc = core.state.services.get(core.node_name, {}).get(defn.service_id)
         if svc is None:
-            raise bad_request(f'ServiceID "{defn.service_id}" does not exist')
+            raise ConsulError(404, f"ServiceID {go_quote(defn.service_id)} does not exist")
         require(request, "service", svc.name, WRITE)
     else:
         require(request, "node", core.node_name, WRITE)
@@ -165,7 +170,7 @@ async def check_register(request: web.Request) -> web.Response:
 async def check_deregister(request: web.Request) -> web.Response:
     core = core_of(request)
     parse_query_options(request, core)
-    check = local.local_check(core, request.match_info["id"])
+    check = local.local_check(core, tail(request))
     _require_check_write(request, check)
     local.deregister_check(core, check.id)
     return ok_empty()
@@ -193,7 +198,7 @@ async def check_fail(request: web.Request) -> web.Response:
 async def _check_note(request: web.Request, status: str) -> web.Response:
     core = core_of(request)
     parse_query_options(request, core)
-    _ttl_update(request, request.match_info["id"], status, request.query.get("note", ""))
+    _ttl_update(request, tail(request), status, request.query.get("note", ""))
     return ok_empty()
 
 
@@ -201,11 +206,15 @@ async def check_update(request: web.Request) -> web.Response:
     core = core_of(request)
     parse_query_options(request, core)
     data = await read_json(request)
-    body = CI(data if isinstance(data, dict) else {})
+    if data is not None and not isinstance(data, dict):
+        raise bad_request(
+            f"Request decode failed: {unmarshal_type_error(data, '', '', 'agent.checkUpdate')}"
+        )
+    body = CI(data or {})
     status = body.text("Status")
     if status not in ("passing", "warning", "critical"):
         raise bad_request(f"Invalid check status: '{status}'")
-    _ttl_update(request, request.match_info["id"], status, body.text("Output"))
+    _ttl_update(request, tail(request), status, body.text("Output"))
     return ok_empty()
 
 
@@ -342,3 +351,76 @@ async def self_(request: web.Request) -> web.Response:
 async def members(request: web.Request) -> web.Response:
     core = core_of(request)
     return ok_json([_member(core)])
+
+
+# -- hash-based blocking ---------------------------------------------------------------------
+
+
+def content_hash(body: dict[str, Any]) -> str:
+    """A 64-bit hash of the service as served, in hex, as hashstructure gives it."""
+    digest = hashlib.blake2b(dumps(body), digest_size=8).digest()
+    return f"{int.from_bytes(digest, 'big'):x}"
+
+
+def _service_state(core: Core, request: web.Request, sid: str) -> tuple[str, dict[str, Any]]:
+    body = local.agent_service_json(core, sid) if sid != "consul" else None
+    if body is None:
+        raise ConsulError(404, f"unknown service ID: {sid}")
+    require(request, "service", body["Service"], READ)
+    digest = content_hash(body)
+    body["ContentHash"] = digest
+    return digest, body
+
+
+async def _service_blocking(request: web.Request, core: Core, sid: str) -> web.Response:
+    """``LocalBlockingQuery``: with ``?hash=`` equal to the current one, wait for a change."""
+    opts = _hash_wait(request)
+    wanted = request.query.get("hash", "")
+    digest, body = _service_state(core, request, sid)
+    if wanted and wanted == digest:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + opts.wait
+        while digest == wanted:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            fut: asyncio.Future[None] = loop.create_future()
+            # Any change to the catalog's services may change this one.
+            topics = ("services",)
+            core.state.watches.add(fut, topics, ())
+            handle = loop.call_later(remaining, _wake, fut)
+            try:
+                await fut
+            finally:
+                handle.cancel()
+                core.state.watches.remove(fut, topics, ())
+            digest, body = _service_state(core, request, sid)
+    return web.Response(
+        body=dumps(body),
+        content_type="application/json",
+        headers={"X-Consul-ContentHash": digest},
+    )
+
+
+def _hash_wait(request: web.Request) -> QueryOptions:
+    """``parseWait`` only: ``wait`` (default 5 min, at most 10) and a valid ``index``."""
+    opts = QueryOptions()
+    q = request.query
+    if q.get("wait"):
+        try:
+            wait = parse_duration(q["wait"])
+        except ValueError as exc:
+            raise bad_request("Invalid wait time") from exc
+        opts.wait = wait if wait > 0 else DEFAULT_WAIT
+    if q.get("index"):
+        try:
+            parse_uint(q["index"])
+        except ValueError as exc:
+            raise bad_request("Invalid index") from exc
+    opts.wait = min(opts.wait, MAX_WAIT)
+    return opts
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

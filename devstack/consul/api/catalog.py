@@ -10,6 +10,7 @@ from aiohttp import web
 
 from devstack.consul.acl import WRITE
 from devstack.consul.api.common import (
+    authorizer,
     can_read_node,
     can_read_service,
     core_of,
@@ -20,7 +21,8 @@ from devstack.consul.api.common import (
     require,
     token_sent,
 )
-from devstack.consul.api.reads import Result, blocking, respond
+from devstack.consul.api.mux import tail
+from devstack.consul.api.reads import Result, blocking, forward, respond
 from devstack.consul.catalog import (
     catalog_service_json,
     delete_check,
@@ -37,8 +39,8 @@ from devstack.consul.catalog import (
     str_map,
 )
 from devstack.consul.encoding import CI
-from devstack.consul.errors import bad_request
-from devstack.consul.state import Check
+from devstack.consul.errors import bad_request, server_error
+from devstack.consul.state import Check, State
 
 # -- handlers -----------------------------------------------------------------------------------
 
@@ -58,8 +60,8 @@ async def list_nodes(request: web.Request) -> web.StreamResponse:
         body = filtered([node_json(n) for n in keep], opts.filter)
         return Result(st.table_index["nodes"], body, filtered=len(keep) != len(nodes))
 
-    result = await blocking(core, opts, run, topics=("nodes",))
-    return respond(core, result, opts, token_sent=token_sent(request))
+    result = await blocking(core, opts, run, topics=("nodes",), meta_on_error=True)
+    return respond(core, result, opts, token_sent=token_sent(request), consistency=True)
 
 
 async def list_services(request: web.Request) -> web.StreamResponse:
@@ -82,14 +84,16 @@ async def list_services(request: web.Request) -> web.StreamResponse:
         body = {name: sorted(tags[name]) for name in sorted(tags)}
         return Result(st.table_index["services"], body, filtered=hidden)
 
-    result = await blocking(core, opts, run, topics=("services",))
-    return respond(core, result, opts, token_sent=token_sent(request))
+    result = await blocking(core, opts, run, topics=("services",), meta_on_error=True)
+    return respond(core, result, opts, token_sent=token_sent(request), consistency=True)
 
 
 async def service_nodes(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
     opts = parse_query_options(request, core)
-    name = request.match_info["name"]
+    name = tail(request)
+    if not name:
+        raise bad_request("Missing service name")
     tags = request.query.getall("tag", [])
     st = core.state
 
@@ -101,14 +105,16 @@ async def service_nodes(request: web.Request) -> web.StreamResponse:
         body = filtered([catalog_service_json(n, s) for n, s in keep], opts.filter)
         return Result(st.health_service_index(name), body, filtered=len(keep) != len(found))
 
-    result = await blocking(core, opts, run, topics=("svc:" + name,))
-    return respond(core, result, opts, token_sent=token_sent(request))
+    result = await blocking(core, opts, run, topics=("svc:" + name,), meta_on_error=True)
+    return respond(core, result, opts, token_sent=token_sent(request), consistency=True)
 
 
 async def node_services(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
     opts = parse_query_options(request, core)
-    name = request.match_info["node"]
+    name = tail(request)
+    if not name:
+        raise bad_request("Missing node name")
     st = core.state
 
     def run() -> Result:
@@ -125,23 +131,49 @@ async def node_services(request: web.Request) -> web.StreamResponse:
         body = {"Node": node_json(node), "Services": keep}
         return Result(index, body, filtered=len(keep) != len(services))
 
-    result = await blocking(core, opts, run, topics=("nodes", "services"))
-    return respond(core, result, opts, token_sent=token_sent(request))
+    result = await blocking(core, opts, run, topics=("nodes", "services"), meta_on_error=True)
+    return respond(core, result, opts, token_sent=token_sent(request), consistency=True)
+
+
+def _node_writes(st: State, node: str, body: CI, skip_node: bool) -> bool:
+    """``RegisterRequest.ChangesNode``: only a change to the node needs ``node:write``."""
+    existing = st.nodes.get(node)
+    if existing is None:
+        return True
+    if skip_node:
+        return False
+    tagged = body.get("TaggedAddresses")
+    meta = body.get("NodeMeta")
+    return (
+        body.text("Address") != existing.address
+        or (body.text("ID") not in ("", existing.id))
+        or (tagged is not None and tagged != existing.tagged_addresses)
+        or (meta is not None and meta != existing.meta)
+    )
 
 
 async def register(request: web.Request) -> web.StreamResponse:
+    """``Catalog.Register``: the datacenter comes from the body, the checks run as the RPC's."""
     core = core_of(request)
-    parse_query_options(request, core)
-    body = await read_object(request)
+    body = await read_object(request, "structs.RegisterRequest")
+    forward(core, body.text("Datacenter"))
     node = body.text("Node")
     if not node:
-        raise bad_request("Must provide node")
+        raise server_error("Must provide node")
     skip_node = bool(body.get("SkipNodeUpdate", default=False))
     address = body.text("Address")
     if not address and not skip_node:
-        raise bad_request("Must provide address if SkipNodeUpdate is not set")
+        raise server_error("Must provide address if SkipNodeUpdate is not set")
     svc_body = body.obj("Service")
-    service = service_from(node, svc_body) if svc_body is not None else None
+    service = None
+    if svc_body is not None:
+        if svc_body.text("ID") and not svc_body.text("Service"):
+            raise server_error(
+                "Must provide service name (Service.Service) when service ID is provided"
+            )
+        if svc_body.text("Address") in ("0.0.0.0", "::", "[::]"):
+            raise server_error("Invalid service address")
+        service = service_from(node, svc_body)
     check_bodies: list[CI] = []
     single = body.obj("Check")
     if single is not None:
@@ -149,13 +181,19 @@ async def register(request: web.Request) -> web.StreamResponse:
     many = body.get("Checks")
     if many is not None:
         if not isinstance(many, list) or not all(isinstance(c, dict) for c in many):
-            raise bad_request("Request decode failed: Checks must be a list of objects")
+            raise bad_request(
+                "Request decode failed: json: cannot unmarshal value into Go struct field "
+                "RegisterRequest.Checks of type structs.HealthChecks"
+            )
         check_bodies.extend(CI(c) for c in many)
-    require(request, "node", node, WRITE)
+    st = core.state
     if service is not None:
         require(request, "service", service.name, WRITE)
-    core.require_leader()
-    st = core.state
+    if _node_writes(st, node, body, skip_node):
+        require(request, "node", node, WRITE)
+    for cb in check_bodies:
+        if not cb.text("ServiceID"):
+            require(request, "node", node, WRITE)
     if not skip_node or node not in st.nodes:
         ensure_node(
             st,
@@ -168,9 +206,8 @@ async def register(request: web.Request) -> web.StreamResponse:
     if service is not None:
         ensure_service(st, service)
     for cb in check_bodies:
-        cid = cb.text("CheckID", "ID")
-        if not cid:
-            raise bad_request("Missing check ID")
+        # checkPreApply: a check without an ID takes its name.
+        cid = cb.text("CheckID", "ID") or cb.text("Name")
         definition = cb.obj("Definition")
         ensure_check(
             st,
@@ -196,30 +233,37 @@ async def register(request: web.Request) -> web.StreamResponse:
 
 
 async def deregister(request: web.Request) -> web.StreamResponse:
+    """``Catalog.Deregister``: ``node:write`` covers everything; else the service's or check's."""
     core = core_of(request)
-    parse_query_options(request, core)
-    body = await read_object(request)
+    body = await read_object(request, "structs.DeregisterRequest")
+    forward(core, body.text("Datacenter"))
     node = body.text("Node")
     if not node:
-        raise bad_request("Must provide node")
+        raise server_error("Must provide node")
     service_id = body.text("ServiceID")
     check_id = body.text("CheckID")
     st = core.state
-    if service_id:
-        svc = st.services.get(node, {}).get(service_id)
-        require(request, "service", svc.name if svc else service_id, WRITE)
-        core.require_leader()
-        delete_service(st, node, service_id)
-    elif check_id:
-        check = st.checks.get(node, {}).get(check_id)
-        if check is not None and check.service_id:
-            require(request, "service", check.service_name, WRITE)
+    authz = authorizer(request)
+    if authz is not None and not authz.allowed("node", node, WRITE):
+        if service_id:
+            svc = st.services.get(node, {}).get(service_id)
+            if svc is None:
+                raise server_error(f"Unknown service ID '{service_id}'")
+            require(request, "service", svc.name, WRITE)
+        elif check_id:
+            check = st.checks.get(node, {}).get(check_id)
+            if check is None:
+                raise server_error(f"Unknown check ID '{check_id}'")
+            if check.service_id:
+                require(request, "service", check.service_name, WRITE)
+            else:
+                require(request, "node", node, WRITE)
         else:
             require(request, "node", node, WRITE)
-        core.require_leader()
+    if service_id:
+        delete_service(st, node, service_id)
+    elif check_id:
         delete_check(st, node, check_id)
     else:
-        require(request, "node", node, WRITE)
-        core.require_leader()
         delete_node(st, node)
     return ok_json(True)

@@ -8,7 +8,6 @@ endpoint and decodes JSON bodies case-insensitively; handlers get all of that fr
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +17,8 @@ from devstack.consul.acl import Authorizer
 from devstack.consul.bexpr import apply_filter
 from devstack.consul.core import Core
 from devstack.consul.encoding import CI, dumps, parse_duration, parse_uint
-from devstack.consul.errors import ConsulError, bad_request, permission_denied, server_error
+from devstack.consul.errors import ConsulError, bad_request, permission_denied
+from devstack.consul.gojson import GoJSONError, decode, unmarshal_type_error
 
 DEFAULT_WAIT = 300.0
 MAX_WAIT = 600.0
@@ -108,21 +108,23 @@ def filtered(result: list[Any], opts_filter: str) -> list[Any]:
 
 
 async def read_json(request: web.Request, prefix: str = "Request decode failed") -> Any:
+    """The body's first JSON value as Go's decoder reads it; an empty body is ``EOF``."""
     raw = await request.read()
-    if not raw.strip():
-        return None
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        return decode(raw)
+    except GoJSONError as exc:
         raise bad_request(f"{prefix}: {exc}") from exc
 
 
-async def read_object(request: web.Request, prefix: str = "Request decode failed") -> CI:
+async def read_object(
+    request: web.Request, type_name: str, prefix: str = "Request decode failed"
+) -> CI:
+    """A JSON object body decoded into the Go struct ``type_name``; an empty body is EOF."""
     data = await read_json(request, prefix)
     if data is None:
         return CI({})
     if not isinstance(data, dict):
-        raise bad_request(f"{prefix}: expected a JSON object")
+        raise bad_request(f"{prefix}: {unmarshal_type_error(data, '', '', type_name)}")
     return CI(data)
 
 
@@ -137,6 +139,7 @@ class QueryOptions:
     consistent: bool = False
     filter: str = ""
     pretty: bool = False
+    datacenter: str = ""
 
 
 def parse_query_options(request: web.Request, core: Core) -> QueryOptions:
@@ -165,13 +168,17 @@ def parse_query_options(request: web.Request, core: Core) -> QueryOptions:
             parse_duration(q["wait"])
         except ValueError as exc:
             raise bad_request("Invalid wait time") from exc
-    dc = q.get("dc")
-    if dc and dc != core.config.datacenter:
-        raise server_error("No path to datacenter")
+    # An unknown datacenter fails later, when the RPC would be forwarded (``reads.forward``).
+    opts.datacenter = q.get("dc", "")
     return opts
 
 
 # -- small answers --------------------------------------------------------------------------------
+
+
+def wrapped_headers(core: Core) -> dict[str, str]:
+    """Headers every registered endpoint sends (``wrap()`` and gziphandler)."""
+    return {"Vary": "Accept-Encoding", "X-Consul-Default-ACL-Policy": core.acl.default_name}
 
 
 def ok_json(obj: Any) -> web.Response:

@@ -19,10 +19,26 @@ from devstack.consul.api.common import (
     parse_query_options,
     token_sent,
 )
+from devstack.consul.api.mux import tail
 from devstack.consul.api.reads import Result, blocking, respond
-from devstack.consul.catalog import STATUSES, check_json, instances, node_json, service_json
+from devstack.consul.catalog import check_json, instances, node_json, service_json
 from devstack.consul.errors import bad_request
 from devstack.consul.state import Check
+
+_TRUE = ("1", "t", "T", "TRUE", "true", "True")
+_FALSE = ("0", "f", "F", "FALSE", "false", "False")
+
+
+def _go_bool(request: web.Request, name: str) -> bool:
+    """``getBoolQueryParam``: present and empty is true, else ``strconv.ParseBool``."""
+    if name not in request.query:
+        return False
+    value = request.query.get(name, "")
+    if value == "" or value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise bad_request(f"Invalid value for ?{name}")
 
 
 def _checks_for(checks: dict[str, Check], service_id: str) -> list[Check]:
@@ -32,12 +48,11 @@ def _checks_for(checks: dict[str, Check], service_id: str) -> list[Check]:
 async def service(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
     opts = parse_query_options(request, core)
-    name = request.match_info["name"]
+    name = tail(request)
+    if not name:
+        raise bad_request("Missing service name")
     tags = request.query.getall("tag", [])
-    passing = "passing" in request.query and request.query.get("passing", "") not in (
-        "false",
-        "0",
-    )
+    passing = _go_bool(request, "passing")
     st = core.state
 
     def run() -> Result:
@@ -63,14 +78,16 @@ async def service(request: web.Request) -> web.StreamResponse:
             )
         return Result(index, filtered(entries, opts.filter), filtered=hidden)
 
-    result = await blocking(core, opts, run, topics=("svc:" + name,))
-    return respond(core, result, opts, token_sent=token_sent(request))
+    result = await blocking(core, opts, run, topics=("svc:" + name,), meta_on_error=True)
+    return respond(core, result, opts, token_sent=token_sent(request), consistency=True)
 
 
 async def service_checks(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
     opts = parse_query_options(request, core)
-    name = request.match_info["name"]
+    name = tail(request)
+    if not name:
+        raise bad_request("Missing service name")
     st = core.state
 
     def run() -> Result:
@@ -82,8 +99,8 @@ async def service_checks(request: web.Request) -> web.StreamResponse:
         body = filtered([check_json(c) for c in keep], opts.filter)
         return Result(index, body, filtered=len(keep) != len(found))
 
-    result = await blocking(core, opts, run, topics=("svc:" + name,))
-    return respond(core, result, opts, token_sent=token_sent(request))
+    result = await blocking(core, opts, run, topics=("svc:" + name,), meta_on_error=True)
+    return respond(core, result, opts, token_sent=token_sent(request), consistency=True)
 
 
 def _visible_checks(request: web.Request, checks: list[Check]) -> list[Check]:
@@ -100,9 +117,9 @@ def _visible_checks(request: web.Request, checks: list[Check]) -> list[Check]:
 async def state(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
     opts = parse_query_options(request, core)
-    wanted = request.match_info["state"]
-    if wanted != "any" and wanted not in STATUSES:
-        raise bad_request("Invalid check state")
+    wanted = tail(request)
+    if not wanted:
+        raise bad_request("Missing check state")
     st = core.state
 
     def run() -> Result:
@@ -111,14 +128,16 @@ async def state(request: web.Request) -> web.StreamResponse:
         body = filtered([check_json(c) for c in keep], opts.filter)
         return Result(st.table_index["checks"], body, filtered=len(keep) != len(found))
 
-    result = await blocking(core, opts, run, topics=("checks",))
-    return respond(core, result, opts, token_sent=token_sent(request))
+    result = await blocking(core, opts, run, topics=("checks",), meta_on_error=True)
+    return respond(core, result, opts, token_sent=token_sent(request), consistency=True)
 
 
 async def node(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
     opts = parse_query_options(request, core)
-    name = request.match_info["node"]
+    name = tail(request)
+    if not name:
+        raise bad_request("Missing node name")
     st = core.state
 
     def run() -> Result:
@@ -128,5 +147,5 @@ async def node(request: web.Request) -> web.StreamResponse:
         body = filtered([check_json(c) for c in keep], opts.filter)
         return Result(st.table_index["checks"], body, filtered=len(keep) != len(found))
 
-    result = await blocking(core, opts, run, topics=("checks",))
-    return respond(core, result, opts, token_sent=token_sent(request))
+    result = await blocking(core, opts, run, topics=("checks",), meta_on_error=True)
+    return respond(core, result, opts, token_sent=token_sent(request), consistency=True)

@@ -14,20 +14,21 @@ from aiohttp import web
 
 from devstack.consul.acl import READ, WRITE
 from devstack.consul.api.common import (
+    QueryOptions,
     authorizer,
     core_of,
     parse_query_options,
     require,
     token_sent,
 )
-from devstack.consul.api.reads import Result, blocking, respond
+from devstack.consul.api.mux import tail
+from devstack.consul.api.reads import Result, blocking, forward, respond
 from devstack.consul.core import Core
 from devstack.consul.encoding import dumps, parse_uint
-from devstack.consul.errors import ConsulError, bad_request, server_error
+from devstack.consul.errors import ConsulError, bad_request, permission_denied, server_error
 from devstack.consul.kv import (
     KV_MAX_VALUE_SIZE,
     InvalidSession,
-    clean_key,
     entry_json,
     kv_cas,
     kv_delete,
@@ -47,10 +48,6 @@ FALSE = b"false"
 # -- handlers -----------------------------------------------------------------------------------
 
 
-def _key(request: web.Request) -> str:
-    return clean_key(request.match_info.get("key", ""))
-
-
 def _cached(st: State, cache_key: tuple[Any, ...], compute: Callable[[], Result]) -> Result:
     if st.kv_cache_generation != st.kv_generation:
         st.kv_cache.clear()
@@ -63,17 +60,28 @@ def _cached(st: State, cache_key: tuple[Any, ...], compute: Callable[[], Result]
     return hit
 
 
-async def kv_get(request: web.Request) -> web.StreamResponse:
+async def kv_endpoint(request: web.Request) -> web.StreamResponse:
+    """``KVSEndpoint``: the key is the rest of the path; validation first, then the verb."""
     core = core_of(request)
     opts = parse_query_options(request, core)
-    key = _key(request)
-    q = request.query
-    keys_mode = "keys" in q
-    recurse = "recurse" in q or keys_mode
-    if not key and not recurse:
-        raise bad_request("Missing key name")
+    key = tail(request)
     if key:
         validate_key(key)
+    if request.method == "GET":
+        return await _read(request, core, opts, key)
+    if request.method == "PUT":
+        return await _put(request, core, opts, key)
+    return await _delete(request, core, opts, key)
+
+
+async def _read(
+    request: web.Request, core: Core, opts: QueryOptions, key: str
+) -> web.StreamResponse:
+    q = request.query
+    keys_mode = "keys" in q
+    if not keys_mode and "recurse" not in q and not key:
+        raise bad_request("Missing key name")
+    forward(core, opts.datacenter, opts.stale)
     authz = authorizer(request)
     st = core.state
     # Filtered lists differ per token, so the token is part of the cache key.
@@ -86,15 +94,14 @@ async def kv_get(request: web.Request) -> web.StreamResponse:
             return _cached(st, ("keys", key, sep, token), lambda: _list_keys(core, key, sep, authz))
 
         result = await blocking(core, opts, run, prefixes=(key,), topics=_fallback(st, key))
-    elif recurse:
+    elif "recurse" in q:
 
         def run() -> Result:
             return _cached(st, ("list", key, token), lambda: _list(core, key, authz))
 
         result = await blocking(core, opts, run, prefixes=(key,), topics=_fallback(st, key))
     else:
-        if authz is not None and not authz.allowed("key", key, READ):
-            raise ConsulError(403, "Permission denied")
+        require(request, "key", key, READ)
         raw = "raw" in q
 
         def run() -> Result:
@@ -171,7 +178,7 @@ def _conflicting(request: web.Request, *flags: str) -> None:
     present = [f for f in flags if f in request.query]
     if len(present) > 1:
         encoded = urlencode(sorted(request.query.items()))
-        raise bad_request(f"Conflicting flags: {encoded}")
+        raise bad_request(f"Conflicting flags: {encoded}\n")
 
 
 def _uint_param(request: web.Request, name: str) -> int:
@@ -179,16 +186,6 @@ def _uint_param(request: web.Request, name: str) -> int:
         return parse_uint(request.query[name])
     except ValueError as exc:
         raise server_error(str(exc)) from exc
-
-
-async def read_value(request: web.Request) -> bytes:
-    length = request.content_length
-    if length is not None and length > KV_MAX_VALUE_SIZE:
-        raise _too_large(length)
-    body = await request.read()
-    if len(body) > KV_MAX_VALUE_SIZE:
-        raise _too_large(len(body))
-    return body
 
 
 def _too_large(size: int) -> ConsulError:
@@ -199,59 +196,64 @@ def _too_large(size: int) -> ConsulError:
     )
 
 
-async def kv_put(request: web.Request) -> web.StreamResponse:
-    core = core_of(request)
-    parse_query_options(request, core)
-    key = _key(request)
+def _bool(ok: bool) -> web.Response:
+    return web.Response(body=TRUE if ok else FALSE, content_type="application/json")
+
+
+async def _put(
+    request: web.Request, core: Core, opts: QueryOptions, key: str
+) -> web.StreamResponse:
     if not key:
         raise bad_request("Missing key name")
-    validate_key(key)
     _conflicting(request, "cas", "acquire", "release")
     q = request.query
     flags = _uint_param(request, "flags") if "flags" in q else 0
     cas = _uint_param(request, "cas") if "cas" in q else None
-    value = await read_value(request)
+    # Only a declared length is checked, as Consul checks req.ContentLength.
+    length = request.content_length
+    if length is not None and length > KV_MAX_VALUE_SIZE:
+        raise _too_large(length)
+    value = await request.read()
+    forward(core, opts.datacenter)
     require(request, "key", key, WRITE)
-    core.require_leader()
     st = core.state
     alloc = st.next_index
     if "acquire" in q:
+        # The lock-delay is enforced before the write reaches the state store.
+        if st.lock_delay_active(key):
+            return _bool(False)
         try:
             ok, _ = kv_lock(st, key, value, flags, q["acquire"], alloc)
         except InvalidSession as exc:
             raise server_error(str(exc)) from exc
-    elif "release" in q:
-        ok = kv_unlock(st, key, value, flags, q["release"], alloc)
-    elif cas is not None:
-        ok = kv_cas(st, key, value, flags, cas, alloc)
-    else:
-        ok = kv_set(st, key, value, flags, alloc)
-    return web.Response(body=TRUE if ok else FALSE, content_type="application/json")
+        return _bool(ok)
+    if "release" in q:
+        return _bool(kv_unlock(st, key, value, flags, q["release"], alloc))
+    if cas is not None:
+        return _bool(kv_cas(st, key, value, flags, cas, alloc))
+    kv_set(st, key, value, flags, alloc)
+    return _bool(True)
 
 
-async def kv_delete_handler(request: web.Request) -> web.StreamResponse:
-    core = core_of(request)
-    parse_query_options(request, core)
-    key = _key(request)
+async def _delete(
+    request: web.Request, core: Core, opts: QueryOptions, key: str
+) -> web.StreamResponse:
+    _conflicting(request, "recurse", "cas")
     q = request.query
     recurse = "recurse" in q
-    if not key and not recurse:
+    if not recurse and not key:
         raise bad_request("Missing key name")
-    if key:
-        validate_key(key)
-    _conflicting(request, "recurse", "cas")
+    cas = _uint_param(request, "cas") if "cas" in q else None
+    forward(core, opts.datacenter)
     st = core.state
     if recurse:
         authz = authorizer(request)
         if authz is not None and not authz.write_prefix("key", key):
-            raise ConsulError(403, "Permission denied")
-        core.require_leader()
+            raise permission_denied(authz.accessor, "key:write", key)
         kv_delete_tree(st, key, st.next_index)
-        return web.Response(body=TRUE, content_type="application/json")
+        return _bool(True)
     require(request, "key", key, WRITE)
-    core.require_leader()
-    if "cas" in q:
-        ok = kv_delete_cas(st, key, _uint_param(request, "cas"), st.next_index)
-        return web.Response(body=TRUE if ok else FALSE, content_type="application/json")
+    if cas is not None:
+        return _bool(kv_delete_cas(st, key, cas, st.next_index))
     kv_delete(st, key, st.next_index)
-    return web.Response(body=TRUE, content_type="application/json")
+    return _bool(True)

@@ -20,9 +20,11 @@ from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
 
-from devstack.consul.api.common import JSON, QueryOptions
+from devstack.consul.api.common import JSON, QueryOptions, wrapped_headers
+from devstack.consul.api.mux import GZIP_MIN_SIZE, accepts_gzip, gzip_body
 from devstack.consul.core import Core
 from devstack.consul.encoding import dumps
+from devstack.consul.errors import ConsulError, server_error
 
 
 @dataclass(slots=True)
@@ -35,20 +37,27 @@ class Result:
     status: int = 200
     filtered: bool = False
     raw: bytes | None = None
+    # The gzip form of ``raw``, made once for every client of a shared result that accepts it.
+    gz: bytes | None = None
     extra_headers: dict[str, str] = field(default_factory=dict)
 
 
-def meta_headers(core: Core, opts: QueryOptions | None, index: int | None) -> dict[str, str]:
-    headers = {
-        "X-Consul-KnownLeader": "false" if core.faults.no_leader else "true",
-        "X-Consul-LastContact": "0",
-    }
-    if opts is not None:
-        headers["X-Consul-Effective-Consistency"] = (
-            "stale" if opts.stale else "consistent" if opts.consistent else "leader"
-        )
+def consistency_level(opts: QueryOptions) -> str:
+    return "stale" if opts.stale else "consistent" if opts.consistent else "leader"
+
+
+def meta_headers(
+    core: Core, opts: QueryOptions | None, index: int | None, *, consistency: bool = False
+) -> dict[str, str]:
+    """``setMeta``: index (never 0), leader, last contact; the consistency only where the
+    handler records it (catalog and health reads)."""
+    headers: dict[str, str] = {}
     if index is not None:
         headers["X-Consul-Index"] = str(index) if index > 0 else "1"
+    headers["X-Consul-KnownLeader"] = "false" if core.faults.no_leader else "true"
+    headers["X-Consul-LastContact"] = "0"
+    if consistency and opts is not None:
+        headers["X-Consul-Effective-Consistency"] = consistency_level(opts)
     return headers
 
 
@@ -101,28 +110,51 @@ def respond(
     *,
     token_sent: bool = False,
     index: bool = True,
+    consistency: bool = False,
     request: web.Request | None = None,
 ) -> web.StreamResponse:
-    headers = meta_headers(core, opts, result.index if index else None)
+    headers = meta_headers(core, opts, result.index if index else None, consistency=consistency)
     if result.filtered and token_sent:
         headers["X-Consul-Results-Filtered-By-ACLs"] = "true"
     if result.extra_headers:
         headers.update(result.extra_headers)
+    shared = False
     if result.raw is not None:
         body = result.raw
+        shared = True
     elif result.status == 404:
+        # Consul writes only the status: no body, and so no Content-Type either.
         body = b""
     elif opts is not None and opts.pretty:
         body = json.dumps(result.body, indent=4, ensure_ascii=False).encode() + b"\n"
     else:
         # Encoded once per result, so parked queries sharing a cached result share the bytes.
         body = result.raw = dumps(result.body)
-    headers.setdefault("Content-Type", JSON)
-    if request is not None:
-        whole = _write_whole(request, result.status, headers, body)
-        if whole is not None:
-            return whole
+        shared = True
+    if body or result.status != 404:
+        headers.setdefault("Content-Type", JSON)
+    if request is None:
+        return web.Response(body=body, status=result.status, headers=headers)
+    headers.update(wrapped_headers(core))
+    if len(body) >= GZIP_MIN_SIZE and accepts_gzip(request.headers.get("Accept-Encoding", "")):
+        if shared:
+            if result.gz is None:
+                result.gz = gzip_body(body)
+            body = result.gz
+        else:
+            body = gzip_body(body)
+        headers["Content-Encoding"] = "gzip"
+    whole = _write_whole(request, result.status, headers, body)
+    if whole is not None:
+        return whole
     return web.Response(body=body, status=result.status, headers=headers)
+
+
+def forward(core: Core, datacenter: str, stale: bool = False) -> None:
+    """What ``ForwardRPC`` decides before an RPC runs: a known datacenter, then a leader."""
+    if datacenter and datacenter != core.config.datacenter:
+        raise server_error("No path to datacenter")
+    core.require_leader(stale)
 
 
 async def blocking(
@@ -131,9 +163,25 @@ async def blocking(
     run: Callable[[], Result],
     topics: Iterable[str] = (),
     prefixes: Iterable[str] = (),
+    *,
+    meta_on_error: bool = False,
 ) -> Result:
-    """Consul's ``blockingquery.Query`` loop over an in-memory watch set."""
-    core.require_leader(opts.stale)
+    """Consul's ``blockingquery.Query`` loop over an in-memory watch set.
+
+    ``meta_on_error`` is for handlers that ``defer setMeta``: an RPC error then still carries
+    the (zero) query metadata, as ``X-Consul-Index: 1`` and an unknown leader.
+    """
+    try:
+        forward(core, opts.datacenter, opts.stale)
+    except ConsulError as exc:
+        if meta_on_error:
+            exc.headers = {
+                "X-Consul-Index": "1",
+                "X-Consul-KnownLeader": "false",
+                "X-Consul-LastContact": "0",
+                **exc.headers,
+            }
+        raise
     result = run()
     min_index = opts.min_index
     if min_index == 0:

@@ -14,8 +14,10 @@ from devstack.consul.api.common import (
     require,
     token_sent,
 )
-from devstack.consul.api.reads import Result, blocking, respond
-from devstack.consul.errors import ConsulError
+from devstack.consul.api.mux import tail
+from devstack.consul.api.reads import Result, blocking, forward, respond
+from devstack.consul.encoding import CI
+from devstack.consul.errors import ConsulError, bad_request
 from devstack.consul.sessions import (
     arm_ttl,
     create_session,
@@ -28,39 +30,46 @@ from devstack.consul.state import Session
 # -- handlers -----------------------------------------------------------------------------------
 
 
+def _session_id(request: web.Request) -> str:
+    sid = tail(request)
+    if not sid:
+        raise bad_request("Missing session")
+    return sid
+
+
 async def create(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
-    parse_query_options(request, core)
-    body = await read_object(request)
+    # Only ?dc and the token are read here; the body is optional.
+    length = request.content_length or 0
+    body = await read_object(request, "structs.Session") if length > 0 else CI({})
     node = body.text("Node") or core.node_name
+    forward(core, request.query.get("dc", ""))
     require(request, "session", node, WRITE)
-    core.require_leader()
     session = create_session(core.state, body)
     return ok_json({"ID": session.id})
 
 
 async def destroy(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
-    parse_query_options(request, core)
-    sid = request.match_info["id"]
+    sid = _session_id(request)
+    forward(core, request.query.get("dc", ""))
     session = core.state.sessions.get(sid)
     if session is not None:
         require(request, "session", session.node, WRITE)
-    core.require_leader()
     invalidate_session(core.state, sid)
     return ok_json(True)
 
 
 async def renew(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
-    parse_query_options(request, core)
-    sid = request.match_info["id"]
+    opts = parse_query_options(request, core)
+    sid = _session_id(request)
+    forward(core, opts.datacenter)
     validate_uuid(sid)
     session = core.state.sessions.get(sid)
     if session is None:
         raise ConsulError(404, f"Session id '{sid}' not found")
     require(request, "session", session.node, WRITE)
-    core.require_leader()
     arm_ttl(core.state, session)
     return ok_json([session_json(session)])
 
@@ -76,7 +85,8 @@ def _visible(request: web.Request, sessions: list[Session]) -> tuple[list[Sessio
 async def info(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
     opts = parse_query_options(request, core)
-    sid = request.match_info["id"]
+    sid = _session_id(request)
+    forward(core, opts.datacenter, opts.stale)
     validate_uuid(sid)
     st = core.state
 
@@ -87,7 +97,7 @@ async def info(request: web.Request) -> web.StreamResponse:
             st.table_index["sessions"], [session_json(s) for s in visible], filtered=filtered
         )
 
-    result = await blocking(core, opts, run, topics=("sessions",))
+    result = await blocking(core, opts, run, topics=("sessions",), meta_on_error=True)
     return respond(core, result, opts, token_sent=token_sent(request))
 
 
@@ -103,14 +113,16 @@ async def list_all(request: web.Request) -> web.StreamResponse:
             st.table_index["sessions"], [session_json(s) for s in visible], filtered=filtered
         )
 
-    result = await blocking(core, opts, run, topics=("sessions",))
+    result = await blocking(core, opts, run, topics=("sessions",), meta_on_error=True)
     return respond(core, result, opts, token_sent=token_sent(request))
 
 
 async def list_node(request: web.Request) -> web.StreamResponse:
     core = core_of(request)
     opts = parse_query_options(request, core)
-    node = request.match_info["node"]
+    node = tail(request)
+    if not node:
+        raise bad_request("Missing node name")
     st = core.state
 
     def run() -> Result:
@@ -120,5 +132,5 @@ async def list_node(request: web.Request) -> web.StreamResponse:
             st.table_index["sessions"], [session_json(s) for s in visible], filtered=filtered
         )
 
-    result = await blocking(core, opts, run, topics=("sessions",))
+    result = await blocking(core, opts, run, topics=("sessions",), meta_on_error=True)
     return respond(core, result, opts, token_sent=token_sent(request))

@@ -172,11 +172,13 @@ def test_py_consul_with_tokens(
         assert any(t["Description"].startswith("contract-") for t in mgmt.acl.token.list())
 
 
-def test_bad_rules_are_400(admin: httpx.Client) -> None:
+def test_bad_rules_are_refused_by_the_rpc(admin: httpx.Client) -> None:
+    # ACL.PolicySet rejects the rules, so the HTTP layer answers 500 with the parser's text.
     r = admin.put(
         "/v1/acl/policy", json={"Name": f"bad-{uuid.uuid4().hex[:8]}", "Rules": "key_prefix {"}
     )
-    assert r.status_code == 400
+    assert r.status_code == 500
+    assert r.text.startswith("Failed to parse ACL rules")
 
 
 @requires_embedded

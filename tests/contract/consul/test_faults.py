@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 
 import consul
@@ -104,7 +105,10 @@ def test_index_reset_goes_backwards_and_wakes_watchers(
 
     t = threading.Thread(target=watch)
     t.start()
-    time.sleep(0.2)
+    # Reset only once the query is parked, or it would park afterwards and wait out its 5 s.
+    deadline = time.monotonic() + 10
+    while consul_server.stats()["BlockingQueries"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
     started = time.monotonic()
     new = consul_server.reset_index(5)
     t.join()
@@ -172,14 +176,25 @@ def test_admin_api(consul_server: ConsulServer, http: httpx.Client) -> None:
 
 
 def test_hostile_input_never_crashes(http: httpx.Client) -> None:
-    for body in (b"\xff\xfe", b"[1,2", b'"str"', b"null", b"{}" * 1000):
-        assert http.put("/v1/session/create", content=body).status_code in (200, 400, 500)
-        assert http.put("/v1/txn", content=body).status_code in (200, 400, 409)
-        assert http.put("/v1/agent/service/register", content=body).status_code in (400,)
-        assert http.put("/v1/catalog/register", content=body).status_code == 400
+    # Go's decoder reads the first JSON value only: trailing bytes are ignored, null is an
+    # empty struct (so the RPC's own validation answers), a syntax error is 400.
+    expected = {
+        b"\xff\xfe": (400, 400, 400, 400),
+        b"[1,2": (400, 400, 400, 400),
+        b'"str"': (400, 400, 400, 400),
+        b"null": (200, 200, 400, 500),
+        b"{}" * 1000: (200, 400, 400, 500),
+    }
+    for body, (session, txn, service, catalog) in expected.items():
+        assert http.put("/v1/session/create", content=body).status_code == session, body
+        assert http.put("/v1/txn", content=body).status_code == txn, body
+        assert http.put("/v1/agent/service/register", content=body).status_code == service
+        assert http.put("/v1/catalog/register", content=body).status_code == catalog, body
     assert http.put("/v1/kv/%00evil", content=b"v").status_code == 400
     r = http.get("/v1/agent/services", params={"filter": "Service =="})
-    assert r.status_code == 400
+    # A filter that does not parse is an error of the query, which Consul answers with 500.
+    assert r.status_code == 500
+    assert r.text.startswith("Failed to create boolean expression evaluator")
     assert http.get("/v1/status/leader").status_code == 200
 
 
@@ -225,3 +240,47 @@ def test_cli_refuses_non_loopback_bind() -> None:
     )
     assert proc.returncode != 0
     assert "loopback" in proc.stderr
+
+
+def test_admin_api_needs_the_management_token_when_acls_are_on() -> None:
+    with ConsulServer(acl_master_token="root") as server:
+        calls = [
+            ("GET", "/_devstack/faults", None),
+            ("PUT", "/_devstack/faults", {"latency_ms": 0}),
+            ("DELETE", "/_devstack/faults", None),
+            ("PUT", "/_devstack/index-reset", None),
+            ("PUT", f"/_devstack/session/{uuid.uuid4()}/expire", None),
+            ("PUT", "/_devstack/check/serfHealth/force", {"Status": "passing"}),
+            ("GET", "/_devstack/stats", None),
+        ]
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+            policy = http.put(
+                "/v1/acl/policy",
+                json={"Name": "kv-only", "Rules": 'key_prefix "" { policy = "write" }'},
+                headers={"X-Consul-Token": "root"},
+            ).json()
+            token = http.put(
+                "/v1/acl/token",
+                json={"Policies": [{"ID": policy["ID"]}]},
+                headers={"X-Consul-Token": "root"},
+            ).json()["SecretID"]
+            for method, path, body in calls:
+                for headers in ({}, {"X-Consul-Token": token}):
+                    r = http.request(method, path, json=body, headers=headers)
+                    assert r.status_code == 403, (method, path)
+                    assert "needs the management token" in r.text
+                r = http.request(method, path, json=body, headers={"X-Consul-Token": "nope"})
+                assert (r.status_code, r.text) == (403, "ACL not found")
+                r = http.request(method, path, json=body, params={"token": "root"})
+                assert r.status_code in (200, 404), (method, path, r.text)
+            assert http.get("/_devstack/stats", headers={"Authorization": "Bearer root"}).json()
+        # The Python handle is the test's own and needs no token.
+        assert server.stats()["Index"] >= 1
+
+
+def test_admin_paths_only_take_their_own_shape(http: httpx.Client) -> None:
+    sid = http.put("/v1/session/create").json()["ID"]
+    assert http.put(f"/_devstack/session/{sid}").status_code == 404
+    assert http.put(f"/_devstack/session/{sid}/expire/x").status_code == 404
+    assert http.put(f"/_devstack/session/{sid}/expire").status_code == 200
+    assert http.get("/_devstack/nothing").status_code == 404

@@ -7,8 +7,6 @@ import base64
 import httpx
 import pytest
 
-from devstack.consul.testing import requires_embedded
-
 
 def test_put_get_shape_and_field_order(consul_http: httpx.Client, kv_prefix: str) -> None:
     key = kv_prefix + "a"
@@ -205,11 +203,15 @@ def test_keys_with_outer_spaces_rejected(consul_http: httpx.Client, key: str) ->
     assert consul_http.get(f"/v1/kv/{key}").status_code in (400, 404)
 
 
-@requires_embedded
-def test_dot_dot_segment_rejected(consul_http: httpx.Client) -> None:
-    # httpx would normalise a literal "..", so send it percent-encoded.
-    r = consul_http.put("/v1/kv/a/%2E%2E/b", content=b"v")
-    assert r.status_code == 400
+def test_dot_dot_segment_is_redirected_not_aliased(
+    consul_http: httpx.Client, kv_prefix: str
+) -> None:
+    # httpx would normalise a literal "..", so send it percent-encoded. Go's mux cleans the
+    # decoded path and redirects (301) instead of letting the key alias another one.
+    r = consul_http.put(f"/v1/kv/{kv_prefix}a/%2E%2E/b", content=b"v")
+    assert r.status_code == 301
+    assert r.headers["Location"] == f"/v1/kv/{kv_prefix}b"
+    assert consul_http.get(f"/v1/kv/{kv_prefix}b").status_code == 404
 
 
 def test_special_characters_round_trip(consul_client, kv_prefix: str) -> None:

@@ -96,3 +96,65 @@ def test_status_and_down_without_a_stack_fail(
 def test_elb_rejects_a_malformed_listener(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["elb", "--port", "0", "--listener", "HTTP:80"]) == 2
     assert "PROTOCOL:LB_PORT:INSTANCE_PORT" in capsys.readouterr().err
+
+
+# Runs a module with chosen top-level packages made unimportable, as if the [devstack] extra
+# had not been installed.
+WITHOUT_EXTRA = """
+import importlib.abc, runpy, sys
+blocked = set(sys.argv[1].split(","))
+class Missing(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in blocked:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, Missing())
+for name in list(sys.modules):
+    if name.split(".")[0] in blocked:
+        del sys.modules[name]
+sys.argv = sys.argv[2:]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+def run_without(blocked: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_EXTRA, blocked, *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("blocked", "argv", "distribution"),
+    [
+        ("aiohttp", ("devstack", "consul", "--port", "0"), "aiohttp"),
+        ("aiohttp", ("devstack.consul", "--port", "0"), "aiohttp"),
+        ("aiohttp", ("devstack", "nomad"), "aiohttp"),
+        ("aiohttp,moto,uvloop", ("devstack", "up", "--ephemeral"), "aiohttp"),
+        ("moto", ("devstack", "up", "--ephemeral"), "moto[server]"),
+        ("moto", ("devstack", "elb", "--port", "0"), "moto[server]"),
+    ],
+)
+def test_a_missing_extra_is_named_with_the_install_command(
+    blocked: str, argv: tuple[str, ...], distribution: str
+) -> None:
+    result = run_without(blocked, *argv)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"the optional dependency {distribution!r} is not installed" in result.stderr
+    assert "pip install 'manticore-reconciler[devstack]'" in result.stderr
+
+
+def test_the_help_and_the_stack_bookkeeping_work_without_the_extra(tmp_path: Path) -> None:
+    result = run_without("aiohttp,moto,uvloop", "devstack", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage: devstack" in result.stdout
+    result = run_without("aiohttp", "devstack", "consul", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'manticore-reconciler[devstack]'" in result.stdout
+    result = run_without("aiohttp,moto,uvloop", "devstack", "status", "--home", str(tmp_path))
+    assert result.returncode == 1, result.stderr
+    assert "not running" in result.stdout
