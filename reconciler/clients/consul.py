@@ -260,7 +260,7 @@ class PyConsul(consul.base.Consul):  # type: ignore[misc]
 # --------------------------------------------------------------------------- typed results
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KVEntry:
     """One KV pair. ``value`` is ``None`` for an empty value, as Consul returns it."""
 
@@ -293,7 +293,7 @@ class KVEntry:
         return (self.value or b"").decode()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KVOp:
     """One KV operation of a transaction (``Verb`` as Consul spells it: ``cas``, ``check-session``).
 
@@ -356,7 +356,7 @@ class KVOp:
         return cls("check-not-exists", key)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TxnResult:
     """A committed transaction: the entries its ``get``/``set``... operations returned."""
 
@@ -364,7 +364,7 @@ class TxnResult:
     index: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SessionInfo:
     id: str
     name: str = ""
@@ -408,7 +408,7 @@ def aggregate_status(statuses: Iterable[str]) -> CheckStatus:
     return worst
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HealthCheck:
     check_id: str
     name: str
@@ -418,7 +418,7 @@ class HealthCheck:
     output: str = field(default="", compare=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CheckState:
     """One check from ``/v1/health/state/:state``, with the node and service it belongs to."""
 
@@ -463,7 +463,7 @@ def _check_order(check: HealthCheck) -> tuple[str, str]:
     return check.service_id, check.check_id
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServiceInstance:
     """One instance from ``/v1/health/service/:name``, with its checks and aggregated status.
 
