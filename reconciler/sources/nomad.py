@@ -171,8 +171,10 @@ class NomadSource(WatchBase):
             got, nodes = await self._client.list_nodes(resources=True, index=index, wait=wait)
             return got, list(nodes)
         if self.kind == "jobs":
+            # meta=true (Nomad >= 1.3): listed stubs carry Meta as stream events do, so a
+            # controller can tell its own jobs from the cache without a read per job.
             got, jobs = await self._client.list_jobs(
-                prefix=self.job_prefix, index=index, wait=wait, namespace=self.namespace
+                prefix=self.job_prefix, meta=True, index=index, wait=wait, namespace=self.namespace
             )
             return got, list(jobs)
         got, allocs = await self._client.list_allocations(

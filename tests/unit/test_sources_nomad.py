@@ -129,6 +129,17 @@ async def test_jobs_are_listed_then_followed(nomad_client: NomadClient, use_stre
     assert "other" not in rec.ids
 
 
+@pytest.mark.parametrize("use_stream", [False, True])
+async def test_listed_jobs_carry_their_meta(nomad_client: NomadClient, use_stream: bool) -> None:
+    await nomad_client.register_job({**JOB, "Meta": {"owner": "us"}})
+    source = NomadSource(nomad_client, "jobs", use_stream=use_stream, wait=2.0)
+    async with running(source, Recorder()):
+        with anyio.fail_after(5):
+            await source.wait_ready()
+        # From the initial list, not only from stream events.
+        assert source.items()["core-hmi-1"].meta == {"owner": "us"}
+
+
 async def test_allocations_are_keyed_by_alloc_id(nomad_client: NomadClient) -> None:
     source = NomadSource(nomad_client, "allocations", use_stream=False, wait=2.0)
     rec = Recorder()
