@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-MODULES = ["workqueue", "framework", "consul", "nomad"]
+MODULES = ["workqueue", "framework", "consul", "nomad", "routing"]
 
 
 def main(argv: list[str]) -> int:

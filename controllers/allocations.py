@@ -43,6 +43,7 @@ from controllers.api.allocations import ServiceAddress, UserAllocation
 from controllers.api.haproxy import ROLE_PATTERN
 from controllers.api.ids import (
     ALLOCATIONS_PREFIX,
+    JOB_PREFIX,
     REQUESTS_PREFIX,
     is_user_id,
     job_id,
@@ -296,7 +297,15 @@ controller = Controller(
     description="passing core-hmi-<id>-<role> services -> manticore/allocations/data/<id>",
     reconcile=reconcile,
     watches=[
-        watches.service_health(pattern=SERVICE_PATTERN, to_keys=users_of_instance),
+        watches.service_health(
+            pattern=SERVICE_PATTERN,
+            to_keys=users_of_instance,
+            # Only the users' checks travel on the health long poll, not the datacenter's.
+            server_filter=f'ServiceName matches "^{JOB_PREFIX}"',
+            # New services are read one request each; a burst of arrivals (many allocations
+            # placed at once) is read 8 at a time, beside writes in the short-request pool.
+            read_concurrency=8,
+        ),
         watches.kv(REQUESTS_PREFIX, to_keys=_user_key(REQUESTS_PREFIX)),
         watches.kv(ALLOCATIONS_PREFIX, to_keys=_user_key(ALLOCATIONS_PREFIX)),
         watches.periodic([STATS_KEY], every=STATS_EVERY),
