@@ -408,18 +408,132 @@ class ELBSettings(_Group):
 
 
 class UsageSettings(_Group):
-    """How long a claimed user may keep their pair."""
+    """How long a claimed user may keep their pair (the expiry controller; the API reports it).
 
-    usage_duration: float | None = Field(default=None, gt=0, alias="USAGE_DURATION")
-    warning_duration: float = Field(default=60.0, ge=0, alias="WARNING_DURATION")
-    reset_timer_allowed: bool = Field(default=False, alias="RESET_TIMER_ALLOWED")
+    Manticore's inactivity timers: after ``USAGE_DURATION`` seconds the user is warned, after
+    ``WARNING_DURATION`` more the request is deleted; activity restarts the clock only when
+    ``RESET_TIMER_ALLOWED``. Unset ``USAGE_DURATION``: no limit.
+    """
+
+    usage_duration: float | None = Field(
+        default=None,
+        gt=0,
+        alias="USAGE_DURATION",
+        description="Seconds a claimed user may use their pair before the warning (unset: no "
+        "limit)",
+    )
+    warning_duration: float = Field(
+        default=60.0,
+        ge=0,
+        alias="WARNING_DURATION",
+        description="Seconds between the warning and the end",
+    )
+    reset_timer_allowed: bool = Field(
+        default=False,
+        alias="RESET_TIMER_ALLOWED",
+        description="User activity (POST .../activity) restarts the usage clock",
+    )
+    recheck_interval: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        alias="MANTICORE_EXPIRY_RECHECK_INTERVAL",
+        description="Longest the expiry controller waits before looking at the deadlines again",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.usage_duration is not None
 
 
 class APISettings(_Group):
-    """The intake API."""
+    """The intake API (``manticore-api``): where it listens, how it registers, what it tells."""
 
-    jwt_secret: str | None = Field(default=None, alias="JWT_SECRET", repr=False)
-    http_port: int = Field(default=4000, ge=0, le=65535, alias="HTTP_PORT")
+    jwt_secret: str | None = Field(
+        default=None,
+        alias="JWT_SECRET",
+        repr=False,
+        description="HS256 secret: the user id is the JWT's user_id claim (unset: from the body)",
+    )
+    http_port: int = Field(
+        default=4000, ge=0, le=65535, alias="HTTP_PORT", description="Port of the API (0: free)"
+    )
+    bind_address: IPAddress = Field(
+        default="127.0.0.1",
+        alias="MANTICORE_API_BIND_ADDRESS",
+        description="Address the API listens on (0.0.0.0 in production)",
+    )
+    advertise_address: IPAddress | None = Field(
+        default=None,
+        alias="MANTICORE_API_ADVERTISE_ADDRESS",
+        description="Address registered in Consul (default: the bind address, 127.0.0.1 for "
+        "0.0.0.0)",
+    )
+    register_service: bool = Field(
+        default=True,
+        alias="MANTICORE_API_REGISTER",
+        description="Register the API in Consul as MANTICORE_WEB_APP_SERVICE (with an HTTP "
+        "check on /healthz) and deregister it on shutdown",
+    )
+    service_id: str | None = Field(
+        default=None,
+        alias="MANTICORE_API_SERVICE_ID",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+        description="Consul service id (default <service>-<address>-<port>)",
+    )
+    check_interval: float = Field(default=10.0, gt=0, le=3600, alias="MANTICORE_API_CHECK_INTERVAL")
+    deregister_after: float = Field(
+        default=60.0,
+        ge=60,
+        le=86400,
+        alias="MANTICORE_API_DEREGISTER_AFTER",
+        description="Consul removes an instance critical this long (a killed instance)",
+    )
+    public_scheme: Literal["http", "https"] = Field(
+        default="http",
+        alias="MANTICORE_PUBLIC_SCHEME",
+        description="Scheme of the users' HMI URLs (https behind a TLS-terminating ELB)",
+    )
+    public_http_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        alias="MANTICORE_PUBLIC_HTTP_PORT",
+        description="Port in the users' HMI URLs (default: the ELB's HTTP port with an ELB, "
+        "else haproxy/mainPort)",
+    )
+    public_tcp_host: str | None = Field(
+        default=None,
+        alias="MANTICORE_PUBLIC_TCP_HOST",
+        pattern=r"^[A-Za-z0-9.-]{1,253}$",
+        description="Host of the users' core TCP address (default: the ELB's DNS name with an "
+        "ELB, else DOMAIN_NAME)",
+    )
+    webpage_disabled: bool = Field(
+        default=False, alias="WEBPAGE_DISABLED", description="Do not serve the page on /"
+    )
+    max_body_bytes: int = Field(
+        default=16 * 1024, ge=256, le=1024 * 1024, alias="MANTICORE_API_MAX_BODY_BYTES"
+    )
+    max_streams: int = Field(
+        default=10_000,
+        ge=1,
+        alias="MANTICORE_API_MAX_STREAMS",
+        description="Open event streams one instance holds at most (then 503)",
+    )
+    max_streams_per_user: int = Field(
+        default=8,
+        ge=1,
+        alias="MANTICORE_API_MAX_STREAMS_PER_USER",
+        description="Open event streams of one user at most (then 429)",
+    )
+    keepalive: float = Field(
+        default=15.0,
+        gt=0,
+        le=300,
+        alias="MANTICORE_API_SSE_KEEPALIVE",
+        description="Seconds between keep-alive comments on an idle event stream",
+    )
 
 
 class Settings(_Group):

@@ -18,6 +18,7 @@ key                                    writer         model
 ``haproxy/domainName``                 haproxy-kv     domain text (:data:`~.haproxy.DomainName`)
 ``haproxy/mainPort``                   haproxy-kv     port text
 ``manticore/elb/data/<id>``            elb            :class:`~.elb.ListenerRecord`
+``manticore/expiry/data/<id>``         expiry         :class:`~.expiry.ExpiryRecord`
 =====================================  =============  ==========================================
 """
 
@@ -27,6 +28,7 @@ from pydantic import BaseModel
 
 from controllers.api.allocations import UserAllocation
 from controllers.api.elb import ListenerRecord
+from controllers.api.expiry import ExpiryRecord
 from controllers.api.haproxy import RouteReservation, UserRoutes
 from controllers.api.requests import UserRequest
 from controllers.api.waiting import WaitingPage
@@ -38,4 +40,5 @@ KV_MODELS: dict[str, type[BaseModel]] = {
     "manticore-route-reservation": RouteReservation,
     "haproxy-user-routes": UserRoutes,
     "manticore-elb-listener": ListenerRecord,
+    "manticore-expiry": ExpiryRecord,
 }
