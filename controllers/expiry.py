@@ -54,6 +54,11 @@ WARNINGS = Counter("manticore_expiry_warnings_total", "Users warned that their t
 EXPIRED = Counter("manticore_expiry_expired_total", "Users whose time ran out (request deleted)")
 RESETS = Counter("manticore_expiry_resets_total", "Usage clocks restarted by user activity")
 TRACKED = Gauge("manticore_expiry_tracked_users", "Claimed users with a usage deadline")
+OVERDUE = Gauge(
+    "manticore_expiry_overdue_users",
+    "Users still there more than OVERDUE_AFTER seconds past their end (deleting them fails)",
+)
+OVERDUE_AFTER = 30.0
 NEXT_DEADLINE = Gauge(
     "manticore_expiry_next_deadline_seconds",
     "Seconds until the next warning or expiry (0 when none is pending)",
@@ -234,6 +239,10 @@ class Expiry:
                 ctx.log.error("invalid expiry record; replacing it", user=user, error=str(exc))
                 records[user] = Stored(None, entry.modify_index)
         now = self.clock()
+        late = now - dt.timedelta(seconds=OVERDUE_AFTER)
+        OVERDUE.set(
+            sum(1 for s in records.values() if s.value is not None and s.value.expires_at < late)
+        )
         result = plan(Observed(now, requests, claimed, records), usage)
         await self._apply(ctx, result.ops())
         for user in result.warned:

@@ -118,9 +118,13 @@ def addresses(
     host = public.tcp_host or public.domain
     port = tcp[CORE_ROLE]
     if public.elb:
-        if listener is None:
+        # The user's TCP port is a listener on the load balancer the elb controller chose.
+        found = {item.role: item for item in listener.listeners} if listener else {}
+        if CORE_ROLE not in found:
             return None
-        port = listener.port
+        assert listener is not None
+        port = found[CORE_ROLE].port
+        host = public.tcp_host or listener.dns_name or public.domain
     broker = subdomains.get(BROKER_ROLE)
     return Addresses(
         hmi_url=http[HMI_ROLE],

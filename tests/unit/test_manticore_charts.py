@@ -28,6 +28,7 @@ MODULES = (
     "controllers.allocations",
     "controllers.haproxy_kv",
     "controllers.elb",
+    "controllers.expiry",
     "controllers.haproxy.metrics",
 )
 # What each leader-elected Manticore controller exports; each must be alerted on.
@@ -37,6 +38,7 @@ ALERTED = {
     "allocations": ("manticore_users_running", "manticore_allocation_"),
     "haproxy-kv": ("manticore_tcp_", "manticore_users_routed", "manticore_web_app_"),
     "elb": ("manticore_elb_",),
+    "expiry": ("manticore_expiry_",),
 }
 NAME = re.compile(r"\b([a-z_][a-z0-9_]*)\s*(\{[^}]*\})?")
 MATCHER = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*')
