@@ -35,9 +35,9 @@ import os
 import random
 import secrets
 import string
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import Counter, Gauge
 from pydantic import TypeAdapter, ValidationError
@@ -173,15 +173,17 @@ def plan_reservation(
         if port in ports and port_owners.get(port, user) == user
     }
     exhausted: list[str] = []
-    taken_ports = set(port_owners) | set(tcp_ports.values())
+    # Listing every claim is O(users): done only when a new port must be chosen.
+    taken_ports: set[int] | None = None
     for role, service in sorted(allocation.services.items()):
         if service.route == "http" and role not in subdomains:
-            used = set(subdomain_owners) | set(subdomains.values())
             sub = make_subdomain()
-            while sub in used:
+            while subdomain_owners.get(sub) is not None or sub in subdomains.values():
                 sub = make_subdomain()
             subdomains[role] = sub
         elif service.route == "tcp" and role not in tcp_ports:
+            if taken_ports is None:
+                taken_ports = set(port_owners) | set(tcp_ports.values())
             free = [p for p in ports if p not in taken_ports]
             if not free:
                 exhausted.append(role)
@@ -215,19 +217,67 @@ def plan_routes(allocation: UserAllocation, reservation: RouteReservation) -> Us
     return UserRoutes(http=http, tcp=tcp)
 
 
-def claim_owners(cache: Mapping[str, Any]) -> tuple[dict[int, str], dict[str, str]]:
-    """Port -> user and subdomain -> user, from the claim keys in the routes cache."""
-    ports: dict[int, str] = {}
-    subdomains: dict[str, str] = {}
-    for key, entry in cache.items():
-        owner = entry.text if isinstance(entry, KVEntry) else ""
-        if key.startswith(ROUTES_TCP_PREFIX):
-            rest = key[len(ROUTES_TCP_PREFIX) :]
-            if rest.isdigit():
-                ports[int(rest)] = owner
-        elif key.startswith(ROUTES_SUBDOMAIN_PREFIX):
-            subdomains[key[len(ROUTES_SUBDOMAIN_PREFIX) :]] = owner
-    return ports, subdomains
+K = TypeVar("K", int, str)
+
+
+class Claims(Mapping[K, str]):
+    """Owner of each claimed port (or subdomain), read from the routes cache on demand.
+
+    A lookup costs one dict access, so a reconcile that keeps what the user holds never walks
+    every claim; only choosing a new port iterates them. ``learn`` overlays what a fresh read
+    of one claim key said (an owner, or None for absent) when the cache was behind.
+    """
+
+    def __init__(
+        self, cache: Mapping[str, Any], prefix: str, parse: Callable[[str], K | None]
+    ) -> None:
+        self._cache = cache
+        self._prefix = prefix
+        self._parse: Callable[[str], K | None] = parse
+        self._overlay: dict[K, str | None] = {}
+
+    def learn(self, item: K, owner: str | None) -> None:
+        self._overlay[item] = owner
+
+    def __getitem__(self, item: K) -> str:
+        if item in self._overlay:
+            owner = self._overlay[item]
+            if owner is None:
+                raise KeyError(item)
+            return owner
+        entry = self._cache.get(f"{self._prefix}{item}")
+        if not isinstance(entry, KVEntry):
+            raise KeyError(item)
+        return entry.text
+
+    def __iter__(self) -> Iterator[K]:
+        for known, owner in self._overlay.items():
+            if owner is not None:
+                yield known
+        for key in list(self._cache):
+            if key.startswith(self._prefix):
+                parsed = self._parse(key[len(self._prefix) :])
+                if parsed is not None and parsed not in self._overlay:
+                    yield parsed
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def _port_of(text: str) -> int | None:
+    return int(text) if text.isdigit() else None
+
+
+def _subdomain_of(text: str) -> str | None:
+    return text or None
+
+
+def claims_of(cache: Mapping[str, Any]) -> tuple[Claims[int], Claims[str]]:
+    """Port -> user and subdomain -> user, as views of the claim keys in the routes cache."""
+    return (
+        Claims(cache, ROUTES_TCP_PREFIX, _port_of),
+        Claims(cache, ROUTES_SUBDOMAIN_PREFIX, _subdomain_of),
+    )
 
 
 def web_app_plan(
@@ -374,7 +424,7 @@ class HAProxyKV:
     ) -> ReservationPlan | None:
         """Make the user's reservation and its claims exist in Consul, atomically."""
         key = f"{ROUTES_DATA_PREFIX}{user}"
-        port_owners, subdomain_owners = claim_owners(ctx.cache(ROUTES_WATCH))
+        port_owners, subdomain_owners = claims_of(ctx.cache(ROUTES_WATCH))
         for _ in range(RESERVE_ATTEMPTS):
             entry = await ctx.kv.get(key)
             current = None
@@ -415,10 +465,9 @@ class HAProxyKV:
                 found = await ctx.kv.get(claim)
                 owner = found.text if found is not None else None
                 if claim.startswith(ROUTES_TCP_PREFIX):
-                    port = int(claim[len(ROUTES_TCP_PREFIX) :])
-                    _set_owner(port_owners, port, owner)
+                    port_owners.learn(int(claim[len(ROUTES_TCP_PREFIX) :]), owner)
                 else:
-                    _set_owner(subdomain_owners, claim[len(ROUTES_SUBDOMAIN_PREFIX) :], owner)
+                    subdomain_owners.learn(claim[len(ROUTES_SUBDOMAIN_PREFIX) :], owner)
         raise TemporaryError(f"{user}: reservation conflicted {RESERVE_ATTEMPTS} times")
 
     async def release(self, ctx: Context, user: str) -> None:
@@ -472,7 +521,7 @@ class HAProxyKV:
     def stats(self, ctx: Context) -> Result | None:
         haproxy = ctx.cache(HAPROXY_WATCH)
         USERS_ROUTED.set(sum(1 for k in haproxy if user_of_key(HAPROXY_DATA_PREFIX, k)))
-        ports, _ = claim_owners(ctx.cache(ROUTES_WATCH))
+        ports, _ = claims_of(ctx.cache(ROUTES_WATCH))
         in_range = self.cfg.tcp_port_range
         TCP_PORTS_IN_USE.set(sum(1 for p in ports if p in in_range))
         TCP_PORTS_TOTAL.set(len(in_range))
@@ -482,13 +531,6 @@ class HAProxyKV:
         }
         USERS_WAITING_FOR_PORT.set(len(self.waiting_for_port))
         return None
-
-
-def _set_owner(owners: dict[Any, str], item: Any, owner: str | None) -> None:
-    if owner is None:
-        owners.pop(item, None)
-    else:
-        owners[item] = owner
 
 
 def _lenient(entry: KVEntry) -> RouteReservation:

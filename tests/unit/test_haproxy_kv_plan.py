@@ -312,3 +312,28 @@ def test_plan_idempotence_applying_a_plan_then_planning_again_yields_nothing(
     assert second.reservation == first.reservation
     assert second.claims == []
     assert plan_routes(alloc, second.reservation) == plan_routes(alloc, first.reservation)
+
+
+def test_claims_read_the_cache_lazily_and_learn_what_a_fresh_read_said() -> None:
+    from controllers.haproxy_kv import claims_of
+    from reconciler.clients.consul import KVEntry
+
+    cache = {
+        "manticore/routes/tcp/20001": KVEntry("manticore/routes/tcp/20001", b"ada"),
+        "manticore/routes/tcp/junk": KVEntry("manticore/routes/tcp/junk", b"x"),
+        "manticore/routes/subdomains/" + "a" * 16: KVEntry("s", b"bob"),
+        "manticore/routes/data/ada": KVEntry("manticore/routes/data/ada", b"{}"),
+    }
+    ports, subdomains = claims_of(cache)
+    assert ports.get(20001) == "ada"
+    assert ports.get(20002) is None
+    assert subdomains["a" * 16] == "bob"
+    assert sorted(ports) == [20001]
+    assert len(subdomains) == 1
+    ports.learn(20002, "carol")  # the cache was behind: a fresh read found carol's claim
+    ports.learn(20001, None)  # ...and ada's is gone
+    assert ports.get(20002) == "carol"
+    assert ports.get(20001) is None
+    assert sorted(ports) == [20002]
+    plan = reserve("dan", ports=range(20001, 20003), port_owners=ports)
+    assert plan.reservation.tcp_ports == {"core": 20001}
