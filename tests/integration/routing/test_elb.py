@@ -245,3 +245,24 @@ async def test_the_controller_refuses_to_start_with_a_clear_message(
 
 async def _none(value: Any) -> bool:
     return (await value) is None
+
+
+async def test_unreadable_routes_keep_the_user_s_listener_and_alter_no_one(
+    consul_server, aws
+) -> None:
+    async with running_with([controller()], environ(consul_server, aws)) as (manager, consul):
+        await eventually(lambda: manager.ready)
+        await add_users(consul, {"ada": 20001, "bob": 20002})
+        await eventually(lambda: read_json(consul, f"{ELB_PREFIX}ada"), timeout=30)
+        await eventually(lambda: read_json(consul, f"{ELB_PREFIX}bob"), timeout=30)
+        ada = await read_json(consul, f"{ELB_PREFIX}ada")
+
+        await consul.kv_put(f"{HAPROXY_DATA_PREFIX}ada", b"{not json")
+        await add_users(consul, {"cy": 20003})
+        await eventually(lambda: read_json(consul, f"{ELB_PREFIX}cy"), timeout=30)
+        status = await eventually(lambda: read_json(consul, "reconciler/status/elb/ada"))
+        assert status["phase"] == "Invalid"
+        # ada keeps her listener and record; the others are served.
+        assert 20001 in set().union(*user_ports(aws).values())
+        assert await read_json(consul, f"{ELB_PREFIX}ada") == ada
+        assert {20001, 20002, 20003} <= set().union(*user_ports(aws).values())

@@ -308,3 +308,42 @@ async def test_a_claim_the_cache_has_not_seen_is_refused_by_consul_not_duplicate
         assert metric("manticore_route_reservation_conflicts_total") >= conflicts + 1
         reservation = await read_json(consul, f"{ROUTES_DATA_PREFIX}bob")
         assert reservation["tcp_ports"] == {}
+
+
+@pytest.mark.parametrize(
+    ("bad", "kind"),
+    [
+        (b"{not json", "malformed-json"),
+        (
+            b'{"services": {"hmi": {"address": "10.0.0.1 ; rm", "port": 1, "route": "http"}}}',
+            "schema",
+        ),
+    ],
+)
+async def test_an_invalid_allocation_record_is_reported_and_alters_no_one(
+    consul_server, bad: bytes, kind: str
+) -> None:
+    labels = {"controller": "haproxy-kv", "kind": kind}
+    before = metric("reconciler_invalid_input_total", labels)
+    async with running([haproxy_kv.build(config())], consul_server.address) as (manager, consul):
+        await eventually(lambda: manager.ready)
+        await arrive(consul, "ada", "bob")
+        await eventually(lambda: _all_tcp(consul, ["ada", "bob"]))
+        ada = await routes_of(consul, "ada")
+        ada_reservation = await read_json(consul, f"{ROUTES_DATA_PREFIX}ada")
+
+        await consul.kv_put(f"{ALLOCATIONS_PREFIX}ada", bad)
+        await arrive(consul, "carol")
+        await eventually(lambda: _all_tcp(consul, ["carol"]))
+        status = await eventually(lambda: read_json(consul, "reconciler/status/haproxy-kv/ada"))
+        assert status["phase"] == "Invalid"
+        assert "ada" in status["message"]
+        await eventually(lambda: metric("reconciler_invalid_input_total", labels) > before)
+        # ada is left exactly as she was; nobody else is touched.
+        assert await routes_of(consul, "ada") == ada
+        assert await read_json(consul, f"{ROUTES_DATA_PREFIX}ada") == ada_reservation
+        assert (await routes_of(consul, "bob"))["tcp"]
+
+        # Fixed input: the status entry goes.
+        await arrive(consul, "ada")
+        await eventually(lambda: _none(read_json(consul, "reconciler/status/haproxy-kv/ada")))
