@@ -380,7 +380,11 @@ class HAProxyKV:
     # -- one user
     async def user(self, ctx: Context, user: str) -> Result | None:
         routes_key = f"{HAPROXY_DATA_PREFIX}{user}"
-        if f"{REQUESTS_PREFIX}{user}" not in ctx.cache(REQUESTS_WATCH):
+        request_key = f"{REQUESTS_PREFIX}{user}"
+        # Giving up a reservation cannot be undone (the random values are gone), so a request
+        # missing from the cache is confirmed by a fresh read first: a cache that lags must not
+        # cost a live user their subdomains and port.
+        if request_key not in ctx.cache(REQUESTS_WATCH) and await ctx.kv.get(request_key) is None:
             self.waiting_for_port.discard(user)
             await self.release(ctx, user)
             return None

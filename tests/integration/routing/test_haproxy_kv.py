@@ -347,3 +347,29 @@ async def test_an_invalid_allocation_record_is_reported_and_alters_no_one(
         # Fixed input: the status entry goes.
         await arrive(consul, "ada")
         await eventually(lambda: _none(read_json(consul, "reconciler/status/haproxy-kv/ada")))
+
+
+async def test_a_lagging_requests_cache_never_costs_a_live_user_their_reservation(
+    consul_server,
+) -> None:
+    from reconciler.clients.config import ClientsConfig
+
+    clients = ClientsConfig.from_env({"CONSUL_HTTP_ADDR": consul_server.address})
+    async with ConsulClient(clients.consul) as consul:
+        reservation = b'{"subdomains":{"hmi":"aaaaaaaaaaaaaaaa"},"tcp_ports":{"core":20003}}'
+        await consul.kv_put(f"{REQUESTS_PREFIX}ada", b"{}")
+        await consul.kv_put(f"{ROUTES_DATA_PREFIX}ada", reservation)
+        await consul.kv_put(f"{ROUTES_TCP_PREFIX}20003", b"ada")
+        state = haproxy_kv.HAProxyKV(config())
+        view = StaleView(consul, {})  # has not seen the request (nor anything else) yet
+        await state.user(view, "ada")  # type: ignore[arg-type]
+        _, kept = await consul.kv_get(f"{ROUTES_DATA_PREFIX}ada")
+        assert kept is not None
+        assert kept.value == reservation
+        _, claim = await consul.kv_get(f"{ROUTES_TCP_PREFIX}20003")
+        assert claim is not None
+        # Once the request really is gone, the same call releases everything.
+        await consul.kv_delete(f"{REQUESTS_PREFIX}ada")
+        await state.user(view, "ada")  # type: ignore[arg-type]
+        assert (await consul.kv_get(f"{ROUTES_DATA_PREFIX}ada"))[1] is None
+        assert (await consul.kv_get(f"{ROUTES_TCP_PREFIX}20003"))[1] is None
