@@ -51,6 +51,9 @@ class AllocsAPI(APIBase):
                 self._public(s) for s in self.state.services.values() if s["AllocID"] == alloc_id
             ]
             return json_response(out, self.state.table_index["services"])
+        if "/" in tail:
+            # Sub-resources the devstack does not serve (checks, ...) are unknown paths.
+            raise NomadError(404, "")
         methods(request, READ)
 
         def compute() -> tuple[int, Any]:
@@ -88,6 +91,8 @@ class AllocsAPI(APIBase):
             eval_id = tail[: -len("/allocations")]
             out = [alloc_stub(a) for a in self.state.allocs.values() if a["EvalID"] == eval_id]
             return json_response(out, self.state.table_index["allocs"])
+        if "/" in tail:
+            raise NomadError(404, "")
 
         def compute() -> tuple[int, Any]:
             e = self.state.evals.get(tail)

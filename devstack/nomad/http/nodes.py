@@ -42,6 +42,9 @@ class NodesAPI(APIBase):
     async def node(self, request: web.Request) -> web.Response:
         tail = request.match_info["tail"]
         node_id, _, action = tail.partition("/")
+        if node_id in ("pools", "pool"):
+            # Node pools live under /v1/node/pool(s); the devstack has only "default".
+            raise NomadError(404, "")
         if action == "drain":
             methods(request, WRITE)
             reply = self.cluster.drain_node(node_id, await read_body(request))

@@ -115,3 +115,21 @@ def test_the_agent_registers_itself_in_consul(
         return len(states) == 4 and all(c["Status"] == "passing" for c in states)
 
     wait_for(all_passing, timeout=30, interval=0.2)
+
+
+def test_evaluation_endpoints(nomad_http: httpx.Client, job_id: str) -> None:
+    reply = register(nomad_http, docker_job(job_id))
+    eval_id = reply["EvalID"]
+    wait_for(lambda: running_allocs(nomad_http, job_id, 1))
+    listed = nomad_http.get("/v1/evaluations", params={"job": job_id}).json()
+    assert eval_id in [e["ID"] for e in listed]
+    one = nomad_http.get(f"/v1/evaluation/{eval_id}").json()
+    assert (one["ID"], one["JobID"], one["TriggeredBy"]) == (eval_id, job_id, "job-register")
+    placed = nomad_http.get(f"/v1/evaluation/{eval_id}/allocations").json()
+    assert [a["JobID"] for a in placed] == [job_id]
+    missing = nomad_http.get("/v1/evaluation/00000000-0000-0000-0000-000000000000")
+    assert (missing.status_code, missing.text) == (404, "eval not found")
+    forced = nomad_http.post(f"/v1/job/{job_id}/evaluate", json={})
+    assert forced.status_code == 200, forced.text
+    again = nomad_http.get(f"/v1/evaluation/{forced.json()['EvalID']}").json()
+    assert again["JobID"] == job_id

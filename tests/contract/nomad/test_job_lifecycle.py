@@ -181,5 +181,12 @@ def test_unimplemented_sub_resources_are_unknown_paths(
         assert resp.status_code == 404
         assert resp.text == ""
     assert nomad_http.get("/v1/no/such/endpoint").status_code == 404
+    stub = nomad_http.get(f"/v1/job/{job_id}/allocations").json()
+    for path in ("/v1/node/pools", "/v1/evaluations/count", "/v1/vars", "/v1/metrics"):
+        resp = nomad_http.get(path)
+        assert (resp.status_code, resp.text) == (404, ""), path
+    if stub:
+        resp = nomad_http.get(f"/v1/allocation/{stub[0]['ID']}/checks")
+        assert (resp.status_code, resp.text) == (404, "")
     ids = [j["ID"] for j in nomad_http.get("/v1/jobs").json()]
     assert ids == [job_id]
