@@ -5,8 +5,9 @@ until killed, and while it runs it *serves its ports* as a healthy container doe
 port mapped to it answers HTTP 200 (any method, any path) and accepts TCP, so Consul's real
 HTTP and TCP checks pass. The ports it serves are its task-level network ports, the group ports
 named in its ``config.ports``, and, for the group's first docker task without ``ports``, the
-group ports no other task names. Listeners bind the allocation's host address with
-``SO_REUSEPORT`` (simulated nodes share loopback) and close when the task stops. These
+group ports no other task names. Listeners bind the allocation's host address (containers of
+simulated nodes that share loopback and a static port share one listener) and close when the
+task stops. These
 conventions, documented for users of the devstack, change what it does:
 
 ==============================================  ==============================================
@@ -45,6 +46,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -138,56 +140,89 @@ def _http_response(status: int) -> bytes:
     ).encode() + body
 
 
+class _Listener:
+    """One listening socket, shared by the simulated containers of one loop that use its port.
+
+    Simulated nodes share loopback, so two nodes may hold the same static port; the first
+    container still running answers. No ``SO_REUSEPORT``: another process (another devstack)
+    on the same port is a collision, reported as docker reports it.
+    """
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+        self.owners: list[_SimulatedContainer] = []
+
+    def respond(self) -> _Responder:
+        return _Responder(self.owners[0].response if self.owners else _http_response(503))
+
+
+_LISTENERS: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[str, int], _Listener]
+] = weakref.WeakKeyDictionary()
+
+
 class _SimulatedContainer:
     def __init__(self, exit_after: float | None, exit_code: int, stop_delay: float = 0) -> None:
         self._stop_delay = stop_delay
         self._killed = asyncio.Event()
         self._exit_after = exit_after
         self._exit_code = exit_code
-        self._servers: list[asyncio.Server] = []
+        self._ports: list[tuple[str, int]] = []
         self._opener: asyncio.Task[None] | None = None
+        self.response = _http_response(200)
 
     async def listen(self, ports: list[tuple[str, int]], status: int, delay: float) -> None:
         """Serve ``ports`` (after ``delay``); a port taken by another process fails the start."""
+        self.response = _http_response(status)
         if delay > 0:
-            self._opener = asyncio.get_running_loop().create_task(
-                self._open_later(ports, status, delay)
-            )
+            self._opener = asyncio.get_running_loop().create_task(self._open_later(ports, delay))
             return
-        await self._open(ports, status)
+        await self._open(ports)
 
-    async def _open_later(self, ports: list[tuple[str, int]], status: int, delay: float) -> None:
+    async def _open_later(self, ports: list[tuple[str, int]], delay: float) -> None:
         await asyncio.sleep(delay)
         with contextlib.suppress(DriverError):
-            await self._open(ports, status)
+            await self._open(ports)
 
-    async def _open(self, ports: list[tuple[str, int]], status: int) -> None:
+    async def _open(self, ports: list[tuple[str, int]]) -> None:
         loop = asyncio.get_running_loop()
-        response = _http_response(status)
+        table = _LISTENERS.setdefault(loop, {})
         for ip, port in ports:
-            try:
-                server = await loop.create_server(
-                    lambda: _Responder(response),
-                    host=ip or "127.0.0.1",
-                    port=port,
-                    reuse_port=True,
-                    backlog=64,
-                )
-            except OSError as exc:
-                self.close()
-                raise DriverError(
-                    "Failed to start container: API error (500): driver failed programming "
-                    f"external connectivity: Bind for {ip}:{port} failed: port is already "
-                    f"allocated ({exc.strerror})"
-                ) from exc
-            self._servers.append(server)
+            key = (ip or "127.0.0.1", port)
+            entry = table.get(key)
+            if entry is None:
+                entry = _Listener()
+                try:
+                    entry.server = await loop.create_server(
+                        entry.respond, host=key[0], port=port, backlog=64
+                    )
+                except OSError as exc:
+                    self.close()
+                    raise DriverError(
+                        "Failed to start container: API error (500): driver failed programming "
+                        f"external connectivity: Bind for {ip}:{port} failed: port is already "
+                        f"allocated ({exc.strerror})"
+                    ) from exc
+                table[key] = entry
+            entry.owners.append(self)
+            self._ports.append(key)
 
     def close(self) -> None:
         if self._opener is not None:
             self._opener.cancel()
-        for server in self._servers:
-            server.close()
-        self._servers.clear()
+        with contextlib.suppress(RuntimeError):
+            table = _LISTENERS.get(asyncio.get_running_loop(), {})
+            for key in self._ports:
+                entry = table.get(key)
+                if entry is None:
+                    continue
+                if self in entry.owners:
+                    entry.owners.remove(self)
+                if not entry.owners:
+                    if entry.server is not None:
+                        entry.server.close()
+                    del table[key]
+        self._ports.clear()
 
     async def wait(self) -> ExitResult:
         try:
