@@ -14,6 +14,7 @@ from __future__ import annotations
 import fnmatch
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,9 @@ class ClusterView:
     job_allocs: dict[str, dict[str, int]] = field(default_factory=dict)
     # distinct_property: (target, value) -> count of this job's allocations
     property_counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Whether a host port is free outside the cluster (simulated nodes share this machine);
+    # None: every port not held by an allocation is free, as on a dedicated host.
+    port_free: Callable[[str, int], bool] | None = None
 
     def used(self, node_id: str) -> NodeUsage:
         return self.usage.setdefault(node_id, NodeUsage())
@@ -275,6 +279,7 @@ def _pick_ports(
     rng: random.Random,
     chosen: set[int],
     task_level: bool = False,
+    port_free: Callable[[str, int], bool] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | str:
     """Assign static and dynamic ports on ``node``; a dimension string if they do not fit."""
     networks: list[dict[str, Any]] = []
@@ -298,7 +303,12 @@ def _pick_ports(
             value = -1
             for _ in range(20):
                 candidate = rng.randint(node.min_port, node.max_port)
-                if candidate not in taken and candidate not in chosen and candidate not in shared:
+                if (
+                    candidate not in taken
+                    and candidate not in chosen
+                    and candidate not in shared
+                    and (port_free is None or port_free(node.ip, candidate))
+                ):
                     value = candidate
                     break
             if value < 0:
@@ -310,6 +320,7 @@ def _pick_ports(
                         and candidate not in shared
                         and candidate not in chosen
                         and candidate not in node.reserved_host_ports
+                        and (port_free is None or port_free(node.ip, candidate))
                     ):
                         value = candidate
                         break
@@ -345,7 +356,10 @@ def _pick_all_ports(
     taken = view.ports.setdefault(node.id, set())
     shared = view.ip_ports.setdefault(node.ip, set())
     chosen: set[int] = set()
-    picked = _pick_ports(group.get("Networks") or [], node, taken, shared, rng, chosen)
+    free = view.port_free
+    picked = _pick_ports(
+        group.get("Networks") or [], node, taken, shared, rng, chosen, port_free=free
+    )
     if isinstance(picked, str):
         return picked
     task_networks: dict[str, list[dict[str, Any]]] = {}
@@ -353,7 +367,9 @@ def _pick_all_ports(
         asks = (task.get("Resources") or {}).get("Networks") or []
         if not asks:
             continue
-        offer = _pick_ports(asks[:1], node, taken, shared, rng, chosen, task_level=True)
+        offer = _pick_ports(
+            asks[:1], node, taken, shared, rng, chosen, task_level=True, port_free=free
+        )
         if isinstance(offer, str):
             return offer
         task_networks[task["Name"]] = offer[0]

@@ -151,6 +151,8 @@ class _Listener:
     def __init__(self) -> None:
         self.server: asyncio.Server | None = None
         self.owners: list[_SimulatedContainer] = []
+        # Set once the socket is bound (or failed); containers starting meanwhile wait on it.
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def respond(self) -> _Responder:
         return _Responder(self.owners[0].response if self.owners else _http_response(503))
@@ -191,19 +193,25 @@ class _SimulatedContainer:
             key = (ip or "127.0.0.1", port)
             entry = table.get(key)
             if entry is None:
-                entry = _Listener()
+                entry = table[key] = _Listener()
                 try:
                     entry.server = await loop.create_server(
                         entry.respond, host=key[0], port=port, backlog=64
                     )
                 except OSError as exc:
-                    self.close()
-                    raise DriverError(
-                        "Failed to start container: API error (500): driver failed programming "
-                        f"external connectivity: Bind for {ip}:{port} failed: port is already "
-                        f"allocated ({exc.strerror})"
-                    ) from exc
-                table[key] = entry
+                    del table[key]
+                    entry.opened.set_exception(exc)
+                else:
+                    entry.opened.set_result(None)
+            try:
+                await asyncio.shield(entry.opened)
+            except OSError as exc:
+                self.close()
+                raise DriverError(
+                    "Failed to start container: API error (500): driver failed programming "
+                    f"external connectivity: Bind for {ip}:{port} failed: port is already "
+                    f"allocated ({exc.strerror})"
+                ) from exc
             entry.owners.append(self)
             self._ports.append(key)
 
@@ -218,7 +226,7 @@ class _SimulatedContainer:
                     continue
                 if self in entry.owners:
                     entry.owners.remove(self)
-                if not entry.owners:
+                if not entry.owners and entry.opened.done():
                     if entry.server is not None:
                         entry.server.close()
                     del table[key]

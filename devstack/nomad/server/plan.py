@@ -8,6 +8,7 @@ hands the changes to the client nodes.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from devstack.nomad import jobspec
@@ -25,6 +26,20 @@ from devstack.nomad.structs import alloc_index
 from devstack.nomad.util import new_id, now_ns
 
 from .base import ServerCore
+
+
+def host_port_free(ip: str, port: int) -> bool:
+    """Whether nothing else on this machine listens on ``ip:port``.
+
+    Every simulated node lives on this machine, which other programs share (benchmarks,
+    another devstack); a dynamic port one of them holds would fail the container's start.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((ip or "127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 class Planner(ServerCore):
@@ -69,7 +84,10 @@ class Planner(ServerCore):
 
     def _view(self, exclude: set[str], job_key: JobKey) -> ClusterView:
         """The scheduler's input: nodes, their usage (without ``exclude``), this job's spread."""
-        view = ClusterView(nodes=[self._node_info(n) for n in self.state.nodes.values()])
+        view = ClusterView(
+            nodes=[self._node_info(n) for n in self.state.nodes.values()],
+            port_free=host_port_free,
+        )
         for info in view.nodes:
             cpu, mem, disk = self.state.node_usage[info.id]
             view.usage[info.id] = NodeUsage(cpu, mem, disk)
