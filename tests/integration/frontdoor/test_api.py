@@ -1,0 +1,236 @@
+"""The intake API against the embedded Consul: requests, status, events, activity, departure."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import anyio
+import httpx
+import pytest
+
+from controllers.api.expiry import EXPIRY_PREFIX
+from reconciler.clients.consul import ConsulClient
+from tests.integration.frontdoor.helpers import (
+    PAGE,
+    REQ,
+    api_settings,
+    base_url,
+    intake,
+    page,
+    read_events,
+    routes,
+)
+from tests.integration.helpers import clients_config, eventually
+
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]
+
+BODY = {"id": "ada", "core": {"version": "8.2.0"}, "hmi": {"type": "generic"}}
+
+
+@pytest.fixture
+async def consul(consul_server):
+    async with ConsulClient(clients_config(consul_server.address).consul) as client:
+        yield client
+
+
+async def test_options_come_from_configuration(consul_server) -> None:
+    async with (
+        intake(consul_server.address) as running,
+        httpx.AsyncClient(base_url=base_url(running)) as http,
+    ):
+        options = (await http.get("/api/v1/options")).json()
+    assert options["core"]["versions"] == ["8.2.0"]
+    assert options["hmi"]["default_type"] == "generic"
+    assert options["usage"]["usage_duration"] == 600
+    assert options["jwt"] is False
+
+
+async def test_post_is_idempotent_and_never_overwrites(consul_server, consul) -> None:
+    async with (
+        intake(consul_server.address) as running,
+        httpx.AsyncClient(base_url=base_url(running)) as http,
+    ):
+        first = await http.post("/api/v1/requests", json=BODY)
+        assert first.status_code == 200, first.text
+        _, entry = await consul.kv_get(REQ + "ada")
+        assert entry is not None
+        stored = json.loads(entry.value)
+        assert stored["core"] == {"version": "8.2.0"}
+        assert "requested_at" in stored
+        again = await http.post("/api/v1/requests", json=BODY)
+        assert again.status_code == 200
+        assert again.json() == first.json()
+        _, same = await consul.kv_get(REQ + "ada")
+        assert same.modify_index == entry.modify_index  # not rewritten
+        other = await http.post("/api/v1/requests", json={**BODY, "core": {"build": "default"}})
+        assert other.status_code == 409
+        assert "DELETE it first" in other.json()["detail"]
+        # right after the POST, this instance already answers for the new request
+        status = (await http.get("/api/v1/requests/ada")).json()
+        assert status["state"] == "waiting"
+        assert status["position"] is None
+
+
+async def test_state_follows_the_kv_contract(consul_server, consul) -> None:
+    async with (
+        intake(consul_server.address) as running,
+        httpx.AsyncClient(base_url=base_url(running)) as http,
+    ):
+        assert (await http.post("/api/v1/requests", json=BODY)).status_code == 200
+        await consul.kv_put(REQ + "bob", b"{}")
+        await consul.kv_put(PAGE, page(waiting=["bob", "ada"]))
+
+        async def status():
+            return (await http.get("/api/v1/requests/ada")).json()
+
+        waiting = await eventually(lambda: _when(status, lambda s: s["position"] == 1))
+        assert waiting["waiting"] == 2
+        await consul.kv_put(PAGE, page(claimed=["ada"], waiting=["bob"]))
+        starting = await eventually(lambda: _when(status, lambda s: s["state"] == "starting"))
+        assert starting["addresses"] is None
+        await consul.kv_put("haproxy/domainName", b"manticore.test")
+        await consul.kv_put("haproxy/mainPort", b"8080")
+        await consul.kv_put("haproxy/data/ada", routes(core_port=20005))
+        ready = await eventually(lambda: _when(status, lambda s: s["state"] == "ready"))
+        addresses = ready["addresses"]
+        assert addresses["hmi_url"] == "http://" + "h" * 16 + ".manticore.test:8080"
+        assert addresses["broker_url"] == "ws://" + "b" * 16 + ".manticore.test:8080"
+        assert addresses["core_tcp"] == "manticore.test:20005"
+        warned = dt.datetime(2030, 1, 1, tzinfo=dt.UTC).isoformat()
+        record = {
+            "started_at": "2029-12-31T23:00:00Z",
+            "warn_at": warned,
+            "expires_at": "2030-01-01T00:01:00Z",
+            "warned_at": warned,
+        }
+        await consul.kv_put(EXPIRY_PREFIX + "ada", json.dumps(record).encode())
+        expiring = await eventually(lambda: _when(status, lambda s: s["state"] == "expiring"))
+        assert expiring["warned"] is True
+        assert expiring["expires_at"].startswith("2030-01-01T00:01:00")
+        assert expiring["addresses"]["core_tcp"] == "manticore.test:20005"
+
+
+async def test_with_an_elb_the_tcp_address_is_the_users_listener(consul_server, consul) -> None:
+    from controllers.settings import ELBSettings
+
+    settings = api_settings(elb=ELBSettings(load_balancers=("lb-one",)))
+    async with (
+        intake(consul_server.address, settings) as running,
+        httpx.AsyncClient(base_url=base_url(running)) as http,
+    ):
+        await http.post("/api/v1/requests", json=BODY)
+        await consul.kv_put(PAGE, page(claimed=["ada"]))
+        await consul.kv_put("haproxy/data/ada", routes(core_port=20005))
+
+        async def status():
+            return (await http.get("/api/v1/requests/ada")).json()
+
+        await eventually(lambda: _when(status, lambda s: s["state"] == "starting"))
+        record = {
+            "load_balancer": "lb-one",
+            "dns_name": "lb-one-123.us-east-1.elb.amazonaws.com",
+            "listeners": [{"role": "core", "port": 20005, "instance_port": 20005}],
+        }
+        await consul.kv_put("manticore/elb/data/ada", json.dumps(record).encode())
+        ready = await eventually(lambda: _when(status, lambda s: s["state"] == "ready"))
+        assert ready["addresses"]["core_tcp"] == "lb-one-123.us-east-1.elb.amazonaws.com:20005"
+        assert ready["addresses"]["hmi_url"] == "http://" + "h" * 16 + ".manticore.test"
+
+
+async def test_events_push_every_change_then_end(consul_server, consul) -> None:
+    async with (
+        intake(consul_server.address) as running,
+        httpx.AsyncClient(base_url=base_url(running), timeout=20) as http,
+    ):
+        await http.post("/api/v1/requests", json=BODY)
+        await consul.kv_put(REQ + "bob", b"{}")
+        await consul.kv_put(PAGE, page(waiting=["bob", "ada"]))
+        seen: list[tuple[str, dict]] = []
+        async with http.stream("GET", "/api/v1/requests/ada/events") as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            events = read_events(response)
+            with anyio.fail_after(15):
+                event, data = await anext(events)
+                while data.get("position") != 1:  # the first event may predate the list
+                    event, data = await anext(events)
+                seen.append((event, data))
+                await consul.kv_put(REQ + "bob", b"{}")  # no change for ada: no event
+                await consul.kv_delete(REQ + "bob")
+                await consul.kv_put(PAGE, page(waiting=["ada"]))
+                seen.append(await anext(events))
+                await consul.kv_put(PAGE, page(claimed=["ada"]))
+                seen.append(await anext(events))
+                await consul.kv_put("haproxy/data/ada", routes())
+                seen.append(await anext(events))
+                await consul.kv_delete(REQ + "ada")
+                seen.append(await anext(events))
+                with pytest.raises(StopAsyncIteration):
+                    await anext(events)
+        states = [(e, d.get("state"), d.get("position")) for e, d in seen]
+        assert states == [
+            ("status", "waiting", 1),
+            ("status", "waiting", 0),
+            ("status", "starting", None),
+            ("status", "ready", None),
+            ("ended", "ended", None),
+        ]
+        assert seen[3][1]["addresses"]["core_tcp"].endswith(":20001")
+
+
+async def test_activity_is_recorded_on_the_request(consul_server, consul) -> None:
+    async with (
+        intake(consul_server.address) as running,
+        httpx.AsyncClient(base_url=base_url(running)) as http,
+    ):
+        missing = await http.post("/api/v1/requests/ada/activity")
+        assert missing.status_code == 404
+        await http.post("/api/v1/requests", json=BODY)
+        recorded = await http.post("/api/v1/requests/ada/activity")
+        assert recorded.status_code == 200, recorded.text
+        _, entry = await consul.kv_get(REQ + "ada")
+        stored = json.loads(entry.value)
+        assert dt.datetime.fromisoformat(stored["last_activity"]) == dt.datetime.fromisoformat(
+            recorded.json()["last_activity"]
+        )
+        assert stored["core"] == {"version": "8.2.0"}  # the rest of the request is kept
+        again = await http.post("/api/v1/requests/ada/activity")
+        assert again.json()["last_activity"] == recorded.json()["last_activity"]  # throttled
+        _, same = await consul.kv_get(REQ + "ada")
+        assert same.modify_index == entry.modify_index
+
+
+async def test_delete_is_idempotent(consul_server, consul) -> None:
+    async with (
+        intake(consul_server.address) as running,
+        httpx.AsyncClient(base_url=base_url(running)) as http,
+    ):
+        await http.post("/api/v1/requests", json=BODY)
+        assert (await http.delete("/api/v1/requests/ada")).status_code == 204
+        _, entry = await consul.kv_get(REQ + "ada")
+        assert entry is None
+        assert (await http.get("/api/v1/requests/ada")).status_code == 404
+        assert (await http.delete("/api/v1/requests/ada")).status_code == 204
+
+
+async def test_registers_as_the_web_app_and_deregisters_on_shutdown(consul_server, consul) -> None:
+    async with intake(consul_server.address) as running:
+
+        async def passing():
+            _, found = await consul.health_service("manticore-service", passing=True)
+            return found
+
+        instances = await eventually(passing, timeout=20)
+        assert [(i.address, i.port) for i in instances] == [("127.0.0.1", running.port)]
+        async with httpx.AsyncClient(base_url=base_url(running)) as http:
+            ready = (await http.get("/readyz")).json()
+        assert ready["ok"] is True
+        assert ready["registered"] is True
+    _, left = await consul.health_service("manticore-service")
+    assert left == []
+
+
+async def _when(fetch, predicate):
+    value = await fetch()
+    return value if predicate(value) else None
