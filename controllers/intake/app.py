@@ -85,7 +85,9 @@ class APIError(Exception):
         self.reason = reason
 
 
-def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+def _problems(*codes: int, explicit: bool = False) -> dict[int | str, dict[str, Any]]:
+    """Documented error answers; ``explicit`` spells out their JSON content (a route whose own
+    answer is not JSON would otherwise document them in its media type)."""
     texts = {
         400: "The request asks for something that cannot be given",
         401: "No valid token (JWT_SECRET is set)",
@@ -96,6 +98,9 @@ def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
         429: "Too many open streams for this user",
         503: "Not ready, or Consul is unavailable; try again",
     }
+    if explicit:
+        json_body = {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        return {code: {"description": texts[code], "content": json_body} for code in codes}
     return {code: {"model": Problem, "description": texts[code]} for code in codes}
 
 
@@ -476,7 +481,7 @@ def create_app(front: Frontdoor) -> FastAPI:
                 "content": {"text/event-stream": {"schema": {"type": "string"}}},
                 "description": "An event stream",
             },
-            **_problems(401, 403, 404, 429, 503),
+            **_problems(401, 403, 404, 429, 503, explicit=True),
         },
         tags=["requests"],
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -82,3 +83,46 @@ def routes(hmi: str = "h" * 16, broker: str = "b" * 16, core_port: int = 20001) 
             "tcp": [{"port": core_port, "address": "127.0.0.1:9003", "role": "core"}],
         }
     ).encode()
+
+
+class ThreadedAPI:
+    """An instance on a thread of its own, for sync callers (schemathesis, the browser)."""
+
+    def __init__(self, consul_address: str, settings: Settings | None = None, **options: Any):
+        self.consul_address = consul_address
+        self.settings = settings or api_settings()
+        self.options = options
+        self.running: Running | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="intake-api", daemon=True)
+
+    def __enter__(self) -> ThreadedAPI:
+        self._thread.start()
+        if not self._started.wait(30) or self.running is None:
+            raise RuntimeError(f"the API did not start: {self._error!r}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.running is not None:
+            self.running.stop()
+        self._thread.join(30)
+
+    @property
+    def url(self) -> str:
+        assert self.running is not None
+        return base_url(self.running)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            async with intake(self.consul_address, self.settings, **self.options) as running:
+                self.running = running
+                self._started.set()
+                while not running._left:
+                    await anyio.sleep(0.05)
+
+        try:
+            anyio.run(main)
+        except BaseException as exc:  # reported by __enter__
+            self._error = exc
+            self._started.set()
