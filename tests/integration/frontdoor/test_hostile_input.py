@@ -24,6 +24,7 @@ from tests.integration.frontdoor.helpers import REQ, ThreadedAPI, api_settings
 pytestmark = [pytest.mark.integration]
 
 SECRET = "a-test-secret-of-at-least-32-bytes-long"
+OTHER = "not-the-secret-but-just-as-long-as-it"
 
 
 def token(user: str, *, secret: str = SECRET, expires_in: float = 300, **claims) -> str:
@@ -197,9 +198,7 @@ def test_tokens_speak_for_one_user_only(jwt_api, consul) -> None:
         before = kv_keys(consul)
         cases = {
             "missing": {},
-            "forged": {
-                "Authorization": f"Bearer {token('ada', secret='not-the-secret-but-as-long-as-it-32')}"
-            },
+            "forged": {"Authorization": f"Bearer {token('ada', secret=OTHER)}"},
             "expired": {"Authorization": f"Bearer {token('ada', expires_in=-60)}"},
             "garbage": {"Authorization": "Bearer not.a.jwt"},
             "wrong scheme": {"Authorization": f"Basic {token('ada')}"},
