@@ -42,3 +42,17 @@ for _reason in REASONS:
 for _kind in ("create", "activity", "delete"):
     for _outcome in ("ok", "conflict", "error"):
         CONSUL_WRITES.labels(kind=_kind, outcome=_outcome)
+for _kind in ("request", "routes", "elb", "expiry"):
+    INVALID.labels(kind=_kind)
+# The routes, so every series exists from the first scrape (an absent series alerts on nothing).
+ROUTES = (
+    ("POST", "/api/v1/requests"),
+    ("GET", "/api/v1/requests/{user_id}"),
+    ("GET", "/api/v1/requests/{user_id}/events"),
+    ("POST", "/api/v1/requests/{user_id}/activity"),
+    ("DELETE", "/api/v1/requests/{user_id}"),
+    ("GET", "/api/v1/options"),
+)
+for _method, _route in ROUTES:
+    REQUESTS.labels(route=_route, method=_method, status="200")
+    LATENCY.labels(route=_route)

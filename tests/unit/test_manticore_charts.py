@@ -29,6 +29,7 @@ MODULES = (
     "controllers.haproxy_kv",
     "controllers.elb",
     "controllers.expiry",
+    "controllers.intake.metrics",
     "controllers.haproxy.metrics",
 )
 # What each leader-elected Manticore controller exports; each must be alerted on.
@@ -39,6 +40,7 @@ ALERTED = {
     "haproxy-kv": ("manticore_tcp_", "manticore_users_routed", "manticore_web_app_"),
     "elb": ("manticore_elb_",),
     "expiry": ("manticore_expiry_",),
+    "manticore-api": ("manticore_api_",),
 }
 NAME = re.compile(r"\b([a-z_][a-z0-9_]*)\s*(\{[^}]*\})?")
 MATCHER = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*')
