@@ -305,6 +305,8 @@ class AllocRunner:
         self._push_scheduled = False
         self._main: asyncio.Task[None] | None = None
         self._owners: list[str] = []
+        # Set on every task state change; the health tracker sleeps on it.
+        self._state_event = asyncio.Event()
 
     def served_ports(self, task: dict[str, Any]) -> list[tuple[str, int]]:
         """Host ports a simulated container answers on (see :mod:`.drivers`)."""
@@ -373,6 +375,7 @@ class AllocRunner:
                 await self._main
 
     def changed(self) -> None:
+        self._state_event.set()
         if self._push_scheduled or not self.report:
             return
         self._push_scheduled = True
@@ -502,6 +505,7 @@ class AllocRunner:
         loop = asyncio.get_running_loop()
         min_healthy = int(strategy.get("MinHealthyTime") or 0) / 1e9
         deadline = loop.time() + int(strategy.get("HealthyDeadline") or 300 * 10**9) / 1e9
+        poll_checks = mode == "checks" and self.cluster.consul is not None
         since: float | None = None
         while True:
             states = [t.state for t in self.tasks]
@@ -509,7 +513,7 @@ class AllocRunner:
                 self.cluster.update_alloc_health(self.alloc["ID"], False)
                 return
             ok = all(st["State"] == "running" for st in states)
-            if ok and mode == "checks":
+            if ok and poll_checks:
                 ok = await self._checks_passing()
             now = loop.time()
             if ok:
@@ -522,7 +526,17 @@ class AllocRunner:
             if now >= deadline:
                 self.cluster.update_alloc_health(self.alloc["ID"], False)
                 return
-            await asyncio.sleep(0.25)
+            # Sleep until something can have changed: a task state, the healthy time, the
+            # deadline, or (checks) the next look at Consul; a thousand idle trackers cost
+            # nothing between their events.
+            wake = deadline - now
+            if since is not None:
+                wake = min(wake, since + min_healthy - now)
+            if poll_checks:
+                wake = min(wake, 0.25)
+            self._state_event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._state_event.wait(), max(wake, 0.01))
 
     async def _checks_passing(self) -> bool:
         consul = self.cluster.consul
