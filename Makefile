@@ -29,8 +29,16 @@ haproxy: ## Install the real haproxy binary from Debian when it is missing
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq haproxy >/dev/null; }
 	@haproxy -v | head -1
 
+.PHONY: browser
+browser: ## Install Debian's chromium (the page's browser tests) when it is missing
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing chromium (Debian package)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	@chromium --version 2>/dev/null | head -1
+
 .PHONY: install
-install: $(STAMP) haproxy ## Create the virtualenv, install the project and its tools, and haproxy
+install: $(STAMP) haproxy browser ## Create the virtualenv, install the project and its tools, haproxy and chromium
 
 .PHONY: run
 run: install ## Start the embedded devstack and every controller, and show the system working
