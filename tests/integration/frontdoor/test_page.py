@@ -36,7 +36,7 @@ TIMEOUT_MS = 20_000
 
 @pytest.fixture
 async def browser(tmp_path: Path):
-    if not Path(CHROMIUM).exists():
+    if not shutil.which(CHROMIUM):
         pytest.fail("chromium is not installed: run `make browser` (Debian package chromium)")
     from playwright.async_api import async_playwright
 
