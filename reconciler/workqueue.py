@@ -452,13 +452,15 @@ class WorkQueue:
             return
         if self._metrics:
             self._m_work_duration.observe(self._now() - started)
-        if self._heap:
-            self._promote_due()
         if key in self._dirty:
+            # Added while in flight: its turn now. (Before promoting delayed keys: a retry of
+            # this very key that just came due must not queue it a second time.)
             self._queue.append(key)
             if self._waiters:
                 self._waiters.popleft().set()
-        elif self._drained is not None and not self._processing and not self._queue:
+        if self._heap:
+            self._promote_due()
+        if self._drained is not None and not self._processing and not self._queue:
             self._drained.set()
 
     # ----------------------------------------------------------------- shutting down

@@ -57,6 +57,23 @@ def test_keys_come_out_in_fifo_order(queue: WorkQueue) -> None:
     assert take_ready(queue) == ["c", "a", "b"]
 
 
+def test_a_retry_that_comes_due_while_its_key_is_in_flight_is_queued_once(
+    queue: WorkQueue, clock: ManualClock
+) -> None:
+    # Regression: done() used to promote the due retry (queueing the key) and then queue it
+    # again because it was dirty, so the key was handed out twice (to two workers at once).
+    queue.add("k")
+    assert queue.get_nowait() == "k"
+    queue.add_after("k", 0.005)
+    clock.advance(0.01)  # due while still in flight
+    queue.done("k")
+    assert queue.get_nowait() == "k"
+    with pytest.raises(anyio.WouldBlock):
+        queue.get_nowait()
+    queue.done("k")
+    assert len(queue) == 0
+
+
 def test_duplicate_adds_collapse(queue: WorkQueue) -> None:
     for key in ("a", "b", "a", "a", "b"):
         queue.add(key)
