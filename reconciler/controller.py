@@ -451,8 +451,10 @@ class ControllerRunner:
             if isinstance(exc, InvalidValue):
                 metrics.INVALID_INPUT.labels(controller=spec.name, kind=exc.kind).inc()
             self.queue.forget(key)
-            phase = "Invalid" if isinstance(exc, InvalidValue) else "Error"
-            report.set(phase, str(exc))
+            if isinstance(exc, InvalidValue):
+                report.set("Invalid", str(exc), observed_index=exc.index)
+            else:
+                report.set("Error", str(exc))
             bound.error("reconcile failed terminally; not retrying", error=str(exc))
         except TemporaryError as exc:
             outcome = "error"

@@ -110,7 +110,12 @@ class KVStore:
         entry = await self.get(key)
         if entry is None:
             return None
-        return Versioned(decode(model, entry.value, key=key), entry.modify_index, entry)
+        try:
+            value = decode(model, entry.value, key=key)
+        except InvalidValue as exc:
+            exc.index = entry.modify_index
+            raise
+        return Versioned(value, entry.modify_index, entry)
 
     # -- writes
     async def apply(self, ops: Sequence[KVOp]) -> bool:

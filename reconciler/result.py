@@ -50,9 +50,16 @@ class TerminalError(ReconcilerError):
 
 
 class InvalidValue(TerminalError):
-    """A value read from Consul or Nomad failed validation (malformed JSON, wrong shape)."""
+    """A value read from Consul or Nomad failed validation (malformed JSON, wrong shape).
 
-    def __init__(self, message: str, *, kind: str, key: str | None = None) -> None:
+    ``index`` is the ModifyIndex of the value when it is known (a read through ``ctx.kv``), so
+    the status entry reported for it says which version of the input was looked at.
+    """
+
+    def __init__(
+        self, message: str, *, kind: str, key: str | None = None, index: int | None = None
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.key = key
+        self.index = index
