@@ -1,11 +1,17 @@
-"""``make run``: the whole system on one machine, shown working.
+"""``make run``: Manticore on one machine, shown working, arrival to departure.
 
-Starts the devstack (Consul, Nomad with three nodes, the ELB endpoint, HAProxy), then two
-replicas of every registered controller (``reconciler run --all``: one leads, one stands by),
-and walks through what they do: inputs converge, the leader is named in Consul, metrics and
-readiness are served, Nomad places a real ``raw_exec`` task whose health check turns passing in
-Consul, and stopping the leader hands over to the standby at once. Then it keeps running until
-Ctrl-C (or exits, with ``--once``).
+Starts the devstack (Consul, Nomad with three nodes, the ELB endpoint), two replicas of every
+leader-elected Manticore controller (``reconciler run waitlist jobs allocations haproxy-kv elb
+expiry``: one leads each, one stands by) and the haproxy controller, which runs the real
+HAProxy. Users' jobs use the devstack template: each user's fake core and HMI
+(``devstack/fakes/``) are real processes that Nomad starts and Consul health-checks.
+
+Then it walks through what Manticore does, printing what appears in Consul KV at each stage:
+four users ask for a pair while ``MAX_USERS=2``, so two wait; claimed users get a Nomad job,
+passing services, an allocation record, routes and an ELB listener, and HAProxy really routes
+to their HMI and core; bad input is reported without disturbing anyone; a user leaves and the
+next one is claimed; the leader is stopped and the standby takes over; everyone leaves and
+nothing remains. Then it keeps running until Ctrl-C (or exits, with ``--once``).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import functools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -28,10 +35,14 @@ from typing import Any
 
 import httpx
 
+from controllers.haproxy.process import HAProxyProcess
+from devstack.fakes import job_settings_env
 from devstack.process import free_ports
 from devstack.up import DevStack
 
-GREETINGS = {"ada": "hello", "grace": "hi", "linus": "hey"}
+DOMAIN = "manticore.localhost"
+LEADER_ELECTED = ("waitlist", "jobs", "allocations", "haproxy-kv", "elb", "expiry")
+FIRST = ("ada", "bob", "cy", "dee")
 
 
 def say(text: str) -> None:
@@ -42,40 +53,32 @@ def show(text: str) -> None:
     print(f"    {text}", flush=True)
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         try:
             result = check()
-        except httpx.HTTPError:
+        except (httpx.HTTPError, OSError):
             result = None
         if result:
             return result
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(0.1)
 
 
-class Replica:
-    """One ``reconciler run --all`` process; its log goes to a file in the devstack home."""
+class Process:
+    """One ``reconciler run ...`` process; its log goes to a file in the devstack home."""
 
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, name: str, controllers: list[str], env: dict[str, str], logs: Path):
         self.name = name
         self.port = free_ports(1)[0]
-        self.log_path = log_dir / f"reconciler-{name}.log"
+        self.log_path = logs / f"reconciler-{name}.log"
         self._log = self.log_path.open("wb")
+        argv = [sys.executable, "-m", "reconciler.cli", "run", *controllers]
+        argv += ["--metrics-addr", f"127.0.0.1:{self.port}", "--identity", name]
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "reconciler.cli",
-                "run",
-                "--all",
-                "--metrics-addr",
-                f"127.0.0.1:{self.port}",
-                "--identity",
-                name,
-            ],
+            argv,
             env={**os.environ, **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -87,7 +90,16 @@ class Replica:
         return f"http://127.0.0.1:{self.port}"
 
     def ready(self) -> bool:
-        return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited; see {self.log_path}")
+        return httpx.get(f"{self.url}/readyz", timeout=2, trust_env=False).status_code == 200
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        want = [f'{k}="{v}"' for k, v in labels.items()]
+        for line in httpx.get(f"{self.url}/metrics", timeout=5, trust_env=False).text.splitlines():
+            if line.startswith(name) and all(w in line for w in want):
+                return float(line.rsplit(" ", 1)[1])
+        return None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 40.0) -> int:
         if self.proc.poll() is None:
@@ -101,191 +113,273 @@ class Replica:
         return self.proc.returncode
 
 
-class Consul:
-    def __init__(self, address: str) -> None:
-        self.http = httpx.Client(base_url=f"http://{address}", timeout=10, trust_env=False)
+class World:
+    """Just enough of Consul, Nomad and the ELB endpoint to look at what Manticore did."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.consul = httpx.Client(
+            base_url=f"http://{env['CONSUL_HTTP_ADDR']}", timeout=10, trust_env=False
+        )
+        self.nomad = httpx.Client(base_url=env["NOMAD_ADDR"], timeout=10, trust_env=False)
+        self.env = env
 
     def put(self, key: str, value: bytes) -> None:
-        self.http.put(f"/v1/kv/{key}", content=value).raise_for_status()
+        self.consul.put(f"/v1/kv/{key}", content=value).raise_for_status()
+
+    def delete(self, key: str) -> None:
+        self.consul.delete(f"/v1/kv/{key}").raise_for_status()
 
     def get(self, key: str) -> bytes | None:
-        response = self.http.get(f"/v1/kv/{key}")
+        response = self.consul.get(f"/v1/kv/{key}")
         if response.status_code == 404:
             return None
         response.raise_for_status()
         raw = response.json()[0]["Value"]
         return base64.b64decode(raw) if raw else b""
 
-    def delete(self, key: str) -> None:
-        self.http.delete(f"/v1/kv/{key}").raise_for_status()
+    def json(self, key: str) -> Any:
+        raw = self.get(key)
+        return None if raw is None else json.loads(raw)
+
+    def keys(self, prefix: str) -> list[str]:
+        response = self.consul.get(f"/v1/kv/{prefix}", params={"keys": ""})
+        return [] if response.status_code == 404 else list(response.json())
+
+    def waiting(self) -> dict[str, Any]:
+        """The whole waiting list (every page)."""
+        listed: dict[str, Any] = {}
+        response = self.consul.get("/v1/kv/manticore/waiting/data", params={"recurse": ""})
+        for entry in response.json() if response.status_code == 200 else []:
+            listed.update(json.loads(base64.b64decode(entry["Value"] or "") or b"{}"))
+        return dict(sorted(listed.items(), key=lambda item: item[1]["queue"]))
+
+    def claimed(self) -> list[str]:
+        return [user for user, entry in self.waiting().items() if entry["claimed"]]
+
+    def job(self, user: str) -> dict[str, Any] | None:
+        response = self.nomad.get(f"/v1/job/core-hmi-{user}")
+        return None if response.status_code == 404 else dict(response.json())
+
+    def passing(self, user: str, role: str) -> str | None:
+        response = self.consul.get(
+            f"/v1/health/service/core-hmi-{user}-{role}", params={"passing": "1"}
+        )
+        entries = response.json()
+        if not entries:
+            return None
+        service = entries[0]["Service"]
+        return f"{service['Address']}:{service['Port']}"
+
+    def services_of(self, user: str) -> list[str]:
+        names = self.consul.get("/v1/catalog/services").json()
+        return sorted(name for name in names if name.startswith(f"core-hmi-{user}-"))
+
+    def listeners(self) -> list[int]:
+        import boto3
+
+        elb = boto3.client(
+            "elb",
+            endpoint_url=self.env["AWS_ENDPOINT_URL_ELASTIC_LOAD_BALANCING"],
+            region_name=self.env["AWS_REGION"],
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+        )
+        (lb,) = elb.describe_load_balancers(LoadBalancerNames=[self.env["ELB_MANTICORE_NAME"]])[
+            "LoadBalancerDescriptions"
+        ]
+        return sorted(
+            d["Listener"]["LoadBalancerPort"]
+            for d in lb["ListenerDescriptions"]
+            if d["Listener"]["Protocol"] in ("TCP", "SSL")
+        )
+
+    def traces(self, user: str) -> list[str]:
+        """Everything of ``user`` still anywhere."""
+        found = [
+            key
+            for prefix in ("manticore/", "haproxy/", "reconciler/status/")
+            for key in self.keys(prefix)
+            if key.rsplit("/", 1)[-1] == user
+        ]
+        if user in self.waiting():
+            found.append("its waiting-list entry")
+        if self.job(user) is not None:
+            found.append(f"Nomad job core-hmi-{user}")
+        found += [f"Consul service {name}" for name in self.services_of(user)]
+        return found
+
+    def leader(self, controller: str) -> str | None:
+        raw = self.json(f"reconciler/leader/{controller}")
+        return None if not raw else raw.get("holder")
 
 
-def demo_job(job_id: str) -> dict[str, Any]:
-    """A raw_exec HTTP server with a Consul HTTP check: Nomad -> Consul health, for real."""
-    second = 1_000_000_000
-    server = "import http.server as h,os;h.HTTPServer(('127.0.0.1',int(os.environ['NOMAD_PORT_http'])),h.SimpleHTTPRequestHandler).serve_forever()"  # noqa: E501
-    return {
-        "Job": {
-            "ID": job_id,
-            "Name": job_id,
-            "Type": "service",
-            "Datacenters": ["dc1"],
-            "TaskGroups": [
-                {
-                    "Name": "web",
-                    "Count": 1,
-                    "Networks": [{"DynamicPorts": [{"Label": "http"}]}],
-                    "Tasks": [
-                        {
-                            "Name": "server",
-                            "Driver": "raw_exec",
-                            "Config": {"command": sys.executable, "args": ["-c", server]},
-                            "Resources": {"CPU": 100, "MemoryMB": 64},
-                            "Services": [
-                                {
-                                    "Name": job_id,
-                                    "PortLabel": "http",
-                                    "Checks": [
-                                        {
-                                            "Name": "http",
-                                            "Type": "http",
-                                            "Path": "/",
-                                            "Interval": second,
-                                            "Timeout": second,
-                                        }
-                                    ],
-                                }
-                            ],
-                        }
-                    ],
-                }
-            ],
-        }
-    }
+def through_haproxy(port: int, subdomain: str) -> str:
+    response = httpx.get(
+        f"http://127.0.0.1:{port}/",
+        headers={"Host": f"{subdomain}.{DOMAIN}"},
+        timeout=3,
+        trust_env=False,
+    )
+    return response.text if response.status_code == 200 else ""
 
 
-def leader_of(consul: Consul, controller: str) -> str | None:
-    raw = consul.get(f"reconciler/leader/{controller}")
-    if not raw:
-        return None
-    holder = json.loads(raw).get("holder")
-    return str(holder) if holder else None
+def tcp_greeting(port: int) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
+        sock.settimeout(3)
+        return sock.recv(100).decode(errors="replace").strip()
 
 
-def metric_lines(url: str, *names: str) -> list[str]:
-    """The greeter's samples of the named metrics (no histogram buckets, no _created)."""
-    text = httpx.get(f"{url}/metrics", timeout=5).text
-    return [
-        line
-        for line in text.splitlines()
-        if line.startswith(names)
-        and ('controller="greeter"' in line or 'name="greeter"' in line)
-        and "_created" not in line
-    ]
+def routed(world: World, user: str) -> dict[str, Any] | None:
+    routes = world.json(f"haproxy/data/{user}")
+    record = world.json(f"manticore/elb/data/{user}")
+    return routes if routes and record else None
 
 
-def walkthrough(stack: DevStack, replicas: dict[str, Replica]) -> None:
-    env = stack.env
-    consul = Consul(env["CONSUL_HTTP_ADDR"])
+def show_user(world: World, user: str, main_port: int) -> None:
+    job = world.job(user)
+    assert job is not None
+    show(f"Nomad job core-hmi-{user}: {job['Status']}, meta {job['Meta']['manticore_owner']}")
+    for role in ("hmi", "broker", "core"):
+        show(f"Consul service core-hmi-{user}-{role}: passing at {world.passing(user, role)}")
+    allocation = world.json(f"manticore/allocations/data/{user}")
+    services = {role: f"{s['address']}:{s['port']}" for role, s in allocation["services"].items()}
+    show(f"manticore/allocations/data/{user} = {json.dumps(services)}")
+    routes = world.json(f"haproxy/data/{user}")
+    show(f"haproxy/data/{user} = {json.dumps(routes, sort_keys=True)}")
+    show(f"manticore/elb/data/{user} = {json.dumps(world.json(f'manticore/elb/data/{user}'))}")
+    hmi = next(r for r in routes["http"] if r["role"] == "hmi")
+    page = wait_for(
+        f"HAProxy to route {user}'s HMI", lambda: through_haproxy(main_port, hmi["subdomain"])
+    )
+    show(f"curl -H 'Host: {hmi['subdomain']}.{DOMAIN}' :{main_port}/ -> {page.strip()!r}")
+    (tcp,) = routes["tcp"]
+    greeting = wait_for(f"HAProxy to route {user}'s core", lambda: tcp_greeting(tcp["port"]))
+    show(f"nc 127.0.0.1 {tcp['port']} -> {greeting!r}")
 
-    say("The greeter controller converges inputs into outputs (examples/greeter.py)")
-    for name, greeting in GREETINGS.items():
-        value = json.dumps({"greeting": greeting}).encode()
-        consul.put(f"examples/greetings/in/{name}", value)
-        show(f"PUT examples/greetings/in/{name} = {value.decode()}")
-    for name in GREETINGS:
-        key = f"examples/greetings/out/{name}"
-        out = wait_for(f"output of {name}", functools.partial(consul.get, key))
-        show(f"GET examples/greetings/out/{name} -> {out.decode()}")
 
-    say("Bad input is refused, counted and logged; other users are not affected")
-    consul.put("examples/greetings/in/mallory", b"{not json")
-    show("PUT examples/greetings/in/mallory = {not json")
-    leader = wait_for("a leader", lambda: leader_of(consul, "greeter"))
-    active = replicas[leader]
+def walkthrough(world: World, replicas: dict[str, Process], main_port: int) -> None:
+    say("Four users ask for a core + HMI pair; capacity is MAX_USERS=2, so two of them wait")
+    for user in FIRST:
+        world.put(f"manticore/requests/data/{user}", b"{}")
+        show(f"PUT manticore/requests/data/{user} = {{}}")
+        time.sleep(0.2)
     wait_for(
+        "two claimed users", lambda: world.claimed() == ["ada", "bob"] and len(world.waiting()) == 4
+    )
+    show(f"manticore/waiting/data = {json.dumps(world.waiting())}")
+
+    say("The claimed users get a Nomad job, passing services, an allocation, routes, a listener")
+    for user in ("ada", "bob"):
+        wait_for(f"{user} to be routed", functools.partial(routed, world, user), timeout=90)
+    for user in ("ada", "bob"):
+        show_user(world, user, main_port)
+    show(f"ELB TCP listeners: {world.listeners()}")
+    show(f"cy and dee have no job yet: {world.job('cy') is None and world.job('dee') is None}")
+
+    say("Bad input is reported and skipped; nobody else is affected")
+    world.put("manticore/requests/data/mallory", b"{not json")
+    show("PUT manticore/requests/data/mallory = {not json")
+    status = wait_for("the status entry", lambda: world.json("reconciler/status/waitlist/mallory"))
+    show(f"reconciler/status/waitlist/mallory = {status['phase']}: {status['message'][:70]}...")
+    leader = wait_for("a waitlist leader", lambda: world.leader("waitlist"))
+    count = wait_for(
         "the invalid-input metric",
-        lambda: any(
-            "reconciler_invalid_input_total" in line and "malformed-json" in line
-            for line in metric_lines(active.url, "reconciler_invalid_input_total")
+        lambda: replicas[leader].metric(
+            "reconciler_invalid_input_total", controller="waitlist", kind="malformed-json"
         ),
     )
-    for line in metric_lines(active.url, "reconciler_invalid_input_total"):
-        show(line)
+    show(f'reconciler_invalid_input_total{{controller="waitlist",kind="malformed-json"}} {count}')
+    world.delete("manticore/requests/data/mallory")
 
-    say(f"One replica leads, the other stands by: reconciler/leader/greeter names '{leader}'")
+    say("ada leaves: every artefact of hers goes, and cy (next in line) is claimed")
+    world.delete("manticore/requests/data/ada")
+    show("DELETE manticore/requests/data/ada")
+    wait_for("ada to leave no trace", lambda: not world.traces("ada"), timeout=90)
+    show("ada: no waiting entry, job, service, allocation, routes, listener or status left")
+    wait_for("cy to be routed", lambda: routed(world, "cy"), timeout=90)
+    claimed = world.claimed()
+    show(f"claimed now: {claimed}; waiting: {[u for u in world.waiting() if u not in claimed]}")
+    show_user(world, "cy", main_port)
+
+    say(f"One replica leads, the other stands by; SIGTERM the leader '{leader}'")
     for name, replica in replicas.items():
-        ready = httpx.get(f"{replica.url}/readyz", timeout=5).json()
-        state = ready["controllers"]["greeter"]["leadership"]
-        show(f"{name}: /readyz ok={ready['ok']} leadership={state}  ({replica.url}/metrics)")
-    for line in metric_lines(
-        active.url,
-        "controller_runtime_reconcile_total",
-        "leader_election_master_status",
-        "reconciler_fenced_writes_total",
-    ):
-        show(line)
-
-    say("Nomad places a real raw_exec task; its Consul health check turns passing")
-    nomad = httpx.Client(base_url=env["NOMAD_ADDR"], timeout=10, trust_env=False)
-    nomad.post("/v1/jobs", json=demo_job("demo-web")).raise_for_status()
-    allocs = wait_for(
-        "a running allocation",
-        lambda: [
-            a
-            for a in nomad.get("/v1/job/demo-web/allocations").json()
-            if a["ClientStatus"] == "running"
-        ],
-    )
-    show(f"allocation {allocs[0]['ID'][:8]} running on node {allocs[0]['NodeName']}")
-    healthy = wait_for(
-        "a passing service",
-        lambda: consul.http.get("/v1/health/service/demo-web", params={"passing": "1"}).json(),
-    )
-    service = healthy[0]["Service"]
-    show(f"Consul: {service['ID']} at {service['Address']}:{service['Port']} is passing")
-    nomad.delete("/v1/job/demo-web", params={"purge": "true"}).raise_for_status()
-    show("job purged: its service is deregistered")
-
-    say("ELB endpoint and HAProxy")
-    show(f"ELB '{env['DEVSTACK_ELB_NAME']}' at {env['AWS_ENDPOINT_URL_ELASTIC_LOAD_BALANCING']}")
-    show(
-        f"HAProxy serving {env['DEVSTACK_HAPROXY_URL']} (stats {env['DEVSTACK_HAPROXY_STATS_URL']})"
-    )
-
-    say(f"SIGTERM the leader '{leader}': it releases the lock, the standby takes over at once")
+        ready = httpx.get(f"{replica.url}/readyz", timeout=5, trust_env=False).json()
+        roles = {c: ready["controllers"][c]["leadership"] for c in LEADER_ELECTED}
+        show(f"{name}: {roles}")
     started = time.monotonic()
     code = replicas[leader].stop()
-
-    def new_leader() -> str | None:
-        holder = leader_of(consul, "greeter")
-        return holder if holder != leader else None
-
-    successor = wait_for("a new leader", new_leader)
+    successor = wait_for(
+        "a new leader", lambda: (h := world.leader("waitlist")) != leader and h, timeout=30
+    )
     took = time.monotonic() - started
     show(f"'{leader}' exited with {code}; '{successor}' leads after {took:.2f} s")
-    consul.put("examples/greetings/in/margaret", b'{"greeting": "welcome"}')
-    out = wait_for(
-        "the new leader to converge", lambda: consul.get("examples/greetings/out/margaret")
+    world.delete("manticore/requests/data/bob")
+    show("DELETE manticore/requests/data/bob: the new leaders clean up and claim dee")
+    wait_for("bob to leave no trace", lambda: not world.traces("bob"), timeout=90)
+    wait_for("dee to be routed", lambda: routed(world, "dee"), timeout=90)
+    show(f"claimed now: {world.claimed()}")
+
+    say("Everyone leaves: nothing of anyone remains")
+    for user in ("cy", "dee"):
+        world.delete(f"manticore/requests/data/{user}")
+        show(f"DELETE manticore/requests/data/{user}")
+
+    def empty() -> bool:
+        return not any(world.traces(u) for u in FIRST) and not world.listeners()
+
+    wait_for("every artefact to go", empty, timeout=90)
+    show(f"manticore/waiting/data = {json.dumps(world.waiting())}")
+    show(f"keys under haproxy/data/: {world.keys('haproxy/data/')}")
+    show(
+        f"keys under manticore/ (besides the list): "
+        f"{[k for k in world.keys('manticore/') if not k.startswith('manticore/waiting/')]}"
     )
-    show(f"GET examples/greetings/out/margaret -> {out.decode()}")
-    consul.delete("examples/greetings/in/ada")
-    wait_for("ada's output to go", lambda: consul.get("examples/greetings/out/ada") is None)
-    show("DELETE examples/greetings/in/ada -> its output is gone too")
+    jobs = world.nomad.get("/v1/jobs", params={"prefix": "core-hmi-"}).json()
+    show(f"Nomad jobs core-hmi-*: {[job['ID'] for job in jobs]}")
+    show(f"ELB TCP listeners: {world.listeners()}")
+
+
+def manticore_env(stack: DevStack, home: Path) -> tuple[dict[str, str], int]:
+    main_port, stats_port = free_ports(2)
+    env = {
+        **stack.env,
+        **job_settings_env(),
+        "MAX_USERS": "2",
+        "DOMAIN_NAME": DOMAIN,
+        "HAPROXY_HTTP_LISTEN": str(main_port),
+        # Below Nomad's dynamic ports (20000-32000), which the users' fakes listen on.
+        "TCP_PORT_RANGE_START": "19000",
+        "TCP_PORT_RANGE_END": "19099",
+        "ELB_MANTICORE_NAME": stack.load_balancer,
+        "MANTICORE_ELB_CALLS_PER_SECOND": "20",
+        "MANTICORE_HAPROXY_CONFIG_DIR": str(home / "haproxy-router"),
+        "MANTICORE_HAPROXY_STATS_PORT": str(stats_port),
+        "MANTICORE_HAPROXY_WAIT_MIN": "0.05",
+        "MANTICORE_HAPROXY_WAIT_MAX": "0.2",
+        "MANTICORE_HAPROXY_HARD_STOP_AFTER": "5",
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "AWS_CONFIG_FILE": os.devnull,
+    }
+    return env, main_port
 
 
 @contextmanager
-def running_replicas(stack: DevStack) -> Iterator[dict[str, Replica]]:
+def running(env: dict[str, str], logs: Path) -> Iterator[tuple[dict[str, Process], Process]]:
+    """Two replicas of the leader-elected controllers and the haproxy controller; on the way
+    out, the HAProxy that controller started too (in production it outlives a controller
+    restart on purpose; here nothing may outlive the demo)."""
     replicas = {
-        name: Replica(name, stack.env, stack.log_dir) for name in ("replica-a", "replica-b")
+        name: Process(name, list(LEADER_ELECTED), env, logs) for name in ("replica-a", "replica-b")
     }
+    router = Process("haproxy", ["haproxy"], env, logs)
     try:
-        for replica in replicas.values():
-            wait_for(f"{replica.name} to be ready", replica.ready, timeout=30)
-        yield replicas
+        for process in [*replicas.values(), router]:
+            wait_for(f"{process.name} to be ready", process.ready, timeout=60)
+        yield replicas, router
     finally:
-        for replica in replicas.values():
-            replica.stop()
+        for process in [*replicas.values(), router]:
+            process.stop()
+        HAProxyProcess(env["MANTICORE_HAPROXY_CONFIG_DIR"]).stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,26 +394,32 @@ def main(argv: list[str] | None = None) -> int:
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    say("Starting the devstack: Consul, Nomad (3 nodes), ELB endpoint (moto), HAProxy")
-    with DevStack(ephemeral=args.ephemeral, home=home) as stack:
+    say("Starting the devstack: Consul, Nomad (3 nodes), ELB endpoint (moto)")
+    with DevStack(
+        ephemeral=args.ephemeral, home=home, services=("consul", "nomad", "elb")
+    ) as stack:
         for name, info in stack.services.items():
             show(f"{name:8} {info.url}")
-        for key, value in stack.env.items():
-            show(f"export {key}={value}")
-        say("Starting two replicas of every registered controller (reconciler run --all)")
-        with running_replicas(stack) as replicas:
-            for name, replica in replicas.items():
-                show(f"{name}: {replica.url}/metrics  log: {replica.log_path}")
-            walkthrough(stack, replicas)
+        env, main_port = manticore_env(stack, home)
+        say(
+            "Starting two replicas of every Manticore controller "
+            f"({', '.join(LEADER_ELECTED)}) and the haproxy controller (HAProxy on :{main_port})"
+        )
+        with running(env, stack.log_dir) as (replicas, router):
+            for process in [*replicas.values(), router]:
+                show(f"{process.name}: {process.url}/metrics  log: {process.log_path}")
+            world = World(env)
+            walkthrough(world, replicas, main_port)
             if args.once:
                 say("Done.")
                 return 0
             say("Everything is running. Press Ctrl-C to stop.")
+            for key in ("CONSUL_HTTP_ADDR", "NOMAD_ADDR"):
+                show(f"export {key}={env[key]}")
             try:
                 while not stop.wait(0.5):
-                    dead = [r.name for r in replicas.values() if r.proc.poll() is not None]
-                    if len(dead) == len(replicas):
-                        say(f"every replica has exited ({', '.join(dead)}); stopping")
+                    if router.proc.poll() is not None:
+                        say("the haproxy controller exited; stopping")
                         break
             except KeyboardInterrupt:
                 pass

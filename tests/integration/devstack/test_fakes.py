@@ -211,8 +211,10 @@ def test_raw_exec_template_runs_the_fakes_on_the_devstack(consul_server, nomad_w
         assert svc["Meta"]["manticore_route"] == ("tcp" if role == "core" else "http")
         assert svc["Tags"] == ["manticore", f"route-{'tcp' if role == 'core' else 'http'}"]
         addresses[role] = f"{svc['Address']}:{svc['Port']}"
-    # The HMI found its core through NOMAD_ADDR_core, inside the one task group.
-    assert http_text(addresses["hmi"]) == "hmi ada\ncore: core ada\n"
+    # The HMI found its core through NOMAD_ADDR_core, inside the one task group (the two
+    # tasks start together: wait until core has been up once).
+    page = wait_until(lambda: "core: core" in (t := http_text(addresses["hmi"])) and t, timeout=30)
+    assert page == "hmi ada\ncore: core ada\n"
     assert http_text(addresses["broker"]) == "broker ada\ncore: core ada\n"
     assert asyncio.run(tcp_greeting(addresses["core"]))[0] == b"core ada\n"
     assert asyncio.run(websocket_messages(addresses["broker"], [], 1)) == ["core ada\n"]
