@@ -61,11 +61,11 @@ typecheck: $(STAMP) ## mypy --strict on the packages
 
 .PHONY: schemas
 schemas: $(STAMP) ## Regenerate crds-equivalent-schemas/ from the pydantic KV models
-	$(BIN)/python -m reconciler.schemas crds-equivalent-schemas --module controllers.api
+	$(BIN)/python -m reconciler.schemas crds-equivalent-schemas
 
 .PHONY: schemas-check
 schemas-check: $(STAMP) ## Fail when crds-equivalent-schemas/ is stale
-	$(BIN)/python -m reconciler.schemas crds-equivalent-schemas --check --module controllers.api
+	$(BIN)/python -m reconciler.schemas crds-equivalent-schemas --check
 
 .PHONY: settings-table
 settings-table: $(STAMP) ## Regenerate the README's table of Manticore settings

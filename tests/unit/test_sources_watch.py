@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from reconciler.clients.consul import KVEntry
 from reconciler.sources._watch import PollState, replace_items
 from reconciler.sources.base import Change
+from reconciler.sources.kv import same_entry
 
 
 def test_index_rules() -> None:
@@ -37,3 +39,13 @@ def test_replace_with_a_sameness_rule_refreshes_the_cache_silently() -> None:
     assert replace_items(cache, {"a": (2, "v1")}, same_value) == []
     assert cache == {"a": (2, "v1")}  # the newer index is kept even though nothing is emitted
     assert replace_items(cache, {"a": (3, "v2")}, same_value) == [Change("a", (3, "v2"))]
+
+
+def test_a_kv_entry_rewritten_with_identical_bytes_is_not_a_change() -> None:
+    # What an older Consul returns for an identical PUT: same bytes, a later ModifyIndex.
+    cache = {"k": KVEntry("k", b"v", modify_index=3)}
+    rewritten = {"k": KVEntry("k", b"v", modify_index=9)}
+    assert replace_items(cache, rewritten, same_entry) == []
+    assert cache["k"].modify_index == 9
+    locked = {"k": KVEntry("k", b"v", modify_index=10, session="s1")}
+    assert [c.id for c in replace_items(cache, locked, same_entry)] == ["k"]  # holder changed
