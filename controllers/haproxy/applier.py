@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,29 +132,33 @@ class SavedState(BaseModel):
     tcp: list[_SavedTCP]
     web: list[_SavedWeb]
 
-    @classmethod
-    def of(cls, applied: Applied) -> SavedState:
+    @staticmethod
+    def dump(applied: Applied) -> str:
+        """``state.json`` for ``applied``: this model's shape, written without re-validating
+        values that were validated on the way in (it is validated again when read back)."""
         shape = applied.shape
         routing = applied.routing
-        return cls(
-            generation=applied.generation,
-            shape=_SavedShape(
-                domain=shape.domain,
-                main_port=shape.main_port,
-                http_slots=shape.http_slots,
-                tcp_slots=shape.tcp_slots,
-                web_slots=shape.web_slots,
-            ),
-            http=[
-                _SavedHTTP(subdomain=s, slot=slot, **_target(routing.http[s]))
+        document = {
+            "version": 1,
+            "generation": applied.generation,
+            "shape": {
+                "domain": shape.domain,
+                "main_port": shape.main_port,
+                "http_slots": shape.http_slots,
+                "tcp_slots": shape.tcp_slots,
+                "web_slots": shape.web_slots,
+            },
+            "http": [
+                {"subdomain": s, "slot": slot, **_target(routing.http[s])}
                 for s, slot in sorted(applied.http.items())
             ],
-            tcp=[
-                _SavedTCP(port=p, slot=slot, **_target(routing.tcp[p]))
+            "tcp": [
+                {"port": p, "slot": slot, **_target(routing.tcp[p])}
                 for p, slot in sorted(applied.tcp.items())
             ],
-            web=[_SavedWeb(address=a, slot=slot) for a, slot in sorted(applied.web.items())],
-        )
+            "web": [{"address": a, "slot": slot} for a, slot in sorted(applied.web.items())],
+        }
+        return json.dumps(document, separators=(",", ":"))
 
     def applied(self) -> Applied:
         shape = Shape(**self.shape.model_dump())
@@ -200,6 +205,7 @@ class Applier:
         self._template = render.load_template(settings)
         self._page = self._load_page()
         self.last: Timings | None = None
+        self._document: render.ConfigDocument | None = None
         # Fail at start, not at the first reload, when a path cannot be rendered.
         render.safe_path(self.config_dir, "MANTICORE_HAPROXY_CONFIG_DIR")
         render.safe_path(self.process.runtime_socket, "runtime socket")
@@ -229,11 +235,16 @@ class Applier:
     def render(self, applied: Applied) -> dict[Path, str]:
         """Every file ``applied`` is made of, by path (the configuration last)."""
         files = self.files(applied.generation)
-        base = render.render_base(self._template, self.settings, files.runtime_socket)
+        doc = self._document
+        if doc is not None and doc.shape == applied.shape and doc.generation == applied.generation:
+            doc.update(applied)
+        else:
+            base = render.render_base(self._template, self.settings, files.runtime_socket)
+            doc = self._document = render.ConfigDocument(applied, self.settings, files, base)
         return {
             files.hosts_map: render.render_hosts_map(applied),
             files.ports_map: render.render_ports_map(applied),
-            self.process.config_path: render.render_config(applied, self.settings, files, base),
+            self.process.config_path: doc.text(),
         }
 
     def running(self) -> bool:
@@ -290,7 +301,7 @@ class Applier:
             self._discard(fresh_maps, current)
             raise
         switched_at = time.perf_counter()
-        write_atomically(self.state_path, SavedState.of(target).model_dump_json(indent=1))
+        write_atomically(self.state_path, SavedState.dump(target))
         self._remove_other_generations(target.generation)
         metrics.CONFIG_VALID.set(1)
         metrics.RELOADS.labels(reason=reason).inc()
@@ -310,7 +321,7 @@ class Applier:
         applied_at = time.perf_counter()
         for path, text in self.render(target).items():
             self._write_if_changed(path, text)
-        write_atomically(self.state_path, SavedState.of(target).model_dump_json(indent=1))
+        write_atomically(self.state_path, SavedState.dump(target))
         done = time.perf_counter()
         metrics.APPLY_SECONDS.labels(path="runtime").observe(done - started)
         return Timings("runtime", runtime=applied_at - started, files=done - applied_at)

@@ -26,10 +26,20 @@ def _needs_haproxy() -> None:
         pytest.skip("the haproxy binary is not installed (make haproxy)")
 
 
+def ephemeral_ports() -> range:
+    """The kernel's range for port-0 binds: a chosen range stays out of it, so no server that
+    lets the kernel pick its port (the backends) can land inside HAProxy's TCP range."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)
+
+
 def free_port_range(count: int, attempts: int = 200) -> range:
     """``count`` consecutive ports, all free on 127.0.0.1 right now."""
     for _ in range(attempts):
-        start = random.randint(30000, 60000 - count)
+        start = random.randint(10000, ephemeral_ports().start - count)
         held: list[socket.socket] = []
         try:
             for port in range(start, start + count):

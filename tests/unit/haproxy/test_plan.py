@@ -169,21 +169,33 @@ def test_routes_that_stay_keep_their_slot(first: Routing, second: Routing) -> No
 
 
 def test_pools_grow_with_headroom_and_only_when_crowded() -> None:
-    policy = SlotPolicy(http=8, tcp=8, web=2, tcp_max=1000)
-    tables = []
-    for n in range(200):
+    policy = SlotPolicy(http=1024, tcp=8, web=2, tcp_max=1000)
+    size, reloads = policy.size_for("http", 0), []
+    for used in range(1, 3001):
+        if policy.crowded("http", used, size):
+            size = policy.size_for("http", used)
+            reloads.append((used, size))
+    # 1,000 users of 3 HTTP routes each arriving from the default 1,024 slots: three reloads,
+    # each when the pool passed 90% full, leaving it under 60% full.
+    assert reloads == [(922, 1792), (1613, 3072), (2765, 4864)]
+    assert all(0.5 <= used / size <= 0.6 for used, size in reloads)
+
+
+def test_plan_reloads_for_slots_only_past_the_high_water_mark() -> None:
+    policy = SlotPolicy(http=256, tcp=8, web=2, tcp_max=1000)
+
+    def table(n: int) -> Routing:
         http = {f"{i:016d}": Target(f"u{i}", "hmi", f"10.0.0.1:{10000 + i}") for i in range(n)}
-        tables.append(Routing("m.test", 8080, http=http))
-    current = plan(None, tables[0], policy).target
-    reloads = []
-    for table in tables[1:]:
-        step = plan(current, table, policy)
-        if step.reload is not None:
-            reloads.append((len(table.http), step.target.shape.http_slots))
-        current = step.target
-    # Each growth leaves the pool at most half full, so 200 arrivals cost a handful of reloads.
-    assert reloads == [(8, 16), (15, 32), (29, 64), (58, 128), (116, 256)]
-    assert all(used / size <= 0.5 for used, size in reloads)
+        return Routing("m.test", 8080, http=http)
+
+    current = plan(None, table(200), policy).target
+    assert current.shape.http_slots == 512
+    assert plan(current, table(460), policy).reload is None
+    step = plan(current, table(461), policy)
+    assert (step.reload, step.target.shape.http_slots) == ("slots", 1024)
+    # A reload for another reason also gives back what emptied.
+    step = plan(step.target, table(10), policy, force="periodic")
+    assert step.target.shape.http_slots == 256
 
 
 def test_tcp_pool_never_exceeds_the_port_range() -> None:

@@ -5,12 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from controllers.haproxy import render
+from controllers.haproxy.applier import SavedState
 from controllers.haproxy.plan import SlotPolicy, plan
 from controllers.haproxy.routes import Routing, Target
 from controllers.settings import Settings
 from reconciler.clients.errors import ConfigError
+
+from .test_plan import POLICY, routings
 
 
 def config(tmp_path: Path, **env: str):  # type: ignore[no-untyped-def]
@@ -90,3 +95,27 @@ def test_maps_are_sorted_key_value_lines(tmp_path: Path) -> None:
     assert hosts[0].startswith("#")
     assert hosts[1:] == [f"{'a' * 16}.m.test http_00000", f"{'b' * 16}.m.test http_00001"]
     assert render.render_ports_map(applied).splitlines()[1:] == ["20001 tcp_00000"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(routings(), min_size=2, max_size=6))
+def test_a_document_updated_in_place_equals_a_fresh_render(tables: list[Routing]) -> None:
+    config = Settings.from_env({"MANTICORE_HAPROXY_CONFIG_DIR": "/tmp/doc"}).haproxy
+    files = render.Files(Path("/tmp/h.map"), Path("/tmp/p.map"), Path("/tmp/404"), Path("/tmp/rt"))
+    current = plan(None, tables[0], POLICY).target
+    doc = render.ConfigDocument(current, config, files, "global\n")
+    for table in tables[1:]:
+        step = plan(current, table, POLICY)
+        current = step.target
+        if step.reload is not None:
+            doc = render.ConfigDocument(current, config, files, "global\n")
+        else:
+            doc.update(current)
+        assert doc.text() == render.render_config(current, config, files, "global\n")
+
+
+@settings(max_examples=60, deadline=None)
+@given(routings())
+def test_state_json_round_trips(table: Routing) -> None:
+    applied = plan(None, table, POLICY).target
+    assert SavedState.model_validate_json(SavedState.dump(applied)).applied() == applied
