@@ -12,7 +12,7 @@ reloaded, as consul-template did).
   requests on keep-alive connections and two TCP sessions echo a line every 100 ms, through
   HAProxy, counting every request or session dropped. The users' HMI and core servers run in a
   third process. The controller and HAProxy run with their default settings apart from ports and
-  directories (debounce 0.1 s / 0.5 s, 1,024 HTTP slots, TCP slots for the whole range).
+  directories (debounce 0.1 s / 0.5 s, 4,096 HTTP slots, TCP slots for the whole range).
 - Scale: a routing table of 5,000 users (3 HTTP routes and 1 TCP port each) planned, rendered
   and checked with ``haproxy -c``; HAProxy started with it; then one arrival over the runtime
   API and one full reload, as each path pays per change at that size.

@@ -254,11 +254,12 @@ class HAProxySettings(_Group):
         description="longest an old worker serves its open connections after a reload",
     )
     http_slots: int = Field(
-        default=1024,
+        default=4096,
         ge=1,
         le=65536,
         alias="MANTICORE_HAPROXY_HTTP_SLOTS",
-        description="pre-provisioned HTTP route slots (grown, with a reload, when 90% full)",
+        description="pre-provisioned HTTP route slots, about 12 KiB of HAProxy memory each "
+        "(grown 1.75x, with a reload, when 90% full)",
     )
     tcp_slots: int = Field(
         default=1024,

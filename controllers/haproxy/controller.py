@@ -21,7 +21,7 @@ A configuration that fails validation or that the master rejects keeps the old o
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import anyio
@@ -32,11 +32,12 @@ from controllers.haproxy import metrics
 from controllers.haproxy.applier import Applier
 from controllers.haproxy.plan import Applied, Plan, SlotPolicy, plan, plan_in_place
 from controllers.haproxy.process import ConfigInvalid, HAProxyError, ReloadFailed
-from controllers.haproxy.routes import KINDS, Rejection, Routing, RoutingReader
+from controllers.haproxy.routes import KINDS, Rejection, RoutingReader
 from controllers.haproxy.runtime import RuntimeAPIError, RuntimeCommandFailed
 from controllers.settings import HAProxySettings, settings
 from reconciler import metrics as framework_metrics
 from reconciler import watches
+from reconciler.clients.consul import KVEntry
 from reconciler.controller import Context, Controller, Dependencies, constant_key
 from reconciler.result import Result, TemporaryError
 
@@ -56,16 +57,13 @@ class Debounce:
 
     min: float
     max: float
-    _seen: Routing | None = None
     _first_change: float | None = None
     _last_change: float = 0.0
 
-    def observe(self, routing: Routing, now: float) -> None:
-        if routing != self._seen:
-            self._seen = routing
-            self._last_change = now
-            if self._first_change is None:
-                self._first_change = now
+    def changed(self, now: float) -> None:
+        self._last_change = now
+        if self._first_change is None:
+            self._first_change = now
 
     def remaining(self, now: float) -> float:
         """Seconds to wait before applying what was observed (0: now)."""
@@ -95,6 +93,7 @@ class HAProxyRouter:
     _last_reload: float = 0.0
     _last_verify: float = 0.0
     _held_until: float = 0.0
+    _fingerprint: tuple[int, int, int] = (-1, 0, 0)
     _hold_seconds: float = 0.0
 
     # -- setup ------------------------------------------------------------------------------
@@ -127,13 +126,24 @@ class HAProxyRouter:
     async def reconcile(self, ctx: Context, key: str) -> Result | None:
         """Converge HAProxy on ``haproxy/`` (one key, one worker: never two at once)."""
         config, applier, reader, debounce, policy = self._setup()
-        current = self.applied
-        routing, rejected = reader.read(
-            ctx.cache(WATCH), current=current.routing if current else None
-        )
-        self._report(ctx, rejected)
+        cache = ctx.cache(WATCH)
         now = self.clock()
-        debounce.observe(routing, now)
+        fingerprint = _fingerprint(cache)
+        if fingerprint != self._fingerprint:
+            self._fingerprint = fingerprint
+            debounce.changed(now)
+        current = self.applied
+        held = current is not None and now < self._held_until
+        # Inside a debounce window nothing is read or planned: a burst of writes costs one
+        # table read when it settles, not one per write.
+        if current is not None and not held and self._repair is None:
+            wait = debounce.remaining(now)
+            if wait > 0:
+                metrics.PENDING.set(1)
+                return Result(requeue_after=wait)
+
+        routing, rejected = reader.read(cache, current=current.routing if current else None)
+        self._report(ctx, rejected)
 
         if not self._recovered:
             self._recovered = True
@@ -144,10 +154,10 @@ class HAProxyRouter:
         elif current is not None and not await anyio.to_thread.run_sync(applier.running):
             ctx.log.warning("HAProxy is not running; starting it again")
             current = self.applied = None
+            held = False
 
         # After a reload failed, the old configuration keeps serving: users keep coming and
         # going within its shape, and the reload is retried with backoff.
-        held = current is not None and now < self._held_until
         force = None
         if not held:
             force = self._repair
@@ -159,16 +169,21 @@ class HAProxyRouter:
                 return Result(requeue_after=self._held_until - now)
             step = plan_in_place(current, routing)
         if step.nothing_to_do:
+            debounce.settled()
             if held:
                 return Result(requeue_after=self._held_until - now)
-            debounce.settled()
             metrics.PENDING.set(0)
             return None
         metrics.PENDING.set(1)
-        if force is None and current is not None:
-            wait = debounce.remaining(now)
-            if wait > 0:
-                return Result(requeue_after=wait)
+        if step.reload == "slots" and current is not None and config.update_mode == "runtime":
+            # Growing the pools while every route still fits: route this batch over the runtime
+            # API first, so users arriving now do not wait for the reload.
+            first = plan_in_place(current, routing)
+            if first.target.routing == routing and first.ops:
+                await self._apply(ctx, applier, current, first)
+                current = self.applied
+                step = plan(current, routing, policy, mode=config.update_mode)
+        debounce.settled()
         if not await self._apply(ctx, applier, current, step):
             assert current is not None
             self._hold(now)
@@ -177,7 +192,6 @@ class HAProxyRouter:
                 if not fallback.nothing_to_do:
                     await self._apply(ctx, applier, current, fallback)
             return Result(requeue_after=self._held_until - now)
-        debounce.settled()
         if not held:
             metrics.PENDING.set(0)
         return Result(requeue_after=self._held_until - now) if held else None
@@ -281,6 +295,13 @@ class HAProxyRouter:
                 kind=rejection.kind,
                 error=rejection.message,
             )
+
+
+def _fingerprint(cache: Mapping[str, KVEntry]) -> tuple[int, int, int]:
+    """Changes whenever a key under ``haproxy/`` is written, added or removed (Consul's
+    ModifyIndex only grows), at a fraction of the cost of reading the table."""
+    indexes = [entry.modify_index for entry in cache.values()]
+    return len(indexes), sum(indexes), max(indexes, default=0)
 
 
 def build_controller(

@@ -33,10 +33,10 @@ from controllers.haproxy.routes import Routing, Target
 PLACEHOLDER = "127.0.0.1:1"
 HIGH_WATER = 0.9
 # A reload sizes each pool for three quarters as many routes again as it holds (in steps of 256
-# slots), so it is under 60% full afterwards and the next growth is 57% more routes away: 1,000
-# users of three HTTP routes arriving from 1,024 HTTP slots cost three reloads. A slot costs
-# HAProxy about 12 KiB, so the headroom is not made larger; a reload for any reason also shrinks
-# a pool that emptied.
+# slots), so it is under 60% full afterwards and the next growth is 57% more routes away (from
+# 1,024 slots, 1,000 users of three HTTP routes would cost three reloads; the default 4,096 holds
+# them without one). A slot costs HAProxy about 12 KiB, so the headroom is not made larger; a
+# reload for any reason also shrinks a pool that emptied.
 GROWTH = 1.75
 STEP = 256
 MAX_SLOTS = 65536

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -309,40 +310,51 @@ class RoutingReader:
         rejections: list[Rejection],
     ) -> tuple[dict[str, Target], dict[int, Target]]:
         """Give each subdomain and port to one user (the current holder, else the oldest)."""
-        http_claims: dict[str, list[tuple[tuple[int, int, str], Target]]] = {}
-        tcp_claims: dict[int, list[tuple[tuple[int, int, str], Target]]] = {}
-        for create_index, user, parsed in users:
+        http: dict[str, tuple[int, Target]] = {}
+        tcp: dict[int, tuple[int, Target]] = {}
+        held_http = current.http if current is not None else {}
+        held_tcp = current.tcp if current is not None else {}
+        for create_index, _, parsed in users:
             for subdomain, target in parsed.http:
-                holder = current is not None and _holds(current.http.get(subdomain), user)
-                rank = (0 if holder else 1, create_index, user)
-                http_claims.setdefault(subdomain, []).append((rank, target))
+                _claim(http, subdomain, create_index, target, held_http, rejections)
             for port, target in parsed.tcp:
-                holder = current is not None and _holds(current.tcp.get(port), user)
-                rank = (0 if holder else 1, create_index, user)
-                tcp_claims.setdefault(port, []).append((rank, target))
-        http = {s: _winner(s, claims, rejections) for s, claims in http_claims.items()}
-        tcp = {p: _winner(p, claims, rejections) for p, claims in tcp_claims.items()}
-        return http, tcp
-
-
-def _holds(target: Target | None, user: str) -> bool:
-    return target is not None and target.user == user
-
-
-def _winner(
-    what: str | int,
-    claims: list[tuple[tuple[int, int, str], Target]],
-    rejections: list[Rejection],
-) -> Target:
-    claims.sort(key=lambda claim: claim[0])
-    winner = claims[0][1]
-    for _, loser in claims[1:]:
-        label = f"subdomain {what}" if isinstance(what, str) else f"TCP port {what}"
-        rejections.append(
-            Rejection(
-                f"{HAPROXY_DATA_PREFIX}{loser.user}",
-                "conflict",
-                f"{label} already belongs to user {winner.user}",
-            )
+                _claim(tcp, port, create_index, target, held_tcp, rejections)
+        return (
+            {s: target for s, (_, target) in http.items()},
+            {p: target for p, (_, target) in tcp.items()},
         )
-    return winner
+
+
+K = TypeVar("K", str, int)
+
+
+def _claim(
+    table: dict[K, tuple[int, Target]],
+    what: K,
+    create_index: int,
+    target: Target,
+    held: Mapping[K, Target],
+    rejections: list[Rejection],
+) -> None:
+    """Put ``target`` in ``table`` unless a better claim holds ``what``; reject the loser."""
+    existing = table.get(what)
+    if existing is None:
+        table[what] = (create_index, target)
+        return
+    holder = held.get(what)
+    holder_user = holder.user if holder is not None else None
+
+    def rank(claim: tuple[int, Target]) -> tuple[int, int, str]:
+        return (0 if claim[1].user == holder_user else 1, claim[0], claim[1].user)
+
+    challenger = (create_index, target)
+    winner, loser = sorted((existing, challenger), key=rank)
+    table[what] = winner
+    label = f"subdomain {what}" if isinstance(what, str) else f"TCP port {what}"
+    rejections.append(
+        Rejection(
+            f"{HAPROXY_DATA_PREFIX}{loser[1].user}",
+            "conflict",
+            f"{label} already belongs to user {winner[1].user}",
+        )
+    )
