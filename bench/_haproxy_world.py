@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-POLL_EVERY = 0.02
+POLL_EVERY = 0.05
 ANSWER_TIMEOUT = 30.0
 
 

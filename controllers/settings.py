@@ -191,7 +191,11 @@ class HAProxySettings(_Group):
         alias="MANTICORE_HAPROXY_NOT_FOUND_PAGE",
         description="HTML page answered (404) for an unknown subdomain",
     )
-    binary: str = Field(default="haproxy", alias="MANTICORE_HAPROXY_BINARY")
+    binary: str = Field(
+        default="haproxy",
+        alias="MANTICORE_HAPROXY_BINARY",
+        description="the haproxy executable (2.6 or later), looked up in PATH and the sbin dirs",
+    )
     start: bool = Field(
         default=True,
         alias="MANTICORE_HAPROXY_START",
@@ -221,14 +225,29 @@ class HAProxySettings(_Group):
         description="seconds of quiet after a change before applying it",
     )
     wait_max: float = Field(
-        default=0.5,
+        default=0.3,
         ge=0,
         alias="MANTICORE_HAPROXY_WAIT_MAX",
         description="longest a change waits while changes keep coming",
     )
-    timeout_connect: float = Field(default=5.0, gt=0, alias="MANTICORE_HAPROXY_TIMEOUT_CONNECT")
-    timeout_client: float = Field(default=3600.0, gt=0, alias="MANTICORE_HAPROXY_TIMEOUT_CLIENT")
-    timeout_server: float = Field(default=3600.0, gt=0, alias="MANTICORE_HAPROXY_TIMEOUT_SERVER")
+    timeout_connect: float = Field(
+        default=5.0,
+        gt=0,
+        alias="MANTICORE_HAPROXY_TIMEOUT_CONNECT",
+        description="seconds HAProxy waits for a user's container to accept a connection",
+    )
+    timeout_client: float = Field(
+        default=3600.0,
+        gt=0,
+        alias="MANTICORE_HAPROXY_TIMEOUT_CLIENT",
+        description="seconds a client may stay silent (Manticore's sessions last up to an hour)",
+    )
+    timeout_server: float = Field(
+        default=3600.0,
+        gt=0,
+        alias="MANTICORE_HAPROXY_TIMEOUT_SERVER",
+        description="seconds a container may stay silent",
+    )
     timeout_tunnel: float = Field(
         default=3600.0,
         gt=0,
@@ -236,10 +255,16 @@ class HAProxySettings(_Group):
         description="idle timeout of websockets and TCP sessions",
     )
     timeout_http_request: float = Field(
-        default=10.0, gt=0, alias="MANTICORE_HAPROXY_TIMEOUT_HTTP_REQUEST"
+        default=10.0,
+        gt=0,
+        alias="MANTICORE_HAPROXY_TIMEOUT_HTTP_REQUEST",
+        description="seconds to receive a whole HTTP request head (slow clients are cut)",
     )
     timeout_http_keep_alive: float = Field(
-        default=60.0, gt=0, alias="MANTICORE_HAPROXY_TIMEOUT_HTTP_KEEP_ALIVE"
+        default=60.0,
+        gt=0,
+        alias="MANTICORE_HAPROXY_TIMEOUT_HTTP_KEEP_ALIVE",
+        description="seconds an idle keep-alive connection is kept open",
     )
     maxconn: int = Field(
         default=4096,
@@ -268,7 +293,13 @@ class HAProxySettings(_Group):
         alias="MANTICORE_HAPROXY_TCP_SLOTS",
         description="pre-provisioned TCP route slots (never more than the port range)",
     )
-    web_app_slots: int = Field(default=16, ge=1, le=1024, alias="MANTICORE_HAPROXY_WEB_APP_SLOTS")
+    web_app_slots: int = Field(
+        default=16,
+        ge=1,
+        le=1024,
+        alias="MANTICORE_HAPROXY_WEB_APP_SLOTS",
+        description="pre-provisioned servers of the web app backend (grown like the others)",
+    )
     verify_interval: float = Field(
         default=60.0,
         gt=0,

@@ -206,6 +206,7 @@ class Applier:
         self._page = self._load_page()
         self.last: Timings | None = None
         self._document: render.ConfigDocument | None = None
+        self._written: dict[Path, bytes] = {}
         # Fail at start, not at the first reload, when a path cannot be rendered.
         render.safe_path(self.config_dir, "MANTICORE_HAPROXY_CONFIG_DIR")
         render.safe_path(self.process.runtime_socket, "runtime socket")
@@ -328,12 +329,17 @@ class Applier:
 
     def _write_if_changed(self, path: Path, data: str | bytes) -> bool:
         wanted = data.encode() if isinstance(data, str) else data
+        # What this process last wrote there: no need to read a 2 MB file back to compare.
+        if self._written.get(path) == wanted:
+            return False
         try:
-            if path.read_bytes() == wanted:
+            if path not in self._written and path.read_bytes() == wanted:
+                self._written[path] = wanted
                 return False
         except OSError:
             pass
         write_atomically(path, wanted)
+        self._written[path] = wanted
         return True
 
     def _discard(self, fresh_maps: list[Path], current: Applied | None) -> None:

@@ -294,10 +294,8 @@ class RoutingReader:
     def _loops(self, address: str, main_port: int) -> bool:
         """True for an address that is one of HAProxy's own frontends (a routing loop)."""
         host, port = split_address(address)
-        own = {main_port, *self.settings.tcp_port_range}
-        if self.settings.stats_port:
-            own.add(self.settings.stats_port)
-        if port not in own:
+        stats = self.settings.stats_port
+        if port != main_port and port not in self.settings.tcp_port_range and port != stats:
             return False
         ip = ipaddress.ip_address(host)
         bind = ipaddress.ip_address(self.settings.bind_address)
