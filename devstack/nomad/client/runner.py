@@ -512,6 +512,8 @@ class AllocRunner:
             if any(st["State"] == "dead" and st["Failed"] for st in states):
                 self.cluster.update_alloc_health(self.alloc["ID"], False)
                 return
+            if all(st["State"] == "dead" for st in states):
+                return  # stopped before it was healthy: nothing more to track
             ok = all(st["State"] == "running" for st in states)
             if ok and poll_checks:
                 ok = await self._checks_passing()
@@ -535,8 +537,13 @@ class AllocRunner:
             if poll_checks:
                 wake = min(wake, 0.25)
             self._state_event.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+            # that arrives as the event is set (the tasks dying set it just before the runner
+            # cancels this tracker), and the tracker then ran on to its deadline, holding the
+            # allocation's group services in Consul for minutes after it stopped.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._state_event.wait(), max(wake, 0.01))
+                async with asyncio.timeout(max(wake, 0.01)):
+                    await self._state_event.wait()
 
     async def _checks_passing(self) -> bool:
         consul = self.cluster.consul
