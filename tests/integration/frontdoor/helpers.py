@@ -13,7 +13,7 @@ import httpx
 
 from controllers.intake.server import Running, serve
 from controllers.settings import APISettings, HAProxySettings, Settings, UsageSettings
-from tests.integration.helpers import clients_config
+from reconciler.clients.config import ClientsConfig
 
 REQ = "manticore/requests/data/"
 PAGE = "manticore/waiting/data"
@@ -29,14 +29,21 @@ def api_settings(**api: Any) -> Settings:
 
 @contextlib.asynccontextmanager
 async def intake(
-    consul_address: str, settings: Settings | None = None, **options: Any
+    consul_address: str,
+    settings: Settings | None = None,
+    *,
+    token: str | None = None,
+    **options: Any,
 ) -> AsyncIterator[Running]:
     """A started instance (caches warm), stopped on exit."""
+    env = {"CONSUL_HTTP_ADDR": consul_address}
+    if token:
+        env["CONSUL_HTTP_TOKEN"] = token
     async with anyio.create_task_group() as tg:
         running: Running = await tg.start(
             lambda task_status: serve(
                 settings or api_settings(),
-                clients_config(consul_address),
+                ClientsConfig.from_env(env),
                 install_signals=False,
                 task_status=task_status,
                 **options,
