@@ -229,6 +229,14 @@ def tcp_greeting(port: int) -> str:
         return sock.recv(100).decode(errors="replace").strip()
 
 
+def gone(world: World, user: str, timeout: float = 90.0) -> None:
+    """Wait until nothing of ``user`` remains; say what does when it does not go."""
+    try:
+        wait_for(f"{user} to leave no trace", lambda: not world.traces(user), timeout=timeout)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}: still there: {world.traces(user)}") from None
+
+
 def routed(world: World, user: str) -> dict[str, Any] | None:
     routes = world.json(f"haproxy/data/{user}")
     record = world.json(f"manticore/elb/data/{user}")
@@ -294,7 +302,7 @@ def walkthrough(world: World, replicas: dict[str, Process], main_port: int) -> N
     say("ada leaves: every artefact of hers goes, and cy (next in line) is claimed")
     world.delete("manticore/requests/data/ada")
     show("DELETE manticore/requests/data/ada")
-    wait_for("ada to leave no trace", lambda: not world.traces("ada"), timeout=90)
+    gone(world, "ada")
     show("ada: no waiting entry, job, service, allocation, routes, listener or status left")
     wait_for("cy to be routed", lambda: routed(world, "cy"), timeout=90)
     claimed = world.claimed()
@@ -315,7 +323,7 @@ def walkthrough(world: World, replicas: dict[str, Process], main_port: int) -> N
     show(f"'{leader}' exited with {code}; '{successor}' leads after {took:.2f} s")
     world.delete("manticore/requests/data/bob")
     show("DELETE manticore/requests/data/bob: the new leaders clean up and claim dee")
-    wait_for("bob to leave no trace", lambda: not world.traces("bob"), timeout=90)
+    gone(world, "bob")
     wait_for("dee to be routed", lambda: routed(world, "dee"), timeout=90)
     show(f"claimed now: {world.claimed()}")
 
@@ -340,7 +348,8 @@ def walkthrough(world: World, replicas: dict[str, Process], main_port: int) -> N
 
 
 def manticore_env(stack: DevStack, home: Path) -> tuple[dict[str, str], int]:
-    main_port, stats_port = free_ports(2)
+    # The ports devstack would give its own HAProxy (8080 and 8404 unless --ephemeral).
+    main_port, stats_port = stack.ports.haproxy, stack.ports.haproxy_stats
     env = {
         **stack.env,
         **job_settings_env(),

@@ -329,11 +329,14 @@ class Jobs:
         todo: dict[str, Wanted] = {}
         ours = other = 0
         for stub in stubs.values():
+            user = user_of_job(stub.id)
             if stub.meta is not None and not owned(stub.meta):
                 other += 1
+                # Someone else's job under a claimed user's name: say so (never touch it).
+                if user is not None and self.wanted(ctx, user, claimed).job is not None:
+                    todo[user] = self.wanted(ctx, user, claimed)
                 continue
             ours += 1
-            user = user_of_job(stub.id)
             if user is None:
                 continue
             wanted = self.wanted(ctx, user, claimed)

@@ -30,6 +30,10 @@ clear errors, never a reconcile-time surprise. The contract for every service:
 and a health check (``http`` for an http route, ``tcp`` for a tcp route); the roles ``hmi``
 (http), ``broker`` (http) and ``core`` (tcp) must be there.
 
+Both shipped templates set ``"Update": {"MaxParallel": 0}``: a user's job has one allocation,
+so a deployment (rolling update, health gate, progress deadline) buys nothing, and thousands of
+them are bookkeeping Nomad need not do; a changed job simply replaces its allocation.
+
 The waitlist reads the same template for one number: the resources one user's group asks
 Nomad for (:attr:`JobTemplate.resources`), so capacity is counted against what the jobs
 controller really submits.
