@@ -305,7 +305,9 @@ async def reconcile(ctx: Context, key: str) -> Result | None:
     # A request that fails validation is the intake API's problem, reported there; it still
     # says that the user asked for a pair.
     requested = request_entry is not None
-    current_entry = await ctx.kv.get(out_key)
+    # The record as last seen, only to keep the chosen allocation (the writes below read and
+    # compare-and-set afresh): a stale view costs at most one rewrite, never a wrong record.
+    current_entry = ctx.cache(ALLOCATIONS_WATCH).get(out_key)
     current = (
         ctx.parse(UserAllocation, current_entry, key=out_key) if current_entry is not None else None
     )
@@ -343,9 +345,9 @@ controller = Controller(
             to_keys=users_of_instance,
             # Only the users' checks travel on the health long poll, not the datacenter's.
             server_filter=f'ServiceName matches "^{JOB_PREFIX}"',
-            # New services are read one request each; a burst of arrivals (many allocations
-            # placed at once) is read 8 at a time, beside writes in the short-request pool.
-            read_concurrency=8,
+            # New services are read one request each, a few at a time: the short-request pool
+            # (6 connections) also carries this controller's writes and session renewals.
+            read_concurrency=3,
         ),
         watches.kv(REQUESTS_PREFIX, to_keys=_user_key(REQUESTS_PREFIX)),
         watches.kv(ALLOCATIONS_PREFIX, to_keys=_user_key(ALLOCATIONS_PREFIX)),
