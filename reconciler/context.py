@@ -13,7 +13,7 @@ the window between that check and the call arriving (see ``docs/architecture.md`
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from reconciler import metrics
 from reconciler.clients.consul import ConsulClient, ConsulReader, KVEntry
 from reconciler.clients.errors import ConfigError
+from reconciler.index import CacheIndex
 from reconciler.kv import KVStore, decode
 from reconciler.result import InvalidValue
 from reconciler.sources.base import Source
@@ -57,6 +58,7 @@ class Context:
     sources: Mapping[str, Source]
     log: Any
     leading: Any = None
+    indexes: Mapping[str, CacheIndex] = field(default_factory=dict)
 
     @property
     def consul(self) -> ConsulReader:
@@ -96,6 +98,22 @@ class Context:
         except KeyError:
             known = ", ".join(sorted(self.sources)) or "none"
             raise ConfigError(f"{self.controller}: no watch named {watch!r} ({known})") from None
+
+    def index(self, watch: str, name: str, value: str) -> list[Any]:
+        """The items of ``watch`` whose index ``name`` holds ``value`` (client-go's
+        ``ByIndex``): a per-user reconcile's lookup in O(matches), not a scan of the cache."""
+        cache = self.cache(watch)
+        index = self.indexes.get(watch)
+        if index is None or name not in index.names:
+            raise ConfigError(f"{self.controller}: watch {watch!r} declares no index {name!r}")
+        return [cache[i] for i in sorted(index.ids(name, value)) if i in cache]
+
+    def index_values(self, watch: str, name: str) -> frozenset[str]:
+        """Every value index ``name`` of ``watch`` holds now (say, every user seen)."""
+        index = self.indexes.get(watch)
+        if index is None or name not in index.names:
+            raise ConfigError(f"{self.controller}: watch {watch!r} declares no index {name!r}")
+        return index.values(name)
 
     def parse(
         self,

@@ -26,6 +26,7 @@ from reconciler import metrics
 from reconciler.clients.consul import ConsulClient, ConsulReader
 from reconciler.clients.errors import ClientError, ConfigError, FencingError
 from reconciler.context import Clients, Context
+from reconciler.index import CacheIndex, IndexFn
 from reconciler.kv import KVStore
 from reconciler.leader import FencedKV, LeaderElector, LockClient
 from reconciler.logging import get_logger
@@ -121,6 +122,8 @@ class Watch:
     build: SourceFactory
     to_keys: KeyMapper = identity_key
     describe: str = ""
+    # Secondary indexes of the cache (``ctx.index(watch, name, value)``): name -> item -> values.
+    indexes: Mapping[str, IndexFn] = field(default_factory=dict)
 
 
 @dataclass
@@ -290,6 +293,22 @@ class ControllerRunner:
             w.name: metrics.MAPPER_ERRORS.labels(controller=name, watch=w.name)
             for w in spec.watches
         }
+        self.indexes: dict[str, CacheIndex] = {
+            w.name: CacheIndex(w.indexes, self._index_error(w)) for w in spec.watches if w.indexes
+        }
+
+    def _index_error(self, watch: Watch) -> Callable[[str, Exception], None]:
+        def report(index: str, exc: Exception) -> None:
+            self._mapper_errors[watch.name].inc()
+            log.error(
+                "index function raised; item left out of the index",
+                controller=self.spec.name,
+                watch=watch.name,
+                index=index,
+                error=repr(exc),
+            )
+
+        return report
 
     def _guard(self) -> None:
         """Called by guarded Nomad/ELB clients just before a side effect."""
@@ -331,12 +350,20 @@ class ControllerRunner:
     def _emitter(self, watch: Watch) -> Callable[[Sequence[Change]], None]:
         add = self.queue.add
         keys_of = self._keys_of
+        index = self.indexes.get(watch.name)
 
         def emit(changes: Sequence[Change]) -> None:
+            if index is not None:
+                index.update(changes)
             for change in changes:
                 for key in keys_of(watch, change.item):
                     if key:
                         add(key)
+                if change.old is not None:
+                    # The keys it mapped to before: an item that moved must leave its old key.
+                    for key in keys_of(watch, change.old):
+                        if key:
+                            add(key)
 
         return emit
 
@@ -434,6 +461,7 @@ class ControllerRunner:
             kv=self.kv,
             status=report,
             sources=self.sources,
+            indexes=self.indexes,
             log=bound,
             leading=None if self.elector is None else (lambda: self.is_leader),
         )

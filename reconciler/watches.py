@@ -9,7 +9,9 @@
     ]
 
 Each helper returns a :class:`~reconciler.controller.Watch`: a name, a factory that builds the
-live source once the manager has clients, the mapping from a changed item (the object itself:
+live source once the manager has clients, optional secondary indexes of its cache
+(``indexes={"user": fn}``, read with ``ctx.index(watch, "user", value)``), the mapping from a
+changed item (the object itself:
 a ``KVEntry``, a ``ServiceInstance``, an ``Allocation``, a ``JobStub``, a ``Node``; for a
 deletion the last one seen) to work-queue keys, and a description for ``reconciler list``.
 """
@@ -17,7 +19,7 @@ deletion the last one seen) to work-queue keys, and a description for ``reconcil
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from reconciler.clients.consul import ServiceInstance
@@ -28,6 +30,7 @@ from reconciler.controller import (
     identity_key,
     strip_prefix,
 )
+from reconciler.index import IndexFn
 from reconciler.sources.base import Source
 from reconciler.sources.health import ServiceHealthSource
 from reconciler.sources.kv import KVSource
@@ -45,6 +48,7 @@ def kv(
     *,
     to_keys: KeyMapper | None = None,
     name: str | None = None,
+    indexes: Mapping[str, IndexFn] | None = None,
     **options: Any,
 ) -> Watch:
     """A Consul KV prefix (ending in ``/``) or one key.
@@ -60,7 +64,9 @@ def kv(
         return KVSource(deps.consul, key_or_prefix, name=watch_name, **options)
 
     kind = "prefix" if is_prefix else "key"
-    return Watch(watch_name, build, mapper, f"consul kv {kind} {key_or_prefix}")
+    return Watch(
+        watch_name, build, mapper, f"consul kv {kind} {key_or_prefix}", dict(indexes or {})
+    )
 
 
 def service_health(
@@ -70,6 +76,7 @@ def service_health(
     passing_only: bool = False,
     to_keys: KeyMapper = service_name,
     name: str | None = None,
+    indexes: Mapping[str, IndexFn] | None = None,
     **options: Any,
 ) -> Watch:
     """The health of one Consul service, or of every service whose name matches ``pattern``.
@@ -96,7 +103,8 @@ def service_health(
         )
 
     passing = " (passing only)" if passing_only else ""
-    return Watch(watch_name, build, to_keys, f"consul service health {what}{passing}")
+    describe = f"consul service health {what}{passing}"
+    return Watch(watch_name, build, to_keys, describe, dict(indexes or {}))
 
 
 def nomad(
@@ -105,6 +113,7 @@ def nomad(
     job_prefix: str | None = None,
     to_keys: KeyMapper = identity_key,
     name: str | None = None,
+    indexes: Mapping[str, IndexFn] | None = None,
     **options: Any,
 ) -> Watch:
     """Nomad jobs, allocations or nodes (event stream, with a blocking-query fallback).
@@ -126,7 +135,7 @@ def nomad(
         )
 
     scope = f" with prefix {job_prefix}" if job_prefix else ""
-    return Watch(watch_name, build, to_keys, f"nomad {kind}{scope}")
+    return Watch(watch_name, build, to_keys, f"nomad {kind}{scope}", dict(indexes or {}))
 
 
 def periodic(

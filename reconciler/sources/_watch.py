@@ -127,8 +127,10 @@ def replace_items(
     for key, item in new.items():
         old = cache.get(key, _MISSING)
         cache[key] = item
-        if old is _MISSING or not (same(old, item) if same is not None else old == item):
+        if old is _MISSING:
             changes.append(Change(key, item))
+        elif not (same(old, item) if same is not None else old == item):
+            changes.append(Change(key, item, old=old))
     if len(cache) != len(new):
         for key in [k for k in cache if k not in new]:
             changes.append(Change(key, cache.pop(key), deleted=True))

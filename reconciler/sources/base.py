@@ -16,11 +16,17 @@ from typing import Any, Protocol, runtime_checkable
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One item that was added, changed or removed."""
+    """One item that was added, changed or removed.
+
+    ``item`` is the item now (for a deletion, the last one known); ``old`` the one it replaced
+    (None for an addition or a deletion). The runner maps both to keys, so an item that moves
+    from one key to another (a service re-tagged to another user) reconciles both.
+    """
 
     id: str
     item: Any
     deleted: bool = False
+    old: Any = None
 
 
 Emit = Callable[[Sequence[Change]], None]

@@ -54,7 +54,7 @@ class MemorySource:
             return  # same data, no event: the rule every source follows
         new = MemoryItem(item, value)
         self._items[item] = new
-        self._changed(Change(item, new))
+        self._changed(Change(item, new, old=old))
 
     def delete(self, item: str) -> None:
         old = self._items.pop(item, None)

@@ -160,7 +160,7 @@ class NomadSource(WatchBase):
         if old is not None and old.modify_index >= obj.modify_index:
             return []
         self._items[obj.id] = obj
-        return [Change(obj.id, obj)]
+        return [Change(obj.id, obj, old=old)]
 
     def _remove(self, obj_id: str) -> list[Change]:
         old = self._items.pop(obj_id, None)

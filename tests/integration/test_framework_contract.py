@@ -494,3 +494,54 @@ async def test_fenced_kv_refuses_writes_without_leadership() -> None:
     assert kv.fenced
     with pytest.raises(FencingError, match="not the leader"):
         await kv.apply([KVOp.set("x", b"1")])  # InstantLock.txn would fail the test if reached
+
+
+# ----------------------------------------------------------------------------- indexes
+
+
+async def test_a_watch_index_finds_a_users_items_and_follows_changes(
+    consul_server, consul: ConsulClient
+) -> None:
+    name = unique("index")
+    prefix = f"{name}/in/"
+    found: dict[str, list[str]] = {}
+
+    def owner(entry: KVEntry) -> list[str]:
+        if entry.value == b"boom":
+            raise RuntimeError("index bug")
+        return [entry.text.split(":")[0]]
+
+    async def reconcile(ctx: Context, key: str) -> None:
+        found[key] = sorted(e.key for e in ctx.index(f"kv:{prefix}", "owner", key))
+        found["*"] = sorted(ctx.index_values(f"kv:{prefix}", "owner"))
+
+    controller = Controller(
+        name=name,
+        reconcile=reconcile,
+        watches=[
+            watches.kv(prefix, to_keys=lambda e: [e.text.split(":")[0]], indexes={"owner": owner})
+        ],
+        needs_leadership=False,
+    )
+    async with running([controller], consul_server.address):
+        await consul.kv_put(prefix + "1", b"ada:x")
+        await consul.kv_put(prefix + "2", b"ada:y")
+        await consul.kv_put(prefix + "3", b"bob:z")
+        await eventually(lambda: found.get("ada") == [prefix + "1", prefix + "2"])
+        await eventually(lambda: found.get("bob") == [prefix + "3"])
+        # An item that moves to another value leaves the old one; a deleted one leaves.
+        await consul.kv_put(prefix + "2", b"bob:y")
+        await eventually(lambda: found.get("bob") == [prefix + "2", prefix + "3"])
+        await eventually(lambda: found.get("ada") == [prefix + "1"])
+        await consul.kv_delete(prefix + "1")
+        await eventually(lambda: found.get("ada") == [])
+        await eventually(lambda: found.get("*") == ["bob"])
+        # An index function that raises leaves that item out and is counted.
+        await consul.kv_put(prefix + "4", b"boom")
+        await eventually(
+            lambda: (
+                sample("reconciler_mapper_errors_total", controller=name, watch=f"kv:{prefix}") >= 1
+            )
+        )
+        await consul.kv_put(prefix + "5", b"bob:w")
+        await eventually(lambda: found.get("bob") == [prefix + "2", prefix + "3", prefix + "5"])

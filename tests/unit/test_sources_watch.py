@@ -25,7 +25,7 @@ def test_replace_reports_added_changed_and_removed_with_their_items() -> None:
     cache = {"a": 1, "b": 2, "c": 3}
     new = {"a": 1, "b": 20, "d": 4}
     assert replace_items(cache, new) == [
-        Change("b", 20),
+        Change("b", 20, old=2),  # a change carries the item it replaced
         Change("c", 3, deleted=True),  # a deletion carries the last item known
         Change("d", 4),
     ]
@@ -38,7 +38,9 @@ def test_replace_with_a_sameness_rule_refreshes_the_cache_silently() -> None:
     same_value = lambda old, new: old[1] == new[1]  # noqa: E731  (index, value) pairs
     assert replace_items(cache, {"a": (2, "v1")}, same_value) == []
     assert cache == {"a": (2, "v1")}  # the newer index is kept even though nothing is emitted
-    assert replace_items(cache, {"a": (3, "v2")}, same_value) == [Change("a", (3, "v2"))]
+    assert replace_items(cache, {"a": (3, "v2")}, same_value) == [
+        Change("a", (3, "v2"), old=(2, "v1"))
+    ]
 
 
 def test_a_kv_entry_rewritten_with_identical_bytes_is_not_a_change() -> None:
