@@ -240,13 +240,14 @@ class Frontdoor:
             )
         return self.accepted(user, stored)
 
-    def status(self, user: str, header: str | None) -> UserStatus:
+    def status(self, user: str, header: str | None) -> bytes:
+        """The user's status, encoded (the cache keeps it so until a change concerns it)."""
         self.owner(header, user)
         self.require_ready()
-        status = self.cache.status(user)
-        if status is None:
+        payload = self.cache.encoded(user)
+        if payload is None:
             raise APIError(404, f"no request for user {user}")
-        return status
+        return payload
 
     async def activity(self, user: str, header: str | None) -> ActivityRecorded:
         self.owner(header, user)
@@ -469,8 +470,8 @@ def create_app(front: Frontdoor) -> FastAPI:
         responses=_problems(401, 403, 404, 503),
         tags=["requests"],
     )
-    async def get_request(user_id: UserPath, authorization: AuthHeader = None) -> UserStatus:
-        return front.status(user_id, authorization)
+    async def get_request(user_id: UserPath, authorization: AuthHeader = None) -> Response:
+        return Response(front.status(user_id, authorization), media_type="application/json")
 
     @app.get(
         "/api/v1/requests/{user_id}/events",

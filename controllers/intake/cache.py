@@ -53,6 +53,8 @@ log = logging.getLogger("controllers.intake")
 
 M = TypeVar("M", bound=BaseModel)
 COMPONENT = "manticore-api"
+# Unknown users' (absent) statuses are remembered only this far: ids are the caller's choice.
+MAX_ENCODED = 100_000
 
 
 class Subscription:
@@ -128,6 +130,8 @@ class ClusterCache:
         self.main_port: int | None = None
         self._subscribers: dict[str, set[Subscription]] = {}
         self._last_sent: dict[str, bytes] = {}
+        # Encoded statuses, kept until a change concerns their user: a GET is a dict lookup.
+        self._encoded: dict[str, bytes | None] = {}
         self._timer = timer
         self.streams = 0
         # Called after every change is folded in (writers waiting to see their own write).
@@ -159,6 +163,11 @@ class ClusterCache:
 
         def handle(changes: Sequence[Change]) -> None:
             affected: set[str] | None = apply(changes)
+            if affected is None:
+                self._encoded.clear()
+            else:
+                for user in affected:
+                    self._encoded.pop(user, None)
             self._notify(affected)
             for callback in self.after_change:
                 callback()
@@ -320,9 +329,15 @@ class ClusterCache:
     def streams_of(self, user: str) -> int:
         return len(self._subscribers.get(user, ()))
 
-    def encoded(self, user: str) -> bytes | None:
-        status = self.status(user)
-        return None if status is None else status.model_dump_json().encode()
+    def encoded(self, user: str, public: PublicEndpoints | None = None) -> bytes | None:
+        """The user's status as JSON bytes (None: no request), computed once per change."""
+        if user in self._encoded:
+            return self._encoded[user]
+        status = self.status(user, public)
+        payload = None if status is None else status.model_dump_json().encode()
+        if len(self._encoded) < MAX_ENCODED or user in self.requests:
+            self._encoded[user] = payload
+        return payload
 
     def first_payload(self, subscription: Subscription) -> bytes | None:
         payload = self.encoded(subscription.user)
@@ -339,8 +354,7 @@ class ClusterCache:
         at = self._timer() if self._timer else None
         pushed = 0
         for user in list(targets):
-            status = self.status(user, public)
-            payload = None if status is None else status.model_dump_json().encode()
+            payload = self.encoded(user, public)
             if payload is not None and self._last_sent.get(user) == payload:
                 continue
             if payload is not None:

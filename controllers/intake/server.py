@@ -163,7 +163,7 @@ async def serve(
             log_config=None,
             access_log=False,
             lifespan="off",
-            http="h11",
+            http="auto",  # httptools when installed (it is a dependency), else h11
             ws="none",
             timeout_graceful_shutdown=int(SHUTDOWN_GRACE),
             server_header=False,
@@ -226,11 +226,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     rlogging.configure(args.log_format, args.log_level)
     try:
-        anyio.run(_main, settings, clients)
+        anyio.run(_main, settings, clients, backend_options=_backend_options())
     except ConfigError as exc:
         print(f"manticore-api: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _backend_options() -> dict[str, bool]:
+    """uvloop when it is installed (the devstack extra has it): a faster loop, same code."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return {}
+    return {"use_uvloop": True}
 
 
 async def _main(settings: Settings, clients: ClientsConfig) -> None:
