@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,67 +217,10 @@ def plan_allocation(
     return AllocationPlan(chosen, tuple(rejected))
 
 
-def instances_of(user: str, cache: Mapping[str, Any]) -> list[ServiceInstance]:
-    """The user's instances in the health watch's cache, by a scan of all of it."""
-    prefix = f"{job_id(user)}-"
-    return [
-        inst
-        for inst in cache.values()
-        if isinstance(inst, ServiceInstance)
-        and inst.service.startswith(prefix)
-        and inst.meta.get(META_USER) == user
-    ]
-
-
-class UserIndex:
-    """Which cache keys may hold a user's instances, so a reconcile costs O(its instances).
-
-    Every instance that enters the health cache passes through the watch's mapper first (at the
-    first list, on every change, at every resync), which records its cache key
-    (``<node>/<service id>``) under its user. The index may hold keys that are gone or moved
-    (a deletion reaches the mapper with the last item seen): :meth:`instances` checks each
-    candidate against the cache and forgets the stale ones, so the cache stays the only truth.
-
-    framework: an indexer on the source (client-go's ``cache.Indexer``) is the proper home;
-    until the framework has one, this keeps a resync of 10,000 users from scanning 30,000
-    instances per user.
-    """
-
-    def __init__(self) -> None:
-        self._keys: dict[str, set[str]] = {}
-
-    def add(self, user: str, instance: ServiceInstance) -> None:
-        self._keys.setdefault(user, set()).add(f"{instance.node}/{instance.service_id}")
-
-    def instances(self, user: str, cache: Mapping[str, Any]) -> list[ServiceInstance]:
-        keys = self._keys.get(user)
-        if not keys:
-            return []
-        found: list[ServiceInstance] = []
-        for key in list(keys):
-            instance = cache.get(key)
-            if isinstance(instance, ServiceInstance) and user_of_instance(instance) == user:
-                found.append(instance)
-            else:
-                keys.discard(key)
-        if not keys:
-            self._keys.pop(user, None)
-        return found
-
-    def __len__(self) -> int:
-        return sum(len(keys) for keys in self._keys.values())
-
-
-INDEX = UserIndex()
-
-
 def users_of_instance(instance: ServiceInstance) -> list[str]:
-    """Work keys of a changed instance (the mapper of the health watch); indexes it too."""
+    """The user of an instance: the health watch's work key, and its ``user`` index."""
     user = user_of_instance(instance)
-    if user is None:
-        return []
-    INDEX.add(user, instance)
-    return [user]
+    return [user] if user is not None else []
 
 
 # --------------------------------------------------------------------------- the reconcile
@@ -312,7 +255,7 @@ async def reconcile(ctx: Context, key: str) -> Result | None:
         ctx.parse(UserAllocation, current_entry, key=out_key) if current_entry is not None else None
     )
     plan = plan_allocation(
-        user, INDEX.instances(user, ctx.cache(HEALTH_WATCH)), requested=requested, current=current
+        user, ctx.index(HEALTH_WATCH, "user", user), requested=requested, current=current
     )
     for rejected in plan.rejected:
         INSTANCES_REJECTED.labels(reason=rejected.reason).inc()
@@ -343,6 +286,8 @@ controller = Controller(
         watches.service_health(
             pattern=SERVICE_PATTERN,
             to_keys=users_of_instance,
+            # A reconcile finds its user's instances without scanning every user's.
+            indexes={"user": users_of_instance},
             # Only the users' checks travel on the health long poll, not the datacenter's.
             server_filter=f'ServiceName matches "^{JOB_PREFIX}"',
             # New services are read one request each, a few at a time: the short-request pool

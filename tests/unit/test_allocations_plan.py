@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from controllers.allocations import (
     allocation_of,
-    instances_of,
     plan_allocation,
     user_of_instance,
     users_of_instance,
@@ -184,15 +183,6 @@ def test_allocation_id_from_nomad_service_id_or_meta() -> None:
     assert allocation_of(instance(service_id="core-hmi-ada-hmi-1")) is None
 
 
-def test_instances_of_picks_only_the_user_s_own() -> None:
-    cache = {f"n/{i.service_id}": i for i in [*full("ada"), *full("ada-2"), *full("bob")]}
-    assert sorted(i.service for i in instances_of("ada", cache)) == [
-        "core-hmi-ada-broker",
-        "core-hmi-ada-core",
-        "core-hmi-ada-hmi",
-    ]
-
-
 statuses = st.sampled_from(["passing", "passing", "passing", "warning", "critical"])
 
 
@@ -236,43 +226,3 @@ def test_a_record_only_ever_lists_one_fully_passing_allocation(
     # Idempotent: planning again with the record as current chooses the same record.
     again = plan_allocation("ada", instances, requested=True, current=plan.desired)
     assert again.desired == plan.desired
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    st.lists(
-        st.tuples(
-            st.sampled_from(["put", "delete"]),
-            st.sampled_from(["ada", "bob", "a-b"]),
-            st.sampled_from(sorted(ROLES)),
-            st.sampled_from(["n1", "n2"]),
-            st.sampled_from(["u", "v"]),  # a moved instance keeps its name, changes its user meta
-        ),
-        max_size=40,
-    )
-)
-def test_the_user_index_always_agrees_with_a_scan_of_the_cache(
-    events: list[tuple[str, str, str, str, str]],
-) -> None:
-    """The source's cache changes; the mapper sees each item (the last one for a deletion)."""
-    from controllers.allocations import UserIndex, user_of_instance
-
-    index = UserIndex()
-    cache: dict[str, ServiceInstance] = {}
-    for verb, user, role, node, variant in events:
-        inst = instance(user, role, node=node, alloc=ALLOC_A if variant == "u" else ALLOC_B)
-        key = f"{inst.node}/{inst.service_id}"
-        if verb == "put":
-            cache[key] = inst
-        elif key in cache:
-            inst = cache.pop(key)
-        else:
-            continue
-        owner = user_of_instance(inst)
-        if owner is not None:
-            index.add(owner, inst)
-        for who in ("ada", "bob", "a-b"):
-            indexed = {(i.node, i.service_id) for i in index.instances(who, cache)}
-            scanned = {(i.node, i.service_id) for i in instances_of(who, cache)}
-            assert indexed == scanned
-    assert len(index) == len(cache)  # nothing stale is kept once asked
