@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any, NoReturn, TypeVar
 
 import anyio
+import anyio.lowlevel
 
 from reconciler import metrics
 from reconciler.clients.errors import ClientError
@@ -228,6 +229,10 @@ async def poll_forever(
         last_success.set(time.time())
         if on_success is not None:
             on_success()
+        if changed:
+            # Let the workers this change woke run before the next long poll is built and sent
+            # (it costs the loop about half a millisecond): dispatch latency, not throughput.
+            await anyio.lowlevel.checkpoint()
 
 
 def _expected(exc: BaseException) -> bool:
