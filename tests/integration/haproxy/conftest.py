@@ -36,10 +36,17 @@ def ephemeral_ports() -> range:
         return range(32768, 61000)
 
 
+# Nomad hands out dynamic ports from 20000 (the embedded one too): a TCP range below stays clear
+# of the users' own tasks.
+NOMAD_DYNAMIC_PORTS = range(20000, 32001)
+
+
 def free_port_range(count: int, attempts: int = 200) -> range:
-    """``count`` consecutive ports, all free on 127.0.0.1 right now."""
+    """``count`` consecutive ports, all free on 127.0.0.1 right now, clear of the kernel's and
+    Nomad's port ranges."""
+    ceiling = min(ephemeral_ports().start, NOMAD_DYNAMIC_PORTS.start)
     for _ in range(attempts):
-        start = random.randint(10000, ephemeral_ports().start - count)
+        start = random.randint(10000, ceiling - count)
         held: list[socket.socket] = []
         try:
             for port in range(start, start + count):
@@ -57,6 +64,11 @@ def free_port_range(count: int, attempts: int = 200) -> range:
 
 def make_settings(config_dir: Path, **overrides: str) -> HAProxySettings:
     """The controller's settings for one test: every port free, everything on 127.0.0.1."""
+    return Settings.from_env(haproxy_env(config_dir, **overrides)).haproxy
+
+
+def haproxy_env(config_dir: Path, **overrides: str) -> dict[str, str]:
+    """The environment of :func:`make_settings` (the other controllers read it too)."""
     main_port, stats_port = free_ports(2)
     tcp = free_port_range(16)
     env = {
@@ -75,7 +87,7 @@ def make_settings(config_dir: Path, **overrides: str) -> HAProxySettings:
         "MANTICORE_HAPROXY_HARD_STOP_AFTER": "30",
         **overrides,
     }
-    return Settings.from_env(env).haproxy
+    return env
 
 
 @pytest.fixture
