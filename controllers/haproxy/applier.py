@@ -207,9 +207,14 @@ class Applier:
         self.last: Timings | None = None
         self._document: render.ConfigDocument | None = None
         self._written: dict[Path, bytes] = {}
-        # Fail at start, not at the first reload, when a path cannot be rendered.
+        # Fail at start, not at the first reload, when a path cannot be rendered or written.
         render.safe_path(self.config_dir, "MANTICORE_HAPROXY_CONFIG_DIR")
         render.safe_path(self.process.runtime_socket, "runtime socket")
+        try:
+            self.maps_dir.mkdir(parents=True, exist_ok=True)
+            self.process.socket_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"MANTICORE_HAPROXY_CONFIG_DIR: {exc}") from exc
 
     def _load_page(self) -> bytes:
         if self.settings.not_found_page is None:
