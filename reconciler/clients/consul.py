@@ -100,7 +100,7 @@ class HttpxTransport(consul.base.HTTPClient):  # type: ignore[misc]
         *,
         timeout: float = 10.0,
         blocking_margin: float = 5.0,
-        short_connections: int = 6,
+        short_connections: int = 5,
         long_connections: int = 64,
         http: httpx.AsyncClient | None = None,
     ) -> None:
