@@ -6,12 +6,15 @@ expiry``: one leads each, one stands by) and the haproxy controller, which runs 
 HAProxy. Users' jobs use the devstack template: each user's fake core and HMI
 (``devstack/fakes/``) are real processes that Nomad starts and Consul health-checks.
 
+Two intake API instances (``manticore-api``) register as the web app behind HAProxy.
 Then it walks through what Manticore does, printing what appears in Consul KV at each stage:
 four users ask for a pair while ``MAX_USERS=2``, so two wait; claimed users get a Nomad job,
 passing services, an allocation record, routes and an ELB listener, and HAProxy really routes
 to their HMI and core; bad input is reported without disturbing anyone; a user leaves and the
 next one is claimed; the leader is stopped and the standby takes over; everyone leaves and
-nothing remains. Then it keeps running until Ctrl-C (or exits, with ``--once``).
+nothing remains. Then three users press the button through HAProxy and the API (two fit, one
+waits), get their HMI and core addresses, and ``reconciler status --watch`` shows the live table
+until Ctrl-C (with ``--once``, they leave and the demo exits).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import httpx
 
 from controllers.haproxy.process import HAProxyProcess
 from devstack.fakes import job_settings_env
+from devstack.intake import APIInstance, FrontDoor, front_door_env, running_apis, status_command
 from devstack.process import free_ports
 from devstack.up import DevStack
 
@@ -347,6 +351,58 @@ def walkthrough(world: World, replicas: dict[str, Process], main_port: int) -> N
     show(f"ELB TCP listeners: {world.listeners()}")
 
 
+FRONT_DOOR_USERS = ("eve", "fay", "gus")
+
+
+def front_door(world: World, front: FrontDoor, apis: list[APIInstance]) -> None:
+    """Users press the button: through HAProxy to the intake API instances."""
+    say(f"Two intake API instances behind HAProxy; the page: {front.page}")
+    for api in apis:
+        show(f"{api.name}: {api.url}  log: {api.log_path}")
+    wait_for("HAProxy to route the web app", front.open, timeout=60)
+    wait_for(
+        "both instances in haproxy/webAppAddresses",
+        lambda: len(world.keys("haproxy/webAppAddresses/")) == len(apis),
+        timeout=60,
+    )
+    addresses = [(world.get(key) or b"").decode() for key in world.keys("haproxy/webAppAddresses/")]
+    show(f"haproxy/webAppAddresses = {sorted(addresses)}")
+    say("Three users press the button (POST /api/v1/requests via HAProxy); two fit, one waits")
+    for user in FRONT_DOOR_USERS:
+        show(f'POST /api/v1/requests {{"id": "{user}"}} -> {front.ask(user)}')
+        time.sleep(0.2)
+
+    def settled() -> bool:
+        states = [(front.status(u) or {}).get("state") for u in FRONT_DOOR_USERS]
+        return states.count("ready") == 2 and states.count("waiting") == 1
+
+    wait_for("two users ready and one in line", settled, timeout=120)
+    for user in FRONT_DOOR_USERS:
+        status = front.status(user) or {}
+        found: Any = status.get("addresses") or {}
+        if status.get("state") == "waiting":
+            show(f"GET /api/v1/requests/{user} -> waiting, {status.get('position')} ahead")
+            continue
+        show(f"GET /api/v1/requests/{user} -> {status.get('state')}: {found.get('hmi_url')}")
+        show(f"    core TCP {found.get('core_tcp')}; its time ends at {status.get('expires_at')}")
+        host = str(found.get("hmi_url", "")).split("//", 1)[-1].split(":", 1)[0]
+        show(f"    curl -H 'Host: {host}' http://127.0.0.1:{front.main_port}/")
+        body = wait_for(
+            f"{user}'s HMI",
+            functools.partial(through_haproxy, front.main_port, host.split(".")[0]),
+        )
+        show(f"    -> {body.strip()!r}")
+
+
+def front_door_leave(world: World, front: FrontDoor) -> None:
+    say("They leave (DELETE /api/v1/requests/<id>): nothing of theirs remains")
+    for user in FRONT_DOOR_USERS:
+        show(f"DELETE /api/v1/requests/{user} -> {front.leave(user)}")
+    for user in FRONT_DOOR_USERS:
+        gone(world, user)
+    show(f"keys under haproxy/data/: {world.keys('haproxy/data/')}")
+
+
 def manticore_env(stack: DevStack, home: Path) -> tuple[dict[str, str], int]:
     # The ports devstack would give its own HAProxy (8080 and 8404 unless --ephemeral).
     main_port, stats_port = stack.ports.haproxy, stack.ports.haproxy_stats
@@ -410,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, info in stack.services.items():
             show(f"{name:8} {info.url}")
         env, main_port = manticore_env(stack, home)
+        env = front_door_env(env)
         say(
             "Starting two replicas of every Manticore controller "
             f"({', '.join(LEADER_ELECTED)}) and the haproxy controller (HAProxy on :{main_port})"
@@ -419,19 +476,31 @@ def main(argv: list[str] | None = None) -> int:
                 show(f"{process.name}: {process.url}/metrics  log: {process.log_path}")
             world = World(env)
             walkthrough(world, replicas, main_port)
-            if args.once:
-                say("Done.")
-                return 0
-            say("Everything is running. Press Ctrl-C to stop.")
-            for key in ("CONSUL_HTTP_ADDR", "NOMAD_ADDR"):
-                show(f"export {key}={env[key]}")
-            try:
-                while not stop.wait(0.5):
-                    if router.proc.poll() is not None:
-                        say("the haproxy controller exited; stopping")
-                        break
-            except KeyboardInterrupt:
-                pass
+            front = FrontDoor(DOMAIN, main_port)
+            with running_apis(env, stack.log_dir) as apis:
+                front_door(world, front, apis)
+                if args.once:
+                    front_door_leave(world, front)
+                    front.close()
+                    say("Done.")
+                    return 0
+                say(f"Everything is running. Open {front.page} ; press Ctrl-C to stop.")
+                for key in ("CONSUL_HTTP_ADDR", "NOMAD_ADDR"):
+                    show(f"export {key}={env[key]}")
+                show("reconciler status --watch: the live table of users follows")
+                time.sleep(2)
+                table = status_command(env, "--watch")
+                try:
+                    while not stop.wait(0.5):
+                        if router.proc.poll() is not None:
+                            say("the haproxy controller exited; stopping")
+                            break
+                except KeyboardInterrupt:
+                    pass
+                finally:
+                    table.terminate()
+                    table.wait(10)
+                    front.close()
     say("Stopped.")
     return 0
 

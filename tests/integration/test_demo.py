@@ -46,6 +46,14 @@ def test_make_run_walkthrough_completes(tmp_path) -> None:
     assert "keys under haproxy/data/: []" in out
     assert "Nomad jobs core-hmi-*: []" in out
     assert "ELB TCP listeners: []" in out
+    # the front door: users through HAProxy and the intake API, two fit, one waits
+    assert "haproxy/webAppAddresses = ['127.0.0.1:" in out
+    assert 'POST /api/v1/requests {"id": "gus"} -> 200' in out
+    assert "GET /api/v1/requests/gus -> waiting, 0 ahead" in out
+    for user in ("eve", "fay"):
+        assert f"GET /api/v1/requests/{user} -> ready: http://" in out
+        assert f"-> 'hmi {user}\\ncore: core {user}'" in out
+    assert "DELETE /api/v1/requests/gus -> 204" in out
     assert "==> Done." in out
     # every child (devstack services, replicas, HAProxy, the users' fakes) is gone
     leftover = subprocess.run(
