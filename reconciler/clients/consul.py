@@ -957,6 +957,47 @@ class ConsulClient:
         got, raw = await (self._call(what, call) if idx else self._read(what, call))
         return _index(got), [CheckState.from_api(item) for item in raw or ()]
 
+    # -- agent service registration (an instance registering itself, e.g. a web app)
+
+    async def agent_service_register(
+        self,
+        name: str,
+        *,
+        service_id: str | None = None,
+        address: str | None = None,
+        port: int | None = None,
+        tags: Sequence[str] = (),
+        meta: Mapping[str, str] | None = None,
+        check: Mapping[str, Any] | None = None,
+        replace_existing_checks: bool = True,
+    ) -> None:
+        """Register a service (and its check, a Consul check definition) on the local agent.
+
+        Idempotent: registering the same id again replaces the definition. Not a KV write, so
+        never fenced: a registration belongs to the instance that makes it.
+        """
+        await self._call(
+            f"PUT agent/service/register ({service_id or name})",
+            lambda: self._api.agent.service.register(
+                name,
+                service_id=service_id,
+                address=address,
+                port=port,
+                tags=list(tags),
+                meta=dict(meta or {}),
+                check=dict(check) if check else None,
+                replace_existing_checks=replace_existing_checks,
+            ),
+        )
+
+    async def agent_service_deregister(self, service_id: str) -> None:
+        """Remove a service of the local agent (and its checks); an unknown id is not an error
+        on current Consul, and raises :class:`NotFound` on agents that answer 404."""
+        await self._call(
+            f"PUT agent/service/deregister/{service_id}",
+            lambda: self._api.agent.service.deregister(service_id),
+        )
+
     # -- agent and status
 
     async def agent_self(self) -> dict[str, Any]:
