@@ -199,13 +199,25 @@ class Jobs:
 
     # -- converging one user
 
-    async def converge(self, ctx: Context, user: str, wanted: Wanted) -> dict[str, Any] | None:
+    async def converge(
+        self, ctx: Context, user: str, wanted: Wanted, stub: JobStub | None = None
+    ) -> dict[str, Any] | None:
         """Make Nomad hold what ``wanted`` says for ``user``; returns the job as it now is
-        (None when there is none). Raises client errors (retried) or TerminalError."""
+        (None when there is none). Raises client errors (retried) or TerminalError.
+
+        With the cached ``stub`` the first attempt may skip the read: no stub means create
+        (``EnforceIndex`` 0 refuses if the job exists after all, and we read then), and a
+        stub carrying our ownership meta may be purged without reading it first.
+        """
         name = job_id(user)
-        for _ in range(3):
-            existing = await ctx.nomad.get_job(name)
-            current = None if existing is None else existing.model_dump(by_alias=True)
+        for attempt in range(3):
+            if attempt == 0 and stub is None and wanted.job is not None:
+                current: dict[str, Any] | None = None
+            elif attempt == 0 and stub is not None and wanted.job is None and owned(stub.meta):
+                current = {"Meta": dict(stub.meta or {}), "JobModifyIndex": stub.job_modify_index}
+            else:
+                existing = await ctx.nomad.get_job(name)
+                current = None if existing is None else existing.model_dump(by_alias=True)
             decision = decide(wanted.job, current)
             try:
                 return await self._act(ctx, user, decision, wanted, current)
@@ -283,7 +295,7 @@ class Jobs:
         if stub is not None and self._trusted(user, wanted, stub):
             job: dict[str, Any] | None = {"Status": stub.status}
         else:
-            job = await self.converge(ctx, user, wanted)
+            job = await self.converge(ctx, user, wanted, stub)
         if job is None or wanted.job is None:
             self._unblock(user)
             return None
@@ -302,6 +314,10 @@ class Jobs:
         evaluations = await ctx.nomad.job_evaluations(job_id(user))
         blocked = [e for e in evaluations if e.status == "blocked"]
         if not blocked:
+            self._unblock(user)
+            if all(e.status in ("complete", "failed", "canceled") for e in evaluations):
+                # Scheduled: the allocation exists (the cached status may lag behind).
+                return None
             return Result(requeue_after=PENDING_RECHECK)
         why = _why_blocked(blocked[0].failed_tg_allocs)
         ctx.status.set(
@@ -340,7 +356,9 @@ class Jobs:
             if user is None:
                 continue
             wanted = self.wanted(ctx, user, claimed)
-            if wanted.problem is None and not self._trusted(user, wanted, stub):
+            # Departures are purged by the user's own key (its request or job changed);
+            # the sweep is for claims and for jobs that are not what they should be.
+            if wanted.job is not None and not self._trusted(user, wanted, stub):
                 todo[user] = wanted
         for user in claimed:
             if user in todo or job_id(user) in stubs:
@@ -354,7 +372,8 @@ class Jobs:
         JOBS.labels(owner="other").set(other)
         departed = [u for u in list(self._memo.rendered) if REQUESTS_PREFIX + u not in requests]
         self.forget(departed)
-        for user in [u for u in self._verified if job_id(u) not in stubs]:
+        # Not pruned by the stub cache: a job just registered may not be in it yet.
+        for user in [u for u in self._verified if REQUESTS_PREFIX + u not in requests]:
             del self._verified[user]
         if not todo:
             return None
@@ -365,7 +384,7 @@ class Jobs:
         async def run(user: str, wanted: Wanted) -> None:
             async with limiter:
                 try:
-                    await self.converge(ctx, user, wanted)
+                    await self.converge(ctx, user, wanted, stubs.get(job_id(user)))
                 except TerminalError as exc:
                     # Reported by the user's own reconcile (the job watch brings it).
                     ctx.log.error("job refused", user=user, error=str(exc))
