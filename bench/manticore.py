@@ -500,7 +500,7 @@ def run() -> str:
         ("floor, p99", f"{f99:.0f} ms", ""),
         ("controllers / floor, p50", f"{p50 / f50:.1f}x", "<= 3x"),
         ("controllers / floor, p99", f"{p99 / f99:.1f}x", "<= 3x"),
-        (f"burst of {BURST} at once -> every haproxy/data", f"{figures['burst_s']:.1f} s", "<= 20 s"),
+        (f"burst of {BURST} -> every haproxy/data", f"{figures['burst_s']:.1f} s", "<= 20 s"),
     ]  # fmt: skip
     for name, (rss, conns) in figures["busy"].items():
         rows.append(
