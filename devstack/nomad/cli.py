@@ -18,6 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Consul agent to register services with, e.g. http://127.0.0.1:8500",
     )
     parser.add_argument("--consul-token", default=None, help="token for the Consul agent API")
+    parser.add_argument(
+        "--consul-auto-advertise",
+        action="store_true",
+        help="register the agent's own nomad and nomad-client services in Consul",
+    )
     parser.add_argument("--nodes", type=int, default=3, help="simulated client nodes")
     parser.add_argument("--node-cpu", type=int, default=4000, help="CPU shares (MHz) per node")
     parser.add_argument("--node-memory", type=int, default=8192, help="memory (MB) per node")
@@ -67,6 +72,7 @@ def config_from_args(args: argparse.Namespace) -> NomadConfig:
         node_meta=meta,
         consul_addr=args.consul_addr,
         consul_token=args.consul_token,
+        consul_auto_advertise=args.consul_auto_advertise,
         acl_master_token=args.acl_master_token,
         acl_enabled=args.acl_enabled,
         docker_start_delay=args.docker_start_delay,

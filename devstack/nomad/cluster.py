@@ -3,9 +3,10 @@
 The server (:mod:`.server`) and the clients (:mod:`.client`) do not know each other's classes;
 this is the one place that wires them: each registered node gets a :class:`NodeClient` that
 reports to the server, and the clients register services through one :class:`ConsulSync`
-when a Consul address is configured. Like an agent with a ``consul`` block, the cluster also
-registers itself: ``nomad`` (tags ``http``, ``rpc``, ``serf``) and ``nomad-client`` (``http``),
-with Nomad's agent checks; the RPC and Serf ports are real TCP listeners so those checks pass.
+when a Consul address is configured. With ``consul_auto_advertise`` (an agent's
+``auto_advertise``), the cluster also registers itself: ``nomad`` (tags ``http``, ``rpc``,
+``serf``) and ``nomad-client`` (``http``), with Nomad's agent checks; the RPC and Serf ports
+are real TCP listeners so those checks pass.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class NomadCluster(NomadServer):
         self._register_agent()
 
     def _register_agent(self) -> None:
-        if self.consul is None:
+        if self.consul is None or not self.config.consul_auto_advertise:
             return
         host, _, port = self.http_addr.rpartition(":")
         http_port = int(port) if port.isdigit() else 4646

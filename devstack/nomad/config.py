@@ -19,6 +19,9 @@ class NomadConfig:
     node_meta: dict[str, str] = field(default_factory=dict)
     consul_addr: str | None = None
     consul_token: str | None = None
+    # Register the agent's own nomad/nomad-client services, as auto_advertise does. Real
+    # agents default to true; off here so the catalog holds only workloads unless asked.
+    consul_auto_advertise: bool = False
     # host:port clients reach the HTTP API on (when known before binding, as the CLI's --port).
     advertise_http: str | None = None
     # ACLs on: un-bootstrapped (acl_enabled), or bootstrapped with this management secret.

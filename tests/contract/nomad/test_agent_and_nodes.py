@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from devstack.nomad import EmbeddedNomad
-from devstack.nomad.testing import requires_embedded_nomad
+from devstack.nomad.testing import requires_embedded_nomad, start_embedded_nomad
 
 from .helpers import allocs, docker_job, register, running_allocs, wait_for
 
@@ -89,15 +89,21 @@ def consul(consul_server: Any) -> Iterator[httpx.Client]:
 
 @requires_embedded_nomad
 @pytest.mark.integration
-def test_the_agent_registers_itself_in_consul(
-    nomad_with_consul: EmbeddedNomad, consul: httpx.Client
-) -> None:
+def test_the_agent_registers_itself_in_consul(consul_server: Any, consul: httpx.Client) -> None:
+    nomad = start_embedded_nomad(consul_addr=consul_server.url, consul_auto_advertise=True)
+    try:
+        _check_agent_services(nomad, consul)
+    finally:
+        nomad.stop()
+
+
+def _check_agent_services(nomad_with_consul: EmbeddedNomad, consul: httpx.Client) -> None:
     def tags(name: str) -> list[list[str]] | None:
         entries = consul.get(f"/v1/catalog/service/{name}").json()
         return sorted(e["ServiceTags"] for e in entries) or None
 
-    assert wait_for(lambda: tags("nomad")) == [["http"], ["rpc"], ["serf"]]
-    assert wait_for(lambda: tags("nomad-client")) == [["http"]]
+    wait_for(lambda: tags("nomad") == [["http"], ["rpc"], ["serf"]])
+    wait_for(lambda: tags("nomad-client") == [["http"]])
     entries = consul.get("/v1/catalog/service/nomad").json()
     http = next(e for e in entries if e["ServiceTags"] == ["http"])
     assert f"{http['ServiceAddress']}:{http['ServicePort']}" == nomad_with_consul.address
