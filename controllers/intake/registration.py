@@ -61,20 +61,14 @@ class Registration:
 
     async def register(self, consul: ConsulClient) -> None:
         d = self.definition()
-        # framework: ConsulClient has no agent service (de)registration; this goes through its
-        # py-consul object and error translation (see the request in the framework's list).
-        await consul._call(
-            f"PUT agent/service/register ({self.service_id})",
-            lambda: consul._api.agent.service.register(
-                d["Name"],
-                service_id=d["ID"],
-                address=d["Address"],
-                port=d["Port"],
-                tags=d["Tags"],
-                meta=d["Meta"],
-                check=d["Check"],
-                replace_existing_checks=True,
-            ),
+        await consul.agent_service_register(
+            d["Name"],
+            service_id=d["ID"],
+            address=d["Address"],
+            port=d["Port"],
+            tags=d["Tags"],
+            meta=d["Meta"],
+            check=d["Check"],
         )
         metrics.REGISTERED.set(1)
         log.info(
@@ -82,10 +76,6 @@ class Registration:
         )
 
     async def deregister(self, consul: ConsulClient) -> None:
-        # framework: as above.
-        await consul._call(
-            f"PUT agent/service/deregister/{self.service_id}",
-            lambda: consul._api.agent.service.deregister(self.service_id),
-        )
+        await consul.agent_service_deregister(self.service_id)
         metrics.REGISTERED.set(0)
         log.info("deregistered %s", self.service_id)
