@@ -99,6 +99,7 @@ async def tcp_greeting(port: int, timeout: float = 2.0) -> bytes:
 
 class Stats:
     def __init__(self) -> None:
+        self.written: dict[str, float] = {}
         self.http_latency: dict[str, float] = {}
         self.tcp_latency: dict[str, float] = {}
         self.misroutes: list[str] = []
@@ -217,6 +218,7 @@ async def load(plan: dict[str, Any]) -> dict[str, Any]:
             reply = await consul.put(f"/v1/kv/haproxy/data/{user['id']}", content=user["value"])
             reply.raise_for_status()
             written = time.monotonic()
+            stats.written[user["id"]] = written
             pollers.append(asyncio.create_task(wait_routed(stats, user, main_port, written)))
         arrivals = time.monotonic() - started
         await asyncio.gather(*pollers)
@@ -224,6 +226,7 @@ async def load(plan: dict[str, Any]) -> dict[str, Any]:
     await asyncio.gather(*busy, return_exceptions=True)
     return {
         "arrival_seconds": arrivals,
+        "written": stats.written,
         "http_latency": stats.http_latency,
         "tcp_latency": stats.tcp_latency,
         "never": [u["id"] for u in users if u["id"] not in stats.http_latency],

@@ -21,6 +21,7 @@ reloaded, as consul-template did).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -39,7 +40,7 @@ import anyio
 from bench.framework import consul_process, percentile
 from controllers.haproxy import metrics, render
 from controllers.haproxy.applier import Applier
-from controllers.haproxy.controller import HAProxyRouter
+from controllers.haproxy.controller import WATCH, HAProxyRouter
 from controllers.haproxy.plan import SlotPolicy, plan
 from controllers.haproxy.process import HAProxyProcess
 from controllers.haproxy.routes import Routing, Target
@@ -47,8 +48,9 @@ from controllers.settings import HAProxySettings, Settings
 from devstack.process import free_ports
 from reconciler.clients.config import ClientsConfig
 from reconciler.clients.consul import ConsulClient
-from reconciler.controller import RunnerOptions
+from reconciler.controller import Context, Controller, RunnerOptions
 from reconciler.manager import Manager, ManagerOptions
+from reconciler.result import Result
 
 USERS = int(os.environ.get("BENCH_HAPROXY_USERS", "1000"))
 ARRIVAL_SECONDS = float(os.environ.get("BENCH_HAPROXY_SECONDS", "60"))
@@ -155,9 +157,10 @@ async def arrivals(mode: str) -> dict[str, Any]:
         settings = bench_settings(Path(tmp) / "haproxy", tcp, MANTICORE_HAPROXY_UPDATE_MODE=mode)
         process = HAProxyProcess(settings.config_dir)
         router = HAProxyRouter(config=settings)
+        trace: dict[str, dict[str, float]] = {"seen": {}, "applied": {}}
         config = ClientsConfig.from_env({"CONSUL_HTTP_ADDR": consul_address})
         manager = Manager(
-            [router.declaration()],
+            [traced(router, trace)],
             options=ManagerOptions(metrics_port=0, runner=RunnerOptions(identity="bench")),
             config=config,
         )
@@ -211,6 +214,7 @@ async def arrivals(mode: str) -> dict[str, Any]:
                 out["runtime_updates"] = runtime_updates() - updates_before
                 assert router.applied is not None
                 out["slots"] = router.applied.shape.http_slots
+                out["stages"] = stages(out, trace)
                 manager.stop()
         finally:
             process.stop()
@@ -221,6 +225,46 @@ def _cpu_seconds() -> float:
     """CPU time of this process (the controller, its sources and its applier threads)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def traced(router: HAProxyRouter, trace: dict[str, dict[str, float]]) -> Controller:
+    """The router's controller, recording when each user's key first reached its cache and when
+    its routes were first applied (CLOCK_MONOTONIC is one clock for every process on a host,
+    so these compare with the load generator's write times)."""
+    declared = router.declaration()
+    reconcile = router.reconcile
+
+    async def recording(ctx: Context, key: str) -> Result | None:
+        now = time.monotonic()
+        seen = trace["seen"]
+        for item in ctx.cache(WATCH):
+            if item not in seen:
+                seen[item] = now
+        result = await reconcile(ctx, key)
+        if router.applied is not None:
+            done = time.monotonic()
+            applied = trace["applied"]
+            for user in router.applied.routing.users():
+                if user not in applied:
+                    applied[user] = done
+        return result
+
+    return dataclasses.replace(declared, reconcile=recording)
+
+
+def stages(result: dict[str, Any], trace: dict[str, dict[str, float]]) -> dict[str, list[float]]:
+    """Each arrival's latency split: write -> in the controller's cache -> applied -> answering."""
+    out: dict[str, list[float]] = {"cache": [], "apply": [], "answer": []}
+    for user, written in result["written"].items():
+        seen = trace["seen"].get(f"haproxy/data/{user}")
+        applied = trace["applied"].get(user)
+        answered = result["http_latency"].get(user)
+        if seen is None or applied is None or answered is None:
+            continue
+        out["cache"].append(seen - written)
+        out["apply"].append(applied - seen)
+        out["answer"].append(written + answered - applied)
+    return out
 
 
 def rss_kib(pid: int) -> int:
@@ -303,6 +347,12 @@ def _row(measure: str, result: str, target: str = "") -> str:
     return f"| {measure} | {result} | {target} |"
 
 
+def _p50_p99(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    return f"{percentile(values, 0.5) * 1000:.0f}, {percentile(values, 0.99) * 1000:.0f} ms"
+
+
 def _latency_rows(name: str, result: dict[str, Any]) -> list[str]:
     http = list(result["http_latency"].values())
     tcp = list(result["tcp_latency"].values())
@@ -314,6 +364,7 @@ def _latency_rows(name: str, result: dict[str, Any]) -> list[str]:
     drops = len(result["hammer_drops"]) + len(result["session_drops"])
     requests = result["hammer_ok"] + len(result["hammer_drops"])
     flag = "" if drops == 0 else " (MISSED)"
+    split = result["stages"]
     rows = [
         _row(
             f"{name}: KV write -> route answers (HTTP), p50",
@@ -330,6 +381,10 @@ def _latency_rows(name: str, result: dict[str, Any]) -> list[str]:
         ),
         _row(
             f"{name}: KV write -> TCP port answers, p99", f"{percentile(tcp, 0.99) * 1000:.0f} ms"
+        ),
+        _row(
+            f"{name}: where the p50 / p99 goes: write -> controller's cache, -> applied, -> answer",
+            " / ".join(_p50_p99(split[k]) for k in ("cache", "apply", "answer")),
         ),
         _row(f"{name}: users never routed (30 s)", str(len(result["never"])), "0"),
         _row(f"{name}: answers from the wrong user", str(result["misroute_count"]), "0"),
