@@ -113,7 +113,9 @@ async def test_1000_services_two_long_polls_and_prompt_writes_and_renewals(consu
         # A status change is read from the health poll itself: no read per service.
         assert source.reads <= 10 + 1, source.reads  # one per node at start
         assert client_connections(port) <= 7
-        assert consul_server.stats()["BlockingQueries"] == 2
+        # Exactly two parked at once: between a wake and its re-issue only one may be parked.
+        await eventually(lambda: consul_server.stats()["BlockingQueries"] == 2, timeout=10)
+        assert consul_server.stats()["BlockingQueries"] <= 2
         # Prompt: never stuck behind long polls or the refresh reads (generous for a loaded CI).
         assert max(write_times) < 2.0, max(write_times)
         assert max(renew_times) < 2.0, max(renew_times)
