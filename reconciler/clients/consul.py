@@ -611,9 +611,14 @@ class ConsulReader:
         return await self._client.kv_get(key, consistent=consistent)
 
     async def kv_list(
-        self, prefix: str, *, index: int = 0, wait: float | None = None
+        self,
+        prefix: str,
+        *,
+        index: int = 0,
+        wait: float | None = None,
+        known: Mapping[str, KVEntry] | None = None,
     ) -> tuple[int, list[KVEntry]]:
-        return await self._client.kv_list(prefix, index=index, wait=wait)
+        return await self._client.kv_list(prefix, index=index, wait=wait, known=known)
 
     async def kv_keys(self, prefix: str, *, separator: str | None = None) -> list[str]:
         return await self._client.kv_keys(prefix, separator=separator)
@@ -747,11 +752,20 @@ class ConsulClient:
         return _index(got), KVEntry.from_api(raw) if raw else None
 
     async def kv_list(
-        self, prefix: str, *, index: int = 0, wait: float | None = None
+        self,
+        prefix: str,
+        *,
+        index: int = 0,
+        wait: float | None = None,
+        known: Mapping[str, KVEntry] | None = None,
     ) -> tuple[int, list[KVEntry]]:
         """Every entry under ``prefix`` (a plain string prefix, as Consul matches it).
 
         With ``index`` > 0 this is a blocking query and is not retried; without, it is.
+        ``known`` (the entries of the previous answer, by key) lets an entry whose
+        ``ModifyIndex`` has not moved be returned as the same object instead of being decoded
+        again: every write to a key moves its ``ModifyIndex``, so a watch of a prefix of N keys
+        pays for the keys that changed, not for all N, on each wake.
         """
         _check_key(prefix)
         idx, w = self._wait(index, wait)
@@ -761,7 +775,16 @@ class ConsulClient:
             return self._api.kv.get(prefix, recurse=True, index=idx, wait=w)  # type: ignore[no-any-return]
 
         got, raw = await (self._call(what, call) if idx else self._read(what, call))
-        return _index(got), [KVEntry.from_api(item) for item in raw or ()]
+        if not known:
+            return _index(got), [KVEntry.from_api(item) for item in raw or ()]
+        entries: list[KVEntry] = []
+        for item in raw or ():
+            old = known.get(item.get("Key"))
+            if old is not None and old.modify_index and old.modify_index == item.get("ModifyIndex"):
+                entries.append(old)
+            else:
+                entries.append(KVEntry.from_api(item))
+        return _index(got), entries
 
     async def kv_keys(self, prefix: str, *, separator: str | None = None) -> list[str]:
         _check_key(prefix)

@@ -14,6 +14,7 @@ is no event, and the token bucket keeps that from becoming a hot loop.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 from reconciler import metrics
@@ -37,12 +38,19 @@ class KVReader(Protocol):
     ) -> tuple[int, KVEntry | None]: ...
 
     async def kv_list(
-        self, prefix: str, *, index: int = 0, wait: float | None = None
+        self,
+        prefix: str,
+        *,
+        index: int = 0,
+        wait: float | None = None,
+        known: Mapping[str, KVEntry] | None = None,
     ) -> tuple[int, list[KVEntry]]: ...
 
 
 def same_entry(old: KVEntry, new: KVEntry) -> bool:
     """Equal for a reconcile: same bytes, flags and lock holder (indexes aside)."""
+    if old is new:  # reused by the client: its ModifyIndex did not move
+        return True
     return old.value == new.value and old.flags == new.flags and old.session == new.session
 
 
@@ -85,7 +93,9 @@ class KVSource(WatchBase):
     async def _fetch(self, index: int) -> tuple[int, dict[str, KVEntry]]:
         wait = self.settings.wait
         if self.recurse:
-            got, entries = await self._client.kv_list(self.key, index=index, wait=wait)
+            got, entries = await self._client.kv_list(
+                self.key, index=index, wait=wait, known=self._items
+            )
             return got, {e.key: e for e in entries}
         got, entry = await self._client.kv_get_blocking(self.key, index=index, wait=wait)
         return got, ({entry.key: entry} if entry is not None else {})

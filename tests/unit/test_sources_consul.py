@@ -142,6 +142,39 @@ async def test_prefix_watch_lists_then_emits_only_changed_keys(client: ConsulCli
         assert rec.ids == ["app/c"]
 
 
+async def test_prefix_wake_decodes_only_entries_whose_modify_index_moved(
+    client: ConsulClient,
+) -> None:
+    for i in range(50):
+        await client.kv_put(f"many/k{i}", str(i).encode())
+    _, first = await client.kv_list("many/")
+    known = {e.key: e for e in first}
+    await client.kv_put("many/k7", b"seven")
+    session = await client.session_create("reuse", ttl=10, node_checks=[])
+    assert await client.kv_put("many/k9", b"9", acquire=session)  # same bytes, new holder
+    _, second = await client.kv_list("many/", known=known)
+    by_key = {e.key: e for e in second}
+    assert len(second) == 50
+    # Unchanged entries are the very objects of the previous answer (nothing decoded again)...
+    assert all(by_key[k] is known[k] for k in known if k not in ("many/k7", "many/k9"))
+    # ...and every write moves ModifyIndex, a lock holder's change included.
+    assert by_key["many/k7"].value == b"seven"
+    assert by_key["many/k7"] is not known["many/k7"]
+    assert by_key["many/k9"].session == session
+    assert by_key["many/k9"] is not known["many/k9"]
+    # The source relies on it: a lock change under a watched prefix is still an event.
+    source = kv_source(client, "many/")
+    rec = Recorder()
+    async with running(source, rec):
+        with anyio.fail_after(5):
+            await source.wait_ready()
+        rec.clear()
+        assert await client.kv_put("many/k9", b"9", release=session)
+        await rec.wait_for("many/k9")
+        assert source.items()["many/k9"].session is None
+        assert rec.ids == ["many/k9"]
+
+
 async def test_missing_key_does_not_wake_on_unrelated_writes(
     client: ConsulClient, consul_server: ConsulServer
 ) -> None:
