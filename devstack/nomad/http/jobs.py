@@ -259,10 +259,19 @@ class JobsAPI(APIBase):
         text = body.get("JobHCL") or ""
         if not isinstance(text, str) or not text.strip():
             raise NomadError(400, "Job spec is empty")
+        variables = body.get("Variables") or ""
+        if not isinstance(variables, str):
+            raise NomadError(
+                400,
+                "json: cannot unmarshal value into Go struct field "
+                "JobsParseRequest.Variables of type string",
+            )
+        # Nomad 1.9 dropped HCLv1: the request's ``HCLv1`` field is no longer read, so the
+        # text is parsed as HCL2 whatever it says.
         try:
-            job = parse_job_hcl(text)
+            job = parse_job_hcl(text, variables)
         except ParseError as exc:
-            raise NomadError(400, str(exc)) from exc
+            raise NomadError(400, f"Failed to parse job: {exc}") from exc
         if body.get("Canonicalize"):
             try:
                 job = jobspec.canonicalize(job, query_namespace(request))

@@ -5,16 +5,25 @@ and port, service and check, resources, env, meta, constraint, config, update, r
 reschedule, ephemeral_disk, parameterized, periodic, lifecycle, template, artifact) onto the
 API's PascalCase fields, with durations as nanoseconds. An argument or block the jobspec does
 not know is an error worded as HCL's own diagnostics, so a typo does not pass silently.
-HCL2 ``variable`` blocks and ``var.*`` references are not evaluated.
+``variable``/``variables``/``locals`` blocks and the expressions that use them are evaluated
+first (:mod:`devstack.nomad.jobspec.hclexpr`), with the values of the request's ``Variables``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 import hcl2
 
+from devstack.nomad.jobspec.hclexpr import (
+    ExprError,
+    Scope,
+    declared_variables,
+    resolve,
+    variable_values,
+)
 from devstack.nomad.util import parse_go_duration
 
 
@@ -70,7 +79,15 @@ def _map(body: dict[str, Any], spec: Spec, where: str) -> dict:
             noun = "Blocks of type" if kind == "block type" else "An argument named"
             raise ParseError(f'Unsupported {kind}; {noun} "{key}" is not expected here ({where}).')
         field, fn = spec[key]
-        out[field] = fn(value)
+        try:
+            out[field] = fn(value)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, ParseError):
+                raise
+            want = {int: "a number", bool: "a bool"}.get(fn, "a value of another type")
+            raise ParseError(
+                f"Unsuitable value type; Unsuitable value: {want} is required ({where}: {key})"
+            ) from exc
     return out
 
 
@@ -420,14 +437,59 @@ _JOB = {
 }
 
 
-def parse_job_hcl(text: str) -> dict[str, Any]:
-    """The API ``Job`` object of a job file; :class:`ParseError` on bad input."""
+def _loads(text: str, what: str) -> dict[str, Any]:
     try:
         tree = hcl2.loads(text, serialization_options=_OPTIONS)
     except Exception as exc:  # python-hcl2 raises lark errors of several kinds
-        raise ParseError(f"failed to parse the job file: {exc}".strip()) from exc
+        line, col = getattr(exc, "line", None), getattr(exc, "column", None)
+        first = (str(exc).strip().splitlines() or ["invalid syntax"])[0]
+        first = re.sub(r"\s*at line \d+, column \d+\.?$", "", first)
+        where = f"input.hcl:{line},{col}-{col + 1}: " if line and col else ""
+        raise ParseError(f"{what}: {where}Invalid syntax; {first}.") from exc
+    if not isinstance(tree, dict):
+        raise ParseError(f"{what}: not an HCL body")
+    return tree
+
+
+def _scope(tree: dict[str, Any], text: str, variables: str) -> Scope:
+    """Variables (declared, assigned, defaulted) and locals of a job file, evaluated."""
+    assigned: dict[str, Any] = {}
+    if variables.strip():
+        assigned = _loads(variables, "unable to parse var content")
+        blocks = sorted(k for k, v in assigned.items() if isinstance(v, list) and _blocks(v))
+        if "variable" in blocks:
+            raise ParseError(
+                "Variable declaration in a .var file; A .var file is used to assign values to "
+                "variables that have already been declared in job files, not to declare new "
+                "variables."
+            )
+    decls = declared_variables(tree, text)
+    scope = Scope(text, variable_values(decls, assigned))
+    local_blocks = tree.get("locals", [])
+    for block in _blocks(local_blocks):
+        for name, expr in block.items():
+            if name in scope.local_exprs:
+                raise ParseError(f"Duplicate value in locals; Duplicate {name} definition found.")
+            scope.local_exprs[name] = expr
+    for name in scope.local_exprs:
+        scope.root("local", name)
+    return scope
+
+
+def parse_job_hcl(text: str, variables: str = "") -> dict[str, Any]:
+    """The API ``Job`` object of a job file; :class:`ParseError` on bad input.
+
+    ``variables`` is the text of a var file (``name = value`` lines), as the API's
+    ``Variables`` field carries it.
+    """
+    tree = _loads(text, "failed to parse the job file")
+    try:
+        scope = _scope(tree, text, variables)
+        tree["job"] = resolve(tree.get("job", []), scope)
+    except ExprError as exc:
+        raise ParseError(str(exc)) from exc
     jobs = _labelled(tree.get("job", []), "job")
-    other = sorted(k for k in tree if k not in ("job", "variable", "locals"))
+    other = sorted(k for k in tree if k not in ("job", "variable", "variables", "locals"))
     if other:
         raise ParseError(
             f'Unsupported block type; Blocks of type "{other[0]}" are not expected here.'

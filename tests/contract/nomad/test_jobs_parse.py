@@ -187,3 +187,160 @@ def test_parse_errors_are_400(nomad_http: httpx.Client) -> None:
     assert 'An argument named "bogus" is not expected here' in bogus.text
     broken = _parse(nomad_http, 'job "x" {\n  group "g" {\n')
     assert broken.status_code == 400
+
+
+VARIABLES_FILE = """
+variable "image" {
+  type        = string
+  description = "the container image"
+  default     = "nginx:1.27"
+}
+
+variable "replicas" {
+  type    = number
+  default = 1
+}
+
+variable "dcs" {
+  type    = list(string)
+  default = ["dc1"]
+}
+
+variable "owner" {
+  type = string
+}
+
+locals {
+  service_name = "${var.owner}-web"
+  tier         = var.replicas > 2 ? "large" : "small"
+}
+
+job "vars-demo" {
+  datacenters = var.dcs
+
+  group "web" {
+    count = var.replicas
+
+    meta {
+      tier   = local.tier
+      node   = "${node.unique.name}"
+      pinned = "$${literal}"
+    }
+
+    service {
+      name     = local.service_name
+      provider = "nomad"
+    }
+
+    task "server" {
+      driver = "docker"
+
+      config {
+        image = var.image
+        args  = ["--name", upper(var.owner), format("%s:%d", "port", 8080)]
+      }
+
+      env {
+        IMAGE_TAG = "image is ${var.image}"
+        ALLOC     = "${NOMAD_ALLOC_INDEX}"
+      }
+
+      template {
+        data        = <<EOF
+owner = ${var.owner}
+EOF
+        destination = "local/owner.txt"
+      }
+    }
+  }
+}
+"""
+
+
+def _parse_vars(http: httpx.Client, text: str, variables: str) -> httpx.Response:
+    return http.post("/v1/jobs/parse", json={"JobHCL": text, "Variables": variables})
+
+
+def test_variables_defaults_and_locals_are_evaluated(nomad_http: httpx.Client) -> None:
+    resp = _parse_vars(nomad_http, VARIABLES_FILE, 'owner = "ops"\n')
+    assert resp.status_code == 200, resp.text
+    job = resp.json()
+    assert job["Datacenters"] == ["dc1"]
+    group = job["TaskGroups"][0]
+    assert group["Count"] == 1
+    assert group["Meta"] == {"tier": "small", "node": "${node.unique.name}", "pinned": "${literal}"}
+    assert group["Services"][0]["Name"] == "ops-web"
+    task = group["Tasks"][0]
+    assert task["Config"]["image"] == "nginx:1.27"
+    assert task["Config"]["args"] == ["--name", "OPS", "port:8080"]
+    assert task["Env"] == {"IMAGE_TAG": "image is nginx:1.27", "ALLOC": "${NOMAD_ALLOC_INDEX}"}
+    assert task["Templates"][0]["EmbeddedTmpl"] == "owner = ops\n"
+
+
+def test_request_variables_override_defaults_with_their_types(nomad_http: httpx.Client) -> None:
+    assigned = 'owner = "web"\nimage = "redis:7"\nreplicas = "3"\ndcs = ["dc1", "dc2"]\n'
+    resp = _parse_vars(nomad_http, VARIABLES_FILE, assigned)
+    assert resp.status_code == 200, resp.text
+    job = resp.json()
+    assert job["Datacenters"] == ["dc1", "dc2"]
+    group = job["TaskGroups"][0]
+    assert group["Count"] == 3  # the string "3" converted to the declared number type
+    assert group["Meta"]["tier"] == "large"
+    assert group["Tasks"][0]["Config"]["image"] == "redis:7"
+    # Assigning a variable the file does not declare is not an error through the API.
+    extra = _parse_vars(nomad_http, VARIABLES_FILE, 'owner = "x"\nnot_declared = 1\n')
+    assert extra.status_code == 200, extra.text
+
+
+def test_variable_errors_are_400_with_hcl_diagnostics(nomad_http: httpx.Client) -> None:
+    unset = _parse_vars(nomad_http, VARIABLES_FILE, "")
+    assert unset.status_code == 400
+    assert 'Unset variable "owner"' in unset.text
+    assert "must be set or have a default value" in unset.text
+
+    undeclared = _parse_vars(
+        nomad_http, VARIABLES_FILE.replace("image = var.image", "image = var.imag"), 'owner = "x"'
+    )
+    assert undeclared.status_code == 400
+    assert "Unsupported attribute" in undeclared.text
+    assert 'does not have an attribute named "imag"' in undeclared.text
+    assert "input.hcl:" in undeclared.text
+
+    bad_local = _parse_vars(
+        nomad_http, VARIABLES_FILE.replace("= local.tier", "= local.tierr"), 'owner = "x"'
+    )
+    assert bad_local.status_code == 400
+    assert 'does not have an attribute named "tierr"' in bad_local.text
+
+    wrong_type = _parse_vars(nomad_http, VARIABLES_FILE, 'owner = "x"\nreplicas = "many"\n')
+    assert wrong_type.status_code == 400
+    assert "Invalid value for variable" in wrong_type.text
+    assert "a number is required" in wrong_type.text
+
+    broken_vars = _parse_vars(nomad_http, VARIABLES_FILE, "owner = \n")
+    assert broken_vars.status_code == 400
+    for resp in (unset, undeclared, bad_local, wrong_type, broken_vars):
+        assert resp.text.startswith("Failed to parse job: "), resp.text
+        assert not resp.headers.get("content-type", "").startswith("application/json")
+
+
+def test_hclv1_flag_is_not_read(nomad_http: httpx.Client) -> None:
+    # Nomad 1.9 removed HCLv1: the flag is ignored and the text parsed as HCL2.
+    resp = nomad_http.post(
+        "/v1/jobs/parse",
+        json={"JobHCL": VARIABLES_FILE, "Variables": 'owner = "v"', "HCLv1": True},
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["TaskGroups"][0]["Services"][0]["Name"] == "v-web"
+
+
+def test_bad_values_are_400_not_500(nomad_http: httpx.Client) -> None:
+    for text in (
+        'job "x" {\n  group "g" {\n    count = "lots"\n  }\n}\n',
+        'job "x" {\n  priority = [1]\n}\n',
+        'job "x" {\n  group "g" {\n    count = var.n\n  }\n}\n',
+        'job "x" {\n  group "g" {\n    count = nosuch(1)\n  }\n}\n',
+    ):
+        resp = _parse(nomad_http, text)
+        assert resp.status_code == 400, (text, resp.status_code, resp.text)
+        assert resp.text.startswith("Failed to parse job: ")
