@@ -22,6 +22,7 @@ from reconciler import metrics
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "charts/grafana/manticore.json"
 ALERTS = ROOT / "charts/prometheus/manticore-alerts.yml"
+HAPROXY_ALERTS = ROOT / "charts/prometheus/haproxy-alerts.yml"
 MODULES = (
     "controllers.waitlist",
     "controllers.jobs",
@@ -172,6 +173,36 @@ def test_alerts_are_well_formed_and_cover_each_controller(series: dict[str, set[
         used |= found
     for controller, prefixes in ALERTED.items():
         assert any(n.startswith(prefixes) for n in used), f"no alert on {controller}'s metrics"
+
+
+def test_haproxy_host_alerts_use_exported_series_and_labels(series: dict[str, set[str]]) -> None:
+    """The per-host rules (one haproxy controller beside each HAProxy): every name, label
+    matcher and grouping label exists, and the failures an SRE must hear of are covered."""
+    rules = yaml.safe_load(HAPROXY_ALERTS.read_text())
+    alerts = [rule for group in rules["groups"] for rule in group["rules"]]
+    names = [a["alert"] for a in alerts]
+    assert len(names) == len(set(names))
+    used: set[str] = set()
+    for alert in alerts:
+        assert alert["alert"].startswith("ManticoreHAProxy")
+        assert alert["labels"]["severity"] in {"critical", "warning", "info"}
+        assert alert["annotations"]["summary"]
+        found = check_expr(alert["expr"], series)
+        assert all(n.startswith("manticore_haproxy_") for n in found), alert["alert"]
+        # Not leader-elected: every replica reports its own HAProxy, so rules are per instance.
+        assert "instance" in alert["expr"], alert["alert"]
+        used |= found
+    for essential in (
+        "config_valid",
+        "reload_failures_total",
+        "reloads_total",
+        "slots_in_use",
+        "slots_total",
+        "drift_total",
+        "pending_changes",
+        "apply_duration_seconds_bucket",
+    ):
+        assert f"manticore_haproxy_{essential}" in used, essential
 
 
 def test_leader_only_gauges_are_read_from_the_leader() -> None:

@@ -31,7 +31,7 @@ from tests.integration.routing.test_charts import FRAMEWORK_ENV, parsed
 
 from .backends import containers
 from .conftest import DOMAIN, host, user_routes
-from .test_routing import first_line, until
+from .test_routing import core_of, first_line, until
 
 pytestmark = [pytest.mark.integration]
 
@@ -93,10 +93,26 @@ def create_token(address: str, policy_file: Path) -> str:
         return str(token.json()["SecretID"])
 
 
+def failures(controller: str) -> float:
+    """Watch errors and reconcile errors of ``controller`` (an ACL denial shows up as one)."""
+    total = 0.0
+    for family in REGISTRY.collect():
+        if family.name in ("reconciler_watch_errors", "controller_runtime_reconcile_errors"):
+            total += sum(
+                s.value
+                for s in family.samples
+                if s.name.endswith("_total") and s.labels.get("controller") == controller
+            )
+    return total
+
+
 @pytest.mark.anyio
 async def test_the_controller_routes_with_its_read_only_token_and_can_write_nothing(
     acl_consul: ConsulServer, haproxy_settings: HAProxySettings
 ) -> None:
+    """Only charts/policies/haproxy.hcl: users are routed (HTTP and TCP), come and go, no
+    request of the controller is denied, and its token can neither write anything (its own
+    input included) nor read outside ``haproxy/``."""
     settings = haproxy_settings
     secret = create_token(acl_consul.address, ROOT / "charts/policies/haproxy.hcl")
     scoped = ClientsConfig.from_env(
@@ -105,27 +121,56 @@ async def test_the_controller_routes_with_its_read_only_token_and_can_write_noth
     admin = ClientsConfig.from_env(
         {"CONSUL_HTTP_ADDR": acl_consul.address, "CONSUL_HTTP_TOKEN": MASTER}
     )
-    router = HAProxyRouter(config=settings)
+    name = "haproxy-acl"
+    router = HAProxyRouter(config=settings, name=name)
     manager = Manager(
         [router.declaration(tick=0.2)],
         options=ManagerOptions(metrics_port=0),
         config=scoped,
     )
-    with containers("webapp", "alice") as c:
+    ports = settings.tcp_port_range
+    with containers("webapp", "alice", "bob") as c:
         async with (
             ConsulClient(admin.consul) as root,
             ConsulClient(scoped.consul) as limited,
             anyio.create_task_group() as tg,
         ):
+            await root.kv_put("manticore/requests/data/alice", b"{}")
             await tg.start(manager.run)
             await root.kv_put("haproxy/domainName", DOMAIN.encode())
             await root.kv_put("haproxy/webAppAddresses/0", c["webapp"].hmi.encode())
-            await root.kv_put(
-                "haproxy/data/alice", user_routes(c["alice"], settings.tcp_port_range[0])
-            )
+            await root.kv_put("haproxy/data/alice", user_routes(c["alice"], ports[0]))
+            await root.kv_put("haproxy/data/bob", user_routes(c["bob"], ports[1]))
             await eventually(lambda: manager.ready, timeout=20)
             await until("hmi alice", first_line, settings, host("alice"), timeout=20)
-            for key in ("haproxy/data/alice", "haproxy/data/mallory", "reconciler/status/x"):
+            await until("hmi bob", first_line, settings, host("bob"), timeout=20)
+            assert await core_of(ports[0]) == "core alice"
+            assert await core_of(ports[1]) == "core bob"
+            # A user leaving is seen through the same read-only watch.
+            await root.kv_delete("haproxy/data/bob")
+            await until("status 404", first_line, settings, host("bob"), timeout=10)
+            assert await core_of(ports[1]) == ""
+            assert await first_line(settings, host("alice")) == "hmi alice"
+            requests = REGISTRY.get_sample_value(
+                "reconciler_watch_requests_total", {"controller": name, "source": "kv:haproxy/"}
+            )
+            assert requests, "the watch's requests are not counted under this name"
+            assert failures(name) == 0
+            for key in (
+                "haproxy/data/alice",
+                "haproxy/data/mallory",
+                "haproxy/domainName",
+                "reconciler/status/x",
+                "manticore/requests/data/alice",
+            ):
                 with pytest.raises(PermissionDenied):
                     await limited.kv_put(key, b"{}")
+                with pytest.raises(PermissionDenied):
+                    await limited.kv_delete(key)
+            with pytest.raises(PermissionDenied):
+                await limited.kv_get("manticore/requests/data/alice")
+            # Nothing it tried changed anything.
+            _, alice = await root.kv_get("haproxy/data/alice")
+            assert alice is not None
+            assert alice.value == user_routes(c["alice"], ports[0])
             manager.stop()
