@@ -41,7 +41,7 @@ import httpx
 from controllers.haproxy.process import HAProxyProcess
 from devstack.fakes import job_settings_env
 from devstack.intake import APIInstance, FrontDoor, front_door_env, running_apis, status_command
-from devstack.process import free_ports
+from devstack.process import free_port_range, free_ports
 from devstack.up import DevStack
 
 DOMAIN = "manticore.localhost"
@@ -403,18 +403,22 @@ def front_door_leave(world: World, front: FrontDoor) -> None:
     show(f"keys under haproxy/data/: {world.keys('haproxy/data/')}")
 
 
-def manticore_env(stack: DevStack, home: Path) -> tuple[dict[str, str], int]:
+def manticore_env(
+    stack: DevStack, home: Path, *, ephemeral: bool = False
+) -> tuple[dict[str, str], int]:
     # The ports devstack would give its own HAProxy (8080 and 8404 unless --ephemeral).
     main_port, stats_port = stack.ports.haproxy, stack.ports.haproxy_stats
+    # Below Nomad's dynamic ports (20000-32000), which the users' fakes listen on; with
+    # --ephemeral, a range free right now (other stacks on this machine may hold 19000-19099).
+    tcp = free_port_range(100) if ephemeral else range(19000, 19100)
     env = {
         **stack.env,
         **job_settings_env(),
         "MAX_USERS": "2",
         "DOMAIN_NAME": DOMAIN,
         "HAPROXY_HTTP_LISTEN": str(main_port),
-        # Below Nomad's dynamic ports (20000-32000), which the users' fakes listen on.
-        "TCP_PORT_RANGE_START": "19000",
-        "TCP_PORT_RANGE_END": "19099",
+        "TCP_PORT_RANGE_START": str(tcp.start),
+        "TCP_PORT_RANGE_END": str(tcp.stop - 1),
         "ELB_MANTICORE_NAME": stack.load_balancer,
         "MANTICORE_ELB_CALLS_PER_SECOND": "20",
         "MANTICORE_HAPROXY_CONFIG_DIR": str(home / "haproxy-router"),
@@ -465,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     ) as stack:
         for name, info in stack.services.items():
             show(f"{name:8} {info.url}")
-        env, main_port = manticore_env(stack, home)
+        env, main_port = manticore_env(stack, home, ephemeral=args.ephemeral)
         env = front_door_env(env)
         say(
             "Starting two replicas of every Manticore controller "

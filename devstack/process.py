@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import re
 import signal
 import socket
@@ -77,6 +78,41 @@ def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
     finally:
         for sock in socks:
             sock.close()
+
+
+def ephemeral_ports() -> range:
+    """The kernel's range for port-0 binds (``ip_local_port_range``)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)
+
+
+# Nomad hands out dynamic ports from 20000 to 32000 (the embedded one too).
+NOMAD_DYNAMIC_PORTS = range(20000, 32001)
+
+
+def free_port_range(count: int, attempts: int = 200, host: str = LOOPBACK) -> range:
+    """``count`` consecutive ports, all free on ``host`` right now, clear of the kernel's and
+    Nomad's port ranges (so neither a port-0 bind nor a user's task can land inside it):
+    HAProxy's TCP range on a machine that other stacks and benchmarks share."""
+    ceiling = min(ephemeral_ports().start, NOMAD_DYNAMIC_PORTS.start)
+    for _ in range(attempts):
+        start = random.randint(10000, ceiling - count)
+        held: list[socket.socket] = []
+        try:
+            for port in range(start, start + count):
+                sock = socket.socket()
+                held.append(sock)
+                sock.bind((host, port))
+            return range(start, start + count)
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+    raise RuntimeError(f"no {count} consecutive free ports")
 
 
 def http_get(url: str, timeout: float = 2.0, *, method: str = "GET") -> tuple[int, bytes]:

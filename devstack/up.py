@@ -138,6 +138,7 @@ class DevStack:
         python: str = sys.executable,
         ready_timeout: float = 30.0,
         write_state: bool = True,
+        acl_token: str | None = None,
     ) -> None:
         unknown = set(services) - set(SERVICES)
         if unknown:
@@ -153,6 +154,9 @@ class DevStack:
         self.python = python
         self.ready_timeout = ready_timeout
         self.write_state = write_state
+        # ACLs on in Consul (default policy deny) and Nomad, with this one management token:
+        # controllers then need tokens of their own, made from their policies in charts/.
+        self.acl_token = acl_token
         self.children: dict[str, ChildProcess] = {}
         self.services: dict[str, ServiceInfo] = {}
         self._plans = {plan.name: plan for plan in self._plan()}
@@ -182,8 +186,12 @@ class DevStack:
         env: dict[str, str] = {"DEVSTACK_HOME": str(self.home)}
         if "consul" in self._plans:
             env["CONSUL_HTTP_ADDR"] = self._plans["consul"].address
+            if self.acl_token:
+                env["CONSUL_HTTP_TOKEN"] = self.acl_token
         if "nomad" in self._plans:
             env["NOMAD_ADDR"] = self._plans["nomad"].url
+            if self.acl_token:
+                env["NOMAD_TOKEN"] = self.acl_token
         if "elb" in self._plans:
             env.update(elb_module.aws_env(self._plans["elb"].url, self.region))
             env["DEVSTACK_ELB_NAME"] = self.load_balancer
@@ -212,7 +220,7 @@ class DevStack:
             plans.append(
                 _Plan(
                     "consul",
-                    [*base, "consul", "--port", str(self.ports.consul)],
+                    [*base, "consul", "--port", str(self.ports.consul), *self._consul_acl()],
                     url,
                     f"{url}/v1/status/leader",
                     ready_line=False,
@@ -224,6 +232,10 @@ class DevStack:
             argv = [*base, "nomad", "--port", str(self.ports.nomad), "--nodes", str(self.nodes)]
             if "consul" in self.service_names:
                 argv += ["--consul-addr", f"http://{LOOPBACK}:{self.ports.consul}"]
+                if self.acl_token:
+                    argv += ["--consul-token", self.acl_token]
+            if self.acl_token:
+                argv += ["--acl-master-token", self.acl_token]
             plans.append(
                 _Plan(
                     "nomad",
@@ -274,6 +286,11 @@ class DevStack:
                 )
             )
         return plans
+
+    def _consul_acl(self) -> list[str]:
+        if not self.acl_token:
+            return []
+        return ["--acl-master-token", self.acl_token, "--acl-default-policy", "deny"]
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -488,6 +505,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="start only these services (repeatable; default all)",
     )
+    parser.add_argument(
+        "--acl-token",
+        default=None,
+        help="turn ACLs on in Consul (default policy deny) and Nomad with this management token",
+    )
     add_home_argument(parser)
     parser.add_argument(
         "--timeout", type=float, default=30.0, help="seconds each service has to become ready"
@@ -523,6 +545,7 @@ def run(args: argparse.Namespace) -> int:
         region=args.region,
         services=args.only or SERVICES,
         ready_timeout=args.timeout,
+        acl_token=args.acl_token,
     )
     stop = threading.Event()
     received: list[str] = []

@@ -9,6 +9,11 @@ keeps some waiting, and one leader is SIGKILLed midway. At the end nothing of a 
 remains anywhere (waiting entry, Nomad job, Consul services, allocation, route reservations,
 HAProxy data, ELB listener and record, status entries), every remaining user is fully routed,
 and standbys never acted.
+
+Consul runs with ACLs on (default policy deny) and Nomad with ACLs on: each controller runs with
+a Consul token made from its own policy (``charts/policies/<name>.hcl``) and, where it talks to
+Nomad, a Nomad token made from ``charts/policies/<name>-nomad.hcl``; each token is checked to be
+refused another controller's keys before the run.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ USERS = 50
 LEAVING = 25
 MAX_USERS = 30
 SEED = 20241
+MASTER = "cleanup-root-token"
+POLICIES = ROOT / "charts" / "policies"
 
 
 class Stack:
@@ -53,19 +60,33 @@ class Stack:
 
     def __init__(self, home: Path) -> None:
         self.devstack = DevStack(
-            ephemeral=True, home=home / "stack", services=("consul", "nomad", "elb"), nodes=3
+            ephemeral=True,
+            home=home / "stack",
+            services=("consul", "nomad", "elb"),
+            nodes=3,
+            acl_token=MASTER,
         )
         self.home = home
         self.replicas: dict[str, list[Replica]] = {}
+        # controller -> (Consul token, Nomad token or None), made from its own policies
+        self.tokens: dict[str, tuple[str, str | None]] = {}
         self._procs: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
         self.devstack.start()
         env = self.devstack.env
         self.consul = httpx.Client(
-            base_url=f"http://{env['CONSUL_HTTP_ADDR']}", timeout=30, trust_env=False
+            base_url=f"http://{env['CONSUL_HTTP_ADDR']}",
+            headers={"X-Consul-Token": MASTER},
+            timeout=30,
+            trust_env=False,
         )
-        self.nomad = httpx.Client(base_url=env["NOMAD_ADDR"], timeout=30, trust_env=False)
+        self.nomad = httpx.Client(
+            base_url=env["NOMAD_ADDR"],
+            headers={"X-Nomad-Token": MASTER},
+            timeout=30,
+            trust_env=False,
+        )
         self.elb = boto3.client(
             "elb",
             endpoint_url=env["AWS_ENDPOINT_URL_ELASTIC_LOAD_BALANCING"],
@@ -74,10 +95,38 @@ class Stack:
             aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
         )
 
-    def environ(self) -> dict[str, str]:
+    def make_tokens(self, name: str) -> tuple[str, str | None]:
+        """A Consul token (and a Nomad one where the controller has a Nomad policy) made from
+        nothing but the controller's own policy files."""
+        rules = (POLICIES / f"{name}.hcl").read_text()
+        self.consul.put("/v1/acl/policy", json={"Name": name, "Rules": rules}).raise_for_status()
+        reply = self.consul.put("/v1/acl/token", json={"Policies": [{"Name": name}]})
+        reply.raise_for_status()
+        consul_token = str(reply.json()["SecretID"])
+        nomad_token: str | None = None
+        nomad_policy = POLICIES / f"{name}-nomad.hcl"
+        if nomad_policy.exists():
+            self.nomad.post(
+                f"/v1/acl/policy/{name}", json={"Name": name, "Rules": nomad_policy.read_text()}
+            ).raise_for_status()
+            reply = self.nomad.post(
+                "/v1/acl/token", json={"Name": name, "Type": "client", "Policies": [name]}
+            )
+            reply.raise_for_status()
+            nomad_token = str(reply.json()["SecretID"])
+        self.tokens[name] = (consul_token, nomad_token)
+        return self.tokens[name]
+
+    def environ(self, name: str) -> dict[str, str]:
         keep = ("PATH", "HOME", "LANG", "PYTHONPATH", "VIRTUAL_ENV", "TMPDIR")
         base = {k: v for k, v in os.environ.items() if k in keep}
         base.update(self.devstack.env)
+        consul_token, nomad_token = self.tokens[name]
+        base["CONSUL_HTTP_TOKEN"] = consul_token
+        if nomad_token is None:
+            base.pop("NOMAD_TOKEN", None)
+        else:
+            base["NOMAD_TOKEN"] = nomad_token
         base.update(
             DOMAIN_NAME="manticore.test",
             ELB_MANTICORE_NAME=self.devstack.load_balancer,
@@ -107,7 +156,7 @@ class Stack:
                     identity,
                 ],
                 cwd=ROOT,
-                env=self.environ(),
+                env=self.environ(name),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
@@ -221,8 +270,28 @@ def reconciles(replica: Replica) -> float:
     return total
 
 
+def assert_token_is_narrow(stack: Stack, name: str) -> None:
+    """The controller's Consul token writes its own leader key, and nobody else's keys."""
+    token, _ = stack.tokens[name]
+    headers = {"X-Consul-Token": token}
+    own = stack.consul.put(f"/v1/kv/reconciler/status/{name}/probe", content=b"x", headers=headers)
+    assert own.status_code == 200, (name, own.text)
+    stack.consul.delete(f"/v1/kv/reconciler/status/{name}/probe", headers=headers)
+    for other in CONTROLLERS:
+        if other == name:
+            continue
+        for key in (f"reconciler/leader/{other}", f"reconciler/status/{other}/probe"):
+            denied = stack.consul.put(f"/v1/kv/{key}", content=b"x", headers=headers)
+            assert denied.status_code == 403, f"{name}'s token may write {key}"
+    denied = stack.consul.put(f"/v1/kv/{REQUESTS_PREFIX}probe", content=b"x", headers=headers)
+    assert denied.status_code == 403, f"{name}'s token may write requests"
+
+
 def test_fifty_users_come_and_go_and_nothing_of_the_departed_remains(stack: Stack) -> None:
     started = time.monotonic()
+    for name in CONTROLLERS:
+        stack.make_tokens(name)
+        assert_token_is_narrow(stack, name)
     for name in CONTROLLERS:
         for index in (1, 2):
             stack.start_replica(name, index)

@@ -102,11 +102,17 @@ async def test_claimed_users_get_running_jobs_and_departures_purge(
         for user in ("ada", "bob", "cy"):
             await consul.kv_put(f"{REQUESTS_PREFIX}{user}", b"{}")
         # ada and bob are claimed, get a job each, and their fakes answer through Consul
+        # (the HMI's check may pass a moment before its core listens: wait for both)
         for user in ("ada", "bob"):
             address = await eventually(
-                lambda user=user: passing(consul_server.url, user, "hmi"), timeout=30
+                lambda user=user: (
+                    passing(consul_server.url, user, "core")
+                    and passing(consul_server.url, user, "hmi")
+                ),
+                timeout=30,
             )
-            assert hmi_page(address) == f"hmi {user}\ncore: core {user}\n"
+            expected = f"hmi {user}\ncore: core {user}\n"
+            assert await eventually(lambda a=address, e=expected: hmi_page(a) == e, timeout=10)
         assert nomad_job(nomad, "cy") is None
         job = nomad_job(nomad, "ada")
         assert job is not None

@@ -286,3 +286,44 @@ async def test_the_list_holds_20000_users(consul_server, small_nomad) -> None:
         )
         # FIFO across pages: queue numbers follow the order the requests arrived
         assert [u for u, _ in wl.ordered()] == users
+
+
+def set_eligibility(nomad: EmbeddedNomad, node: str, eligible: bool) -> None:
+    value = "eligible" if eligible else "ineligible"
+    httpx.post(
+        f"{nomad.url}/v1/node/{node}/eligibility",
+        json={"NodeID": node, "Eligibility": value},
+        trust_env=False,
+    ).raise_for_status()
+
+
+async def test_a_node_becoming_eligible_claims_the_next_users(consul_server) -> None:
+    nomad = start_embedded_nomad(
+        nodes=2,
+        node_cpu=PER.cpu * 3 + 50,
+        node_memory=8192,
+        node_disk=51200,
+        consul_addr=consul_server.url,
+    )
+    try:
+        # the second node is there but ineligible: room for three users only
+        set_eligibility(nomad, nomad.node_ids()[1], eligible=False)
+        async with running(
+            [waitlist.build(Settings.from_env({}))], consul_server.address, nomad_address=nomad.url
+        ) as (manager, consul):
+            users = ["ada", "bob", "cy", "dee", "eve"]
+            for user in users:
+                await consul.kv_put(f"{REQUESTS_PREFIX}{user}", b"{}")
+
+            async def claims(expected: list[str]) -> bool:
+                state = await listed(consul)
+                return list(state) == users and claimed(state) == expected
+
+            await eventually(lambda: claims(users[:3]), timeout=20)
+            assert sample(manager, "manticore_capacity_users") == 3
+            # it becomes eligible: dee and eve are claimed with no new request
+            set_eligibility(nomad, nomad.node_ids()[1], eligible=True)
+            await eventually(lambda: claims(users), timeout=20)
+            assert sample(manager, "manticore_capacity_users") == 6
+    finally:
+        nomad.stop()

@@ -225,6 +225,28 @@ def test_python_api_runs_a_stack_and_refuses_a_second_one(tmp_path: Path) -> Non
                 signal_pid(pid, signal.SIGKILL)
 
 
+def test_acl_token_turns_acls_on_in_consul_and_nomad(tmp_path: Path) -> None:
+    token = "devstack-root-token"
+    services = ("consul", "nomad")
+    with DevStack(ephemeral=True, home=tmp_path, services=services, nodes=1, acl_token=token) as s:
+        env = s.env
+        assert env["CONSUL_HTTP_TOKEN"] == token
+        assert env["NOMAD_TOKEN"] == token
+        consul = f"http://{env['CONSUL_HTTP_ADDR']}"
+        root = {"X-Consul-Token": token}
+        assert httpx.put(f"{consul}/v1/kv/x", content=b"1", trust_env=False).status_code == 403
+        put = httpx.put(f"{consul}/v1/kv/x", content=b"1", headers=root, trust_env=False)
+        assert put.status_code == 200
+        nomad = env["NOMAD_ADDR"]
+        assert httpx.get(f"{nomad}/v1/jobs", trust_env=False).status_code == 403
+        nodes = httpx.get(
+            f"{nomad}/v1/nodes", headers={"X-Nomad-Token": token}, trust_env=False
+        ).json()
+        assert [n["Status"] for n in nodes] == ["ready"]
+        # Nomad registers its tasks' services in Consul with the same token (deny by default).
+        assert f"--consul-token {token}" in " ".join(s._plans["nomad"].argv)
+
+
 def test_a_service_that_cannot_start_is_reported(tmp_path: Path) -> None:
     stack = DevStack(ephemeral=True, home=tmp_path, services=["elb"], ready_timeout=20)
     busy = stack.ports.elb

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +11,7 @@ import pytest
 
 from controllers.haproxy.process import HAProxyProcess, haproxy_binary
 from controllers.settings import HAProxySettings, Settings
-from devstack.process import free_ports
+from devstack.process import free_port_range, free_ports
 
 from .backends import UserContainers
 
@@ -24,42 +22,6 @@ DOMAIN = "manticore.test"
 def _needs_haproxy() -> None:
     if haproxy_binary() is None:
         pytest.skip("the haproxy binary is not installed (make haproxy)")
-
-
-def ephemeral_ports() -> range:
-    """The kernel's range for port-0 binds: a chosen range stays out of it, so no server that
-    lets the kernel pick its port (the backends) can land inside HAProxy's TCP range."""
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return range(int(low), int(high) + 1)
-    except (OSError, ValueError):
-        return range(32768, 61000)
-
-
-# Nomad hands out dynamic ports from 20000 (the embedded one too): a TCP range below stays clear
-# of the users' own tasks.
-NOMAD_DYNAMIC_PORTS = range(20000, 32001)
-
-
-def free_port_range(count: int, attempts: int = 200) -> range:
-    """``count`` consecutive ports, all free on 127.0.0.1 right now, clear of the kernel's and
-    Nomad's port ranges."""
-    ceiling = min(ephemeral_ports().start, NOMAD_DYNAMIC_PORTS.start)
-    for _ in range(attempts):
-        start = random.randint(10000, ceiling - count)
-        held: list[socket.socket] = []
-        try:
-            for port in range(start, start + count):
-                sock = socket.socket()
-                held.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return range(start, start + count)
-        except OSError:
-            continue
-        finally:
-            for sock in held:
-                sock.close()
-    raise RuntimeError(f"no {count} consecutive free ports")
 
 
 def make_settings(config_dir: Path, **overrides: str) -> HAProxySettings:
