@@ -360,6 +360,66 @@ class AllocRunner:
     def start(self) -> None:
         self._main = asyncio.get_running_loop().create_task(self._run())
 
+    def update(self, alloc: dict[str, Any]) -> None:
+        """Adopt an in-place updated allocation: its job's new services are re-registered.
+
+        Only what Nomad updates in place can differ (see
+        :func:`devstack.nomad.jobspec.group_destructively_changed`): services, policies,
+        counts. Registrations change only where the service definitions did.
+        """
+        group = jobspec.group_spec(alloc["Job"], alloc["TaskGroup"])
+        if group is None:
+            return
+        old_group, self.alloc, self.group = self.group, alloc, group
+        new_tasks = {t["Name"]: t for t in group["Tasks"] or []}
+        if self._main is None or self._main.done():
+            for t in self.tasks:
+                t.task = new_tasks.get(t.name, t.task)
+            return
+        owner = f"group-{group['Name']}"
+        if old_group["Services"] != group["Services"] and (
+            old_group["Services"] or group["Services"]
+        ):
+            self._replace_services(owner, group["Services"], group["Tasks"][0], None)
+        for t in self.tasks:
+            new_task = new_tasks.get(t.name)
+            if new_task is None:
+                continue
+            old_services, t.task = t.task["Services"], new_task
+            if old_services != new_task["Services"] and t.state["State"] == "running":
+                self._replace_services(t.name, new_task["Services"], new_task, new_task)
+
+    def _replace_services(
+        self,
+        owner: str,
+        services: list[dict[str, Any]] | None,
+        env_task: dict[str, Any],
+        task: dict[str, Any] | None,
+    ) -> None:
+        key = f"{self.alloc['ID']}/{owner}"
+        env = (
+            self.env_for(env_task)
+            if task is not None
+            else task_env(
+                self.alloc,
+                env_task,
+                self.node,
+                self.cluster.config.region,
+                self.alloc_dir,
+                self.alloc_dir,
+                False,
+            )
+        )
+        self.cluster.deregister_native(key)
+        if self.cluster.consul is not None:
+            self.cluster.consul.clear(key)
+        if key in self._owners:
+            self._owners.remove(key)
+        try:
+            self._services(services, owner, env, task)
+        except AddressError as exc:
+            log.error("update of alloc %s services failed: %s", self.alloc["ID"], exc)
+
     def stop(self) -> None:
         for t in self.tasks:
             t.kill()
@@ -577,6 +637,12 @@ class NodeClient:
         runner = AllocRunner(self, alloc)
         self.runners[alloc["ID"]] = runner
         runner.start()
+
+    def update_alloc(self, alloc: dict[str, Any]) -> None:
+        """An in-place update: the allocation keeps running under the new job version."""
+        runner = self.runners.get(alloc["ID"])
+        if runner is not None:
+            runner.update(alloc)
 
     def stop_alloc(self, alloc_id: str) -> None:
         runner = self.runners.get(alloc_id)

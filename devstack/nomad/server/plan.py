@@ -168,12 +168,14 @@ class Planner(ServerCore):
             self.state.put_alloc(a, index)
             events.append(self._alloc_event("PlanResult", a))
             updated.append(a)
+        inplaced = []
         for a in inplace:
             if a["ID"] in stops or job is None:
                 continue
             a = {**a, "Job": job, "ModifyIndex": index, "AllocModifyIndex": index}
             self.state.put_alloc(a, index)
             events.append(self._alloc_event("PlanResult", a))
+            inplaced.append(a)
         for a in placed:
             self.state.put_alloc(a, index)
             events.append(self._alloc_event("PlanResult", a))
@@ -255,6 +257,10 @@ class Planner(ServerCore):
             client = self.clients.get(a["NodeID"])
             if client is not None:
                 client.stop_alloc(a["ID"])
+        for a in inplaced:
+            client = self.clients.get(a["NodeID"])
+            if client is not None:
+                client.update_alloc(a)
 
     def _cancel_eval(self, eval_id: str, index: int, events: list[Event]) -> None:
         old = self.state.evals[eval_id]

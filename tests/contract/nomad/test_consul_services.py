@@ -179,3 +179,28 @@ def test_consul_services_need_consul_on_the_node(nomad_http: httpx.Client) -> No
     assert blocked[0]["FailedTGAllocs"]["app"]["ConstraintFiltered"] == {
         "${attr.consul.version} semver >= 1.8.0": 3
     }
+
+
+def test_service_tag_change_updates_the_registration_in_place(
+    nomad: httpx.Client, consul: httpx.Client
+) -> None:
+    job = _web_job("inplace")
+    register(nomad, job)
+    first = wait_for(
+        lambda: next((a for a in allocs(nomad, "inplace") if a["ClientStatus"] == "running"), None)
+    )
+    wait_for(lambda: _health(consul, "web"))
+    job["TaskGroups"][0]["Tasks"][0]["Services"][0]["Tags"] = ["v2"]
+    job["TaskGroups"][0]["Services"][0]["Tags"] = ["tcp-v2"]
+    plan = nomad.post("/v1/job/inplace/plan", json={"Job": job, "Diff": True}).json()
+    assert plan["Annotations"]["DesiredTGUpdates"]["app"]["InPlaceUpdate"] == 1
+    register(nomad, job)
+    entries = wait_for(
+        lambda: [e for e in _health(consul, "web") if e["Service"]["Tags"] == ["v2"]]
+    )
+    assert entries[0]["Service"]["ID"] == f"_nomad-task-{first['ID']}-server-web-http"
+    wait_for(lambda: [e for e in _health(consul, "web-tcp") if e["Service"]["Tags"] == ["tcp-v2"]])
+    # The same allocation, still running, now on the new job version.
+    live = [a for a in allocs(nomad, "inplace") if a["ClientStatus"] == "running"]
+    assert [a["ID"] for a in live] == [first["ID"]]
+    assert live[0]["JobVersion"] == 1
