@@ -15,7 +15,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from importlib import resources
 from typing import Annotated, Any
 
@@ -23,7 +23,7 @@ import anyio
 from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -32,7 +32,7 @@ from controllers.api.ids import REQUESTS_PREFIX, USER_ID_PATTERN
 from controllers.api.requests import UserRequest
 from controllers.intake import metrics
 from controllers.intake.auth import AuthError, Verifier, bearer
-from controllers.intake.cache import ClusterCache
+from controllers.intake.cache import ClusterCache, Subscription
 from controllers.intake.models import (
     ActivityRecorded,
     CoreChoices,
@@ -286,7 +286,7 @@ class Frontdoor:
         log.info("request deleted for %s", user)
         await self.wait_for(lambda: not self.cache.has_request(user))
 
-    def open_stream(self, user: str, header: str | None, token: str | None) -> StreamingResponse:
+    def open_stream(self, user: str, header: str | None, token: str | None) -> EventStream:
         self.owner(header, user, token)
         self.require_ready()
         if not self.cache.has_request(user):
@@ -296,32 +296,7 @@ class Frontdoor:
             raise APIError(503, "this instance holds its maximum of event streams", "streams")
         if self.cache.streams_of(user) >= api.max_streams_per_user:
             raise APIError(429, "too many open event streams for this user", "streams")
-        return EventStream(self.events(user), headers={"Cache-Control": "no-cache"})
-
-    async def events(self, user: str) -> AsyncIterator[bytes]:
-        keepalive = self.settings.api.keepalive
-        deadline = time.monotonic() + self.stream_max_seconds
-        with self.cache.subscribe(user) as subscription:
-            yield b"retry: 3000\n\n"
-            payload = self.cache.first_payload(subscription)
-            if payload is None:
-                yield _ended(user)
-                return
-            yield b"event: status\ndata: " + payload + b"\n\n"
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return  # the client reconnects, maybe to another instance
-                pushed = await subscription.wait(min(keepalive, left))
-                if subscription.closing:
-                    return
-                if not pushed:
-                    yield b": keepalive\n\n"
-                elif subscription.ended:
-                    yield _ended(user)
-                    return
-                elif subscription.latest is not None:
-                    yield b"event: status\ndata: " + subscription.latest + b"\n\n"
+        return EventStream(self, user)
 
 
 def _ended(user: str) -> bytes:
@@ -329,8 +304,76 @@ def _ended(user: str) -> bytes:
     return b"event: ended\ndata: " + body + b"\n\n"
 
 
-class EventStream(StreamingResponse):
+RETRY = b"retry: 3000\n\n"
+KEEPALIVE = b": keepalive\n\n"
+
+
+class EventStream(Response):
+    """One user's server-sent events, written straight to the ASGI server.
+
+    The stream's task sleeps on its :class:`~controllers.intake.cache.Subscription` and, when
+    woken, writes the bytes the cache encoded once for the user: one ``http.response.body``
+    message per event, nothing computed here. A second task only listens for the client going
+    away. When the server's write buffer for a slow client is full, ``send`` waits for it (so
+    only that stream waits) and the slot keeps just the latest state meanwhile.
+    """
+
     media_type = "text/event-stream"
+
+    def __init__(self, front: Frontdoor, user: str) -> None:
+        self.front = front
+        self.user = user
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"Cache-Control": "no-cache"})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        with self.front.cache.subscribe(self.user) as subscription:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_listen, receive, subscription)
+                await self._stream(subscription, send)
+                tg.cancel_scope.cancel()
+            if not subscription.gone:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _stream(self, subscription: Subscription, send: Send) -> None:
+        front = self.front
+        keepalive = front.settings.api.keepalive
+        deadline = time.monotonic() + front.stream_max_seconds
+        first = front.cache.first_event(subscription)
+        if first is None:
+            await _write(send, RETRY + _ended(self.user))
+            return
+        await _write(send, RETRY + first)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return  # the client reconnects, maybe to another instance
+            pushed = await subscription.wait(min(keepalive, left))
+            if subscription.closing or subscription.gone:
+                return
+            if not pushed:
+                await _write(send, KEEPALIVE)
+            elif subscription.ended:
+                await _write(send, _ended(self.user))
+                return
+            elif subscription.latest is not None:
+                await _write(send, subscription.latest)
+
+
+async def _write(send: Send, body: bytes) -> None:
+    await send({"type": "http.response.body", "body": body, "more_body": True})
+
+
+async def _listen(receive: Receive, subscription: Subscription) -> None:
+    """Until the client disconnects (then the stream's task is woken to end)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            subscription.gone = True
+            subscription.wake()
+            return
 
 
 # ----------------------------------------------------------------------------- ASGI middleware
@@ -476,6 +519,7 @@ def create_app(front: Frontdoor) -> FastAPI:
     @app.get(
         "/api/v1/requests/{user_id}/events",
         response_class=EventStream,
+        status_code=200,
         summary="Server-sent events: `status` on every change, `ended` when the request goes",
         responses={
             200: {
@@ -488,7 +532,7 @@ def create_app(front: Frontdoor) -> FastAPI:
     )
     async def get_events(
         user_id: UserPath, authorization: AuthHeader = None, access_token: TokenQuery = None
-    ) -> StreamingResponse:
+    ) -> EventStream:
         return front.open_stream(user_id, authorization, access_token)
 
     @app.post(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -37,6 +38,8 @@ from reconciler.clients.errors import ClientError, ConfigError
 log = logging.getLogger("controllers.intake")
 
 SHUTDOWN_GRACE = 5.0
+FULL_COLLECT_EVERY = 30.0
+QUIET_BEFORE_COLLECT = 0.25
 
 
 class _Server(uvicorn.Server):
@@ -171,6 +174,7 @@ async def serve(
         server = running.server = _Server(config, running)
         async with anyio.create_task_group() as tg:
             await tg.start(cache.run)
+            tg.start_soon(_collect_when_quiet, cache)
             if api.register_service:
                 front.registration = registration_for(settings, port)
                 tg.start_soon(_register_when_ready, running)
@@ -181,6 +185,29 @@ async def serve(
                 await running.leave()
                 tg.cancel_scope.cancel()
     metrics.REGISTERED.set(0)
+
+
+async def _collect_when_quiet(cache: ClusterCache) -> None:
+    """Full garbage collections on our schedule, between fan-outs, instead of in the middle.
+
+    A full collection walks every object the process holds (~250,000 with 1,000 streams open:
+    over 100 ms here) and the loop writes nothing meanwhile; left to the interpreter it comes
+    whenever allocations add up, which is precisely while a change is fanned out. So the
+    automatic full collection is off, the young generations are collected as usual, and a full
+    one runs every ``FULL_COLLECT_EVERY`` seconds once no change has been handled for
+    ``QUIET_BEFORE_COLLECT`` (cycles are never kept longer than that).
+    """
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, 1_000_000_000)
+    try:
+        await cache.wait_ready()
+        while True:
+            gc.collect()
+            await anyio.sleep(FULL_COLLECT_EVERY)
+            while cache.quiet_for() < QUIET_BEFORE_COLLECT:
+                await anyio.sleep(QUIET_BEFORE_COLLECT)
+    finally:
+        gc.set_threshold(young, middle, _)
 
 
 async def _announce(running: Running, task_status: TaskStatus[Running]) -> None:

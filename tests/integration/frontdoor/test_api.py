@@ -234,3 +234,73 @@ async def test_registers_as_the_web_app_and_deregisters_on_shutdown(consul_serve
 async def _when(fetch, predicate):
     value = await fetch()
     return value if predicate(value) else None
+
+
+async def test_stream_wire_keepalives_disconnect_and_time_limit(consul_server, consul) -> None:
+    """On the wire: the retry hint with the first status, keep-alive comments while nothing
+    changes, the stream freed as soon as its client goes, and the end at the time limit."""
+    await consul.kv_put(REQ + "ada", b"{}")
+    await consul.kv_put(PAGE, page(waiting=["ada"]))
+    async with intake(
+        consul_server.address, api_settings(keepalive=0.2), stream_max_seconds=1.5
+    ) as running:
+        host, port = "127.0.0.1", running.port
+        await eventually(lambda: running.front.cache.positions().get("ada") == 0)
+        async with await anyio.connect_tcp(host, port) as sock:
+            await sock.send(b"GET /api/v1/requests/ada/events HTTP/1.1\r\nHost: x\r\n\r\n")
+            received = b""
+            with anyio.fail_after(10):
+                while b"0\r\n\r\n" not in received:  # the last chunk: ended by the limit
+                    received += await sock.receive()
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        assert b"content-type: text/event-stream; charset=utf-8" in head.lower()
+        assert b"cache-control: no-cache" in head.lower()
+        assert b"transfer-encoding: chunked" in head.lower()
+        first = body.index(b"retry: 3000\n\nevent: status\ndata: {")
+        assert body.count(b": keepalive\n\n") >= 3, body  # ~1.3 s idle, one each 0.2 s
+        assert first < body.index(b": keepalive")
+        await eventually(lambda: running.front.cache.streams == 0, timeout=5)
+
+        # A client that goes away frees its stream at once (not at the next write).
+        async with await anyio.connect_tcp(host, port) as sock:
+            await sock.send(b"GET /api/v1/requests/ada/events HTTP/1.1\r\nHost: x\r\n\r\n")
+            with anyio.fail_after(10):
+                while b"event: status" not in await sock.receive():
+                    pass
+            assert running.front.cache.streams == 1
+        await eventually(lambda: running.front.cache.streams == 0, timeout=1)
+
+
+async def test_a_stalled_reader_holds_no_one_up(consul_server, consul) -> None:
+    """A client that stops reading does not hold up another stream, and later reads the newest
+    state."""
+    users = [f"u{n}" for n in range(5)]
+    for user in users:
+        await consul.kv_put(REQ + user, b"{}")
+    await consul.kv_put(PAGE, page(waiting=users))
+    async with (
+        intake(consul_server.address) as running,
+        httpx.AsyncClient(base_url=base_url(running), timeout=20) as http,
+    ):
+        await eventually(lambda: len(running.front.cache.positions()) == len(users))
+        async with await anyio.connect_tcp("127.0.0.1", running.port) as slow:
+            await slow.send(b"GET /api/v1/requests/u4/events HTTP/1.1\r\nHost: x\r\n\r\n")
+            async with http.stream("GET", "/api/v1/requests/u4/events") as response:
+                events = read_events(response)
+                with anyio.fail_after(15):
+                    _, data = await anext(events)
+                    while data.get("position") != 4:
+                        _, data = await anext(events)
+                    # The slow socket reads nothing while the line moves 30 times.
+                    order = list(users)
+                    for _ in range(30):
+                        order = order[1:] + order[:1]
+                        await consul.kv_put(PAGE, page(waiting=order))
+                    final = order.index("u4")
+                    while data.get("position") != final or data.get("waiting") != 5:
+                        _, data = await anext(events)
+            received = b""
+            with anyio.fail_after(10):
+                while f'"position":{final},'.encode() not in received.rpartition(b"event:")[2]:
+                    received += await slow.receive()
