@@ -234,19 +234,23 @@ def traced(router: HAProxyRouter, trace: dict[str, dict[str, float]]) -> Control
     declared = router.declaration()
     reconcile = router.reconcile
 
+    last: list[object] = [None]
+
     async def recording(ctx: Context, key: str) -> Result | None:
+        # Only new keys and a new applied state are looked at, so the tracing itself costs the
+        # controller (same process) next to nothing per reconcile.
         now = time.monotonic()
         seen = trace["seen"]
-        for item in ctx.cache(WATCH):
-            if item not in seen:
-                seen[item] = now
+        for item in ctx.cache(WATCH).keys() - seen.keys():
+            seen[item] = now
         result = await reconcile(ctx, key)
-        if router.applied is not None:
+        current = router.applied
+        if current is not None and current is not last[0]:
+            last[0] = current
             done = time.monotonic()
             applied = trace["applied"]
-            for user in router.applied.routing.users():
-                if user not in applied:
-                    applied[user] = done
+            for user in current.routing.users() - applied.keys():
+                applied[user] = done
         return result
 
     return dataclasses.replace(declared, reconcile=recording)

@@ -22,13 +22,15 @@ a full reload.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import ipaddress
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -64,6 +66,7 @@ from controllers.settings import HAProxySettings
 from reconciler.clients.errors import ConfigError
 
 STATE_NAME = "state.json"
+K = TypeVar("K", str, int)
 
 
 class NotRunning(HAProxyError):
@@ -188,6 +191,65 @@ def _target(target: Target) -> dict[str, str]:
     return {"user": target.user, "role": target.role, "address": target.address}
 
 
+class StateDocument:
+    """``state.json`` kept as one JSON fragment per route, in key order, so writing it after a
+    runtime change encodes and places only the routes that changed; the text is exactly
+    :meth:`SavedState.dump`'s."""
+
+    def __init__(self) -> None:
+        self._http = _Rows[str]("subdomain")
+        self._tcp = _Rows[int]("port")
+
+    def text(self, applied: Applied) -> str:
+        shape = applied.shape
+        head = json.dumps(
+            {
+                "version": 1,
+                "generation": applied.generation,
+                "shape": {
+                    "domain": shape.domain,
+                    "main_port": shape.main_port,
+                    "http_slots": shape.http_slots,
+                    "tcp_slots": shape.tcp_slots,
+                    "web_slots": shape.web_slots,
+                },
+            },
+            separators=(",", ":"),
+        )
+        http = self._http.text(applied.http, applied.routing.http)
+        tcp = self._tcp.text(applied.tcp, applied.routing.tcp)
+        web = json.dumps(
+            [{"address": a, "slot": slot} for a, slot in sorted(applied.web.items())],
+            separators=(",", ":"),
+        )
+        return f'{head[:-1]},"http":[{http}],"tcp":[{tcp}],"web":{web}}}'
+
+
+class _Rows(Generic[K]):
+    """The JSON objects of one route table (``name``: the key's field), each encoded once."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._rows: dict[K, tuple[int, Target, str]] = {}
+        self._keys: list[K] = []
+
+    def text(self, slots: Mapping[K, int], targets: Mapping[K, Target]) -> str:
+        rows, keys = self._rows, self._keys
+        if rows.keys() != slots.keys():
+            for gone in rows.keys() - slots.keys():
+                del rows[gone]
+                del keys[bisect.bisect_left(keys, gone)]
+            for new in sorted(slots.keys() - set(keys)):
+                bisect.insort(keys, new)
+        for key, slot in slots.items():
+            target = targets[key]
+            known = rows.get(key)
+            if known is None or known[0] != slot or (known[1] is not target and known[1] != target):
+                row = {self.name: key, "slot": slot, **_target(target)}
+                rows[key] = (slot, target, json.dumps(row, separators=(",", ":")))
+        return ",".join([rows[key][2] for key in keys])
+
+
 # -- the applier ----------------------------------------------------------------------------
 
 
@@ -206,6 +268,9 @@ class Applier:
         self._page = self._load_page()
         self.last: Timings | None = None
         self._document: render.ConfigDocument | None = None
+        self._hosts_map = render.MapDocument(render.HOSTS_MAP_TITLE)
+        self._ports_map = render.MapDocument(render.PORTS_MAP_TITLE)
+        self._state = StateDocument()
         self._written: dict[Path, bytes] = {}
         # Fail at start, not at the first reload, when a path cannot be rendered or written.
         render.safe_path(self.config_dir, "MANTICORE_HAPROXY_CONFIG_DIR")
@@ -248,8 +313,8 @@ class Applier:
             base = render.render_base(self._template, self.settings, files.runtime_socket)
             doc = self._document = render.ConfigDocument(applied, self.settings, files, base)
         return {
-            files.hosts_map: render.render_hosts_map(applied),
-            files.ports_map: render.render_ports_map(applied),
+            files.hosts_map: self._hosts_map.text(applied.hosts_map()),
+            files.ports_map: self._ports_map.text(applied.ports_map()),
             self.process.config_path: doc.text(),
         }
 
@@ -307,7 +372,7 @@ class Applier:
             self._discard(fresh_maps, current)
             raise
         switched_at = time.perf_counter()
-        write_atomically(self.state_path, SavedState.dump(target))
+        write_atomically(self.state_path, self._state.text(target))
         self._remove_other_generations(target.generation)
         metrics.CONFIG_VALID.set(1)
         metrics.RELOADS.labels(reason=reason).inc()
@@ -327,7 +392,7 @@ class Applier:
         applied_at = time.perf_counter()
         for path, text in self.render(target).items():
             self._write_if_changed(path, text)
-        write_atomically(self.state_path, SavedState.dump(target))
+        write_atomically(self.state_path, self._state.text(target))
         done = time.perf_counter()
         metrics.APPLY_SECONDS.labels(path="runtime").observe(done - started)
         return Timings("runtime", runtime=applied_at - started, files=done - applied_at)

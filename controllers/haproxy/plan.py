@@ -325,8 +325,13 @@ def runtime_ops(current: Applied, target: Applied) -> tuple[Op, ...]:
     for pool in POOLS:
         before = current.owners(pool)
         after = target.owners(pool)
-        for slot in sorted(before):
-            was, now = before[slot], after.get(slot)
+        # Only the slots whose owner or address differ (a set operation in C, not a walk over
+        # every slot): an arrival among thousands of routes costs its own commands only.
+        touched = sorted({slot for slot, _ in before.items() ^ after.items()})
+        for slot in touched:
+            was, now = before.get(slot), after.get(slot)
+            if was is None:
+                continue
             if now is not None and now[0] == was[0]:
                 if now[1] != was[1]:
                     changes.append(SetAddr(slot_server(pool, slot), now[1]))
@@ -338,11 +343,12 @@ def runtime_ops(current: Applied, target: Applied) -> tuple[Op, ...]:
                 SetAddr(server, PLACEHOLDER),
                 ShutdownSessions(server),
             ]
-        for slot in sorted(after):
-            if slot in before and before[slot][0] == after[slot][0]:
+        for slot in touched:
+            was, now = before.get(slot), after.get(slot)
+            if now is None or (was is not None and was[0] == now[0]):
                 continue
             server = slot_server(pool, slot)
-            additions += [SetAddr(server, after[slot][1]), SetState(server, "ready")]
+            additions += [SetAddr(server, now[1]), SetState(server, "ready")]
     map_removals, map_changes, map_additions = _map_ops(
         "hosts", current.hosts_map(), target.hosts_map()
     )
@@ -365,15 +371,12 @@ def runtime_ops(current: Applied, target: Applied) -> tuple[Op, ...]:
 def _map_ops(
     name: MapName, before: Mapping[str, str], after: Mapping[str, str]
 ) -> tuple[list[Op], list[Op], list[Op]]:
-    removals: list[Op] = [MapDel(name, key) for key in sorted(set(before) - set(after))]
+    touched = {key for key, _ in before.items() ^ after.items()}
+    removals: list[Op] = [MapDel(name, key) for key in sorted(touched) if key not in after]
     changes: list[Op] = [
-        MapSet(name, key, after[key])
-        for key in sorted(set(before) & set(after))
-        if before[key] != after[key]
+        MapSet(name, key, after[key]) for key in sorted(touched) if key in before and key in after
     ]
-    additions: list[Op] = [
-        MapAdd(name, key, after[key]) for key in sorted(set(after) - set(before))
-    ]
+    additions: list[Op] = [MapAdd(name, key, after[key]) for key in sorted(touched - before.keys())]
     return removals, changes, additions
 
 

@@ -22,7 +22,9 @@ it is written, so a bug upstream fails loudly instead of injecting configuration
 
 from __future__ import annotations
 
+import bisect
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -231,10 +233,9 @@ class ConfigDocument:
         for pool in POOLS:
             before = self._owners[pool]
             after = applied.owners(pool)
-            for slot in set(before) | set(after):
-                if before.get(slot) != after.get(slot):
-                    owner = after.get(slot)
-                    self._set(pool, slot, owner[1] if owner else None)
+            for slot in {slot for slot, _ in before.items() ^ after.items()}:
+                owner = after.get(slot)
+                self._set(pool, slot, owner[1] if owner else None)
             self._owners[pool] = after
 
     def text(self) -> str:
@@ -253,9 +254,44 @@ def render_map(entries: dict[str, str], what: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+class MapDocument:
+    """One map file kept as its lines, in key order, so a runtime change re-checks, re-formats
+    and places only the entries it touched; the text is exactly :func:`render_map`'s."""
+
+    def __init__(self, what: str) -> None:
+        self._header = f"# {what}: written by the Manticore haproxy controller"
+        self._entries: dict[str, str] = {}
+        self._lines: dict[str, str] = {}
+        self._keys: list[str] = []
+        self._text: str | None = None
+
+    def text(self, entries: Mapping[str, str]) -> str:
+        touched = {key for key, _ in self._entries.items() ^ entries.items()}
+        if touched or self._text is None:
+            for key in sorted(touched):
+                value = entries.get(key)
+                if value is None:
+                    if self._lines.pop(key, None) is not None:
+                        del self._keys[bisect.bisect_left(self._keys, key)]
+                    continue
+                line = f"{_safe(key)} {_safe(value)}"
+                if self._lines.setdefault(key, line) is line:
+                    bisect.insort(self._keys, key)
+                else:
+                    self._lines[key] = line
+            self._entries = dict(entries)
+            lines = self._lines
+            self._text = "\n".join([self._header, *[lines[key] for key in self._keys]]) + "\n"
+        return self._text
+
+
+HOSTS_MAP_TITLE = "<subdomain>.<domain> -> HTTP slot"
+PORTS_MAP_TITLE = "TCP port -> TCP slot"
+
+
 def render_hosts_map(applied: Applied) -> str:
-    return render_map(applied.hosts_map(), "<subdomain>.<domain> -> HTTP slot")
+    return render_map(applied.hosts_map(), HOSTS_MAP_TITLE)
 
 
 def render_ports_map(applied: Applied) -> str:
-    return render_map(applied.ports_map(), "TCP port -> TCP slot")
+    return render_map(applied.ports_map(), PORTS_MAP_TITLE)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controllers.haproxy import render
-from controllers.haproxy.applier import SavedState
+from controllers.haproxy.applier import SavedState, StateDocument
 from controllers.haproxy.plan import SlotPolicy, plan
 from controllers.haproxy.routes import Routing, Target
 from controllers.settings import Settings
@@ -112,6 +112,31 @@ def test_a_document_updated_in_place_equals_a_fresh_render(tables: list[Routing]
         else:
             doc.update(current)
         assert doc.text() == render.render_config(current, config, files, "global\n")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(routings(), min_size=2, max_size=6))
+def test_maps_and_state_kept_across_changes_equal_fresh_ones(tables: list[Routing]) -> None:
+    """The applier's incremental map files and state.json: after any sequence of changes, runtime
+    or reload, byte for byte what a fresh render and dump produce."""
+    hosts = render.MapDocument(render.HOSTS_MAP_TITLE)
+    ports = render.MapDocument(render.PORTS_MAP_TITLE)
+    state = StateDocument()
+    current = None
+    for table in tables:
+        current = plan(current, table, POLICY).target
+        for _ in range(2):  # a second call with nothing changed returns the same text
+            assert hosts.text(current.hosts_map()) == render.render_hosts_map(current)
+            assert ports.text(current.ports_map()) == render.render_ports_map(current)
+            assert state.text(current) == SavedState.dump(current)
+
+
+def test_a_map_document_refuses_an_unsafe_entry_and_recovers() -> None:
+    doc = render.MapDocument("test")
+    assert doc.text({"a.test": "http_00000"}).splitlines()[1:] == ["a.test http_00000"]
+    with pytest.raises(ValueError, match="refusing"):
+        doc.text({"a.test": "http_00000", "b test": "http_00001"})
+    assert doc.text({"a.test": "http_00001"}).splitlines()[1:] == ["a.test http_00001"]
 
 
 @settings(max_examples=60, deadline=None)
