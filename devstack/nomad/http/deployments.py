@@ -41,7 +41,7 @@ class DeploymentsAPI(APIBase):
         writes = {
             "fail": lambda body: self.cluster.fail_deployment(rest),
             "pause": lambda body: self.cluster.pause_deployment(rest, body),
-            "promote": lambda body: self.cluster.promote_deployment(rest),
+            "promote": lambda body: self.cluster.promote_deployment(rest, body),
             "allocation-health": lambda body: self.cluster.set_allocs_health(rest, body),
         }
         if rest and action in writes:

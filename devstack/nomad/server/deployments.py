@@ -7,6 +7,8 @@ states held for ``min_healthy_time``); the watcher counts them per group, lets t
 replace the next ``max_parallel`` allocations, marks the job version ``Stable`` when every group
 is healthy, and fails the deployment on an unhealthy allocation or a missed progress deadline
 (rolling back to the last stable version under ``auto_revert``), with Nomad's descriptions.
+Canary groups record their ``PlacedCanaries`` and wait for promotion (by the API, or by the
+watcher under ``auto_promote`` once every canary is healthy) before the rollout goes on.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from devstack.nomad.util import new_id, now_ns
 from .plan import Planner
 
 RUNNING = "Deployment is running"
+NEEDS_PROMOTION = "Deployment is running but requires manual promotion"
+AUTO_PROMOTION = "Deployment is running pending automatic promotion"
 PAUSED = "Deployment is paused"
 SUCCESSFUL = "Deployment completed successfully"
 STOPPED_JOB = "Cancelled because job is stopped"
@@ -41,7 +45,42 @@ def _strategy(job: dict[str, Any], group: dict[str, Any]) -> dict[str, Any] | No
     return dict(strategy)
 
 
+def requires_promotion(d: dict[str, Any]) -> bool:
+    """Nomad's ``Deployment.RequiresPromotion``: a running deployment with unpromoted canaries."""
+    return d["Status"] == "running" and any(
+        g["DesiredCanaries"] > 0 and not g["Promoted"] for g in d["TaskGroups"].values()
+    )
+
+
+def auto_promotes(d: dict[str, Any]) -> bool:
+    """Nomad's ``Deployment.HasAutoPromote``: every canary group has ``auto_promote``."""
+    return d["Status"] == "running" and all(
+        g["AutoPromote"] for g in d["TaskGroups"].values() if g["DesiredCanaries"] > 0
+    )
+
+
+def _running_description(d: dict[str, Any]) -> str:
+    if requires_promotion(d):
+        return AUTO_PROMOTION if auto_promotes(d) else NEEDS_PROMOTION
+    return RUNNING
+
+
 class DeploymentWatcher(Planner):
+    def _group_strategy(self, job: dict[str, Any], group: dict[str, Any]) -> dict | None:
+        """The group's update strategy, for service jobs (``None``: no deployments)."""
+        return _strategy(job, group) if job["Type"] == "service" else None
+
+    def _version_deployment(self, job: dict[str, Any], key: JobKey) -> dict[str, Any] | None:
+        """The newest deployment of exactly this job version, whatever its status."""
+        return next(
+            (
+                d
+                for d in self.state.job_deployments(key)
+                if d["JobVersion"] == job["Version"] and d["JobCreateIndex"] == job["CreateIndex"]
+            ),
+            None,
+        )
+
     def _active_deployment(self, key: JobKey) -> dict[str, Any] | None:
         return next(
             (d for d in self.state.job_deployments(key) if d["Status"] not in TERMINAL_DEPLOYMENT),
@@ -65,7 +104,8 @@ class DeploymentWatcher(Planner):
                 "RequireProgressBy": rfc3339(now + int(strategy.get("ProgressDeadline") or 0)),
                 "Promoted": False,
                 "PlacedCanaries": None,
-                "DesiredCanaries": int(strategy.get("Canary") or 0),
+                # Set when canaries are placed: a first version deploys without them.
+                "DesiredCanaries": 0,
                 "DesiredTotal": g["Count"],
                 "PlacedAllocs": 0,
                 "HealthyAllocs": 0,
@@ -145,12 +185,21 @@ class DeploymentWatcher(Planner):
         mine = [a for a in placed if a["TaskGroup"] in groups]
         for a in mine:
             a["DeploymentID"] = d["ID"]
-            groups[a["TaskGroup"]]["PlacedAllocs"] += 1
+            state = groups[a["TaskGroup"]]
+            state["PlacedAllocs"] += 1
+            if (a["DeploymentStatus"] or {}).get("Canary"):
+                state["PlacedCanaries"] = [*(state["PlacedCanaries"] or []), a["ID"]]
+                group = jobspec.group_spec(job, a["TaskGroup"]) or {}
+                state["DesiredCanaries"] = int(
+                    (_strategy(job, group) or {}).get("Canary") or len(state["PlacedCanaries"])
+                )
         for g in job["TaskGroups"] or []:
             if g["Name"] in groups:
                 groups[g["Name"]]["DesiredTotal"] = g["Count"]
         if mine or etype == "PlanResult":
             d = {**d, "TaskGroups": groups, "ModifyIndex": index}
+            if d["Status"] == "running":
+                d["StatusDescription"] = _running_description(d)
             self.state.put_deployment(d, index)
             events.append(self._deployment_event(etype, d))
 
@@ -186,7 +235,8 @@ class DeploymentWatcher(Planner):
             return
         index = self.state.begin()
         now = now_ns()
-        status = {"Healthy": healthy, "Timestamp": rfc3339(now), "Canary": False}
+        canary = bool((a["DeploymentStatus"] or {}).get("Canary"))
+        status = {"Healthy": healthy, "Timestamp": rfc3339(now), "Canary": canary}
         a = {**a, "DeploymentStatus": {**status, "ModifyIndex": index}, "ModifyIndex": index}
         self.state.put_alloc(a, index)
         events = [self._alloc_event("AllocationUpdated", a)]
@@ -217,7 +267,10 @@ class DeploymentWatcher(Planner):
         key = (d["Namespace"], d["JobID"])
         if not healthy:
             return "", self._fail(d, FAILED_ALLOCS, index, events)
-        if all(g["HealthyAllocs"] >= g["DesiredTotal"] for g in groups.values()):
+        if all(
+            g["HealthyAllocs"] >= g["DesiredTotal"] and (g["DesiredCanaries"] == 0 or g["Promoted"])
+            for g in groups.values()
+        ):
             self._set_status(d, "successful", SUCCESSFUL, index, events)
             self.mark_stable(key, d["JobVersion"], True, index)
             return "", None
@@ -225,6 +278,10 @@ class DeploymentWatcher(Planner):
         job = self.state.jobs.get(key)
         if job is None or d["Status"] == "paused":
             return "", None
+        if requires_promotion(d):
+            if not (auto_promotes(d) and self._canaries_healthy(d, None)):
+                return "", None  # waiting for the canaries, or for someone to promote them
+            d = self._promote(d, None, index, events)
         # The next batch of a rolling update.
         ev = self._new_eval(job, index, "deployment-watcher")
         ev["DeploymentID"] = d["ID"]
@@ -274,6 +331,16 @@ class DeploymentWatcher(Planner):
         d = self.state.deployments.get(deployment_id)
         if d is None or d["Status"] != "running" or not self.running:
             return
+        if all(
+            g["HealthyAllocs"] >= g["DesiredTotal"]
+            or (
+                g["DesiredCanaries"] > 0
+                and not g["Promoted"]
+                and g["HealthyAllocs"] >= g["DesiredCanaries"]
+            )
+            for g in d["TaskGroups"].values()
+        ):
+            return  # healthy canaries waiting for promotion have made their progress
         index = self.state.begin()
         events: list[Event] = []
         revert = self._fail(d, PROGRESS_DEADLINE, index, events)
@@ -336,7 +403,11 @@ class DeploymentWatcher(Planner):
             raise NomadError(500, f"can't {'pause' if pause else 'resume'} terminal deployment")
         index = self.state.begin()
         events: list[Event] = []
-        status, text = ("paused", PAUSED) if pause else ("running", RUNNING)
+        status, text = (
+            ("paused", PAUSED)
+            if pause
+            else ("running", _running_description({**d, "Status": "running"}))
+        )
         self._set_status(d, status, text, index, events)
         eval_id = ""
         job = self.state.jobs.get((d["Namespace"], d["JobID"]))
@@ -351,12 +422,78 @@ class DeploymentWatcher(Planner):
             self._enqueue(eval_id)
         return self._deployment_reply(d, index, eval_id)
 
-    def promote_deployment(self, deployment_id: str) -> dict[str, Any]:
+    def _canaries_healthy(self, d: dict[str, Any], groups: set[str] | None) -> bool:
+        """Whether every canary of ``groups`` (all if ``None``) is placed and healthy."""
+        ids: list[str] = []
+        for name, g in d["TaskGroups"].items():
+            if (groups is not None and name not in groups) or not g["DesiredCanaries"]:
+                continue
+            placed = g["PlacedCanaries"] or []
+            if len(placed) < g["DesiredCanaries"]:
+                return False
+            ids += placed
+        return bool(ids) and all(
+            ((self.state.allocs.get(cid) or {}).get("DeploymentStatus") or {}).get("Healthy")
+            is True
+            for cid in ids
+        )
+
+    def _promote(
+        self, d: dict[str, Any], groups: set[str] | None, index: int, events: list[Event]
+    ) -> dict[str, Any]:
+        """Mark ``groups`` (all if ``None``) promoted and queue the evaluation that rolls on."""
+        task_groups = copy.deepcopy(d["TaskGroups"])
+        for name, g in task_groups.items():
+            if groups is None or name in groups:
+                g["Promoted"] = True
+        d = {**d, "TaskGroups": task_groups, "ModifyIndex": index, "ModifyTime": now_ns()}
+        if d["Status"] == "running" and not requires_promotion(d):
+            d["StatusDescription"] = RUNNING
+        self.state.put_deployment(d, index)
+        events.append(self._deployment_event("DeploymentPromotion", d))
+        return d
+
+    def promote_deployment(self, deployment_id: str, body: Any) -> dict[str, Any]:
+        """``Deployment.Promote``: every named (or every) group's canaries must be healthy."""
         d = self.deployment(deployment_id)
         if d["Status"] in TERMINAL_DEPLOYMENT:
             raise NomadError(500, "can't promote terminal deployment")
-        # The devstack places no canaries, so there is never anything to promote.
-        raise NomadError(500, "no canaries to promote")
+        req = body if isinstance(body, dict) else {}
+        wanted = None if req.get("All") else set(req.get("Groups") or [])
+        unhealthy = []
+        have = False
+        for name, g in sorted(d["TaskGroups"].items()):
+            if wanted is not None and name not in wanted:
+                continue
+            for cid in g["PlacedCanaries"] or []:
+                a = self.state.allocs.get(cid)
+                if a is None:
+                    continue
+                if ((a["DeploymentStatus"] or {}).get("Healthy")) is not True:
+                    unhealthy.append(f'Canary allocation "{cid}" for group "{name}" is not healthy')
+                    continue
+                have = True
+        if unhealthy:
+            n = len(unhealthy)
+            items = "".join(f"\n\t* {u}" for u in unhealthy)
+            raise NomadError(500, f"{n} error{'s' if n > 1 else ''} occurred:{items}\n\n")
+        if not have:
+            raise NomadError(500, "no canaries to promote")
+        index = self.state.begin()
+        events: list[Event] = []
+        self._promote(d, wanted, index, events)
+        eval_id = ""
+        job = self.state.jobs.get((d["Namespace"], d["JobID"]))
+        if job is not None:
+            ev = self._new_eval(job, index, "deployment-watcher")
+            ev["DeploymentID"] = d["ID"]
+            self.state.put_eval(ev, index)
+            events.append(self._eval_event("EvaluationUpdated", ev))
+            eval_id = ev["ID"]
+        self.state.commit(index, events)
+        if eval_id:
+            self._enqueue(eval_id)
+        return self._deployment_reply(d, index, eval_id)
 
     def set_allocs_health(self, deployment_id: str, body: Any) -> dict[str, Any]:
         d = self.deployment(deployment_id)

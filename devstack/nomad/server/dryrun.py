@@ -107,7 +107,9 @@ class JobPlans(JobLifecycle):
         failed: dict[str, Any] = {}
         view = self._view(set(stops), key)
         by_group: dict[str, int] = {}
-        for gname, _name, _prev, _delay in wanted:
+        for gname, _name, _prev, _delay, canary in wanted:
+            if canary:
+                updates[gname]["Canary"] += 1
             by_group[gname] = by_group.get(gname, 0) + 1
         if job["Type"] in ("system", "sysbatch"):
             placed: list[dict[str, Any]] = []
@@ -120,7 +122,11 @@ class JobPlans(JobLifecycle):
         for gname, n in by_group.items():
             group = jobspec.group_spec(job, gname)
             assert group is not None
-            replacing = updates[gname]["DestructiveUpdate"] + updates[gname]["Migrate"]
+            replacing = (
+                updates[gname]["DestructiveUpdate"]
+                + updates[gname]["Migrate"]
+                + updates[gname]["Canary"]
+            )
             updates[gname]["Place"] += max(n - replacing, 0)
             result = place_group(view, job, group, n, rng)
             if result.failed is not None:

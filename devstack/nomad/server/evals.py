@@ -22,7 +22,8 @@ from .deployments import DeploymentWatcher
 log = logging.getLogger("devstack.nomad")
 RESCHEDULE_SLACK = 50_000_000  # ns
 
-Wanted = list[tuple[str, str, dict[str, Any] | None, int]]  # group, name, previous, delay
+# group, name, previous, reschedule delay, canary
+Wanted = list[tuple[str, str, dict[str, Any] | None, int, bool]]
 # (stops: alloc id -> reason, in-place updates, placements wanted, delayed follow-ups,
 #  names or nodes already held per group)
 Decision = tuple[
@@ -91,8 +92,7 @@ class Reconciler(DeploymentWatcher):
         stops: dict[str, str] = {}
         inplace: list[dict[str, Any]] = []
         followups: list[tuple[dict[str, Any], int]] = []  # (failed alloc, when)
-        # (group, name, previous alloc or None, reschedule delay)
-        wanted: list[tuple[str, str, dict[str, Any] | None, int]] = []
+        wanted: Wanted = []
         stopped = job is None or job["Stop"]
         groups = {} if stopped or job is None else {g["Name"]: g for g in job["TaskGroups"]}
         held: dict[str, set[str]] = {g: set() for g in groups}
@@ -120,36 +120,20 @@ class Reconciler(DeploymentWatcher):
                     continue
                 decision, when, delay = self._reschedule_decision(a, now)
                 if decision == "now":
-                    wanted.append((gname, a["Name"], a, delay))
+                    wanted.append((gname, a["Name"], a, delay, False))
                 elif decision == "later" and not self._followup_pending(a):
                     followups.append((a, when))
                 held[gname].add(a["Name"] if not is_system else a["NodeID"])
                 continue
             if (a["DesiredTransition"] or {}).get("Migrate"):
                 stops[a["ID"]] = "alloc is being migrated"
-                wanted.append((gname, a["Name"], a, 0))
+                wanted.append((gname, a["Name"], a, 0, False))
                 continue
             live[gname].append(a)
         assert job is not None or not groups
         for gname, group in groups.items():
             assert job is not None
-            current = []
-            # A rolling update replaces at most max_parallel unhealthy-yet allocations.
-            budget = self._update_budget(job, key, gname)
-            for a in sorted(live[gname], key=lambda x: (alloc_index(x["Name"]), x["CreateIndex"])):
-                if a["Job"]["JobModifyIndex"] != job["JobModifyIndex"] or a["Job"] is not job:
-                    if jobspec.group_destructively_changed(a["Job"], job, gname):
-                        if budget is not None and budget <= 0:
-                            current.append(a)
-                            continue
-                        if budget is not None:
-                            budget -= 1
-                        stops[a["ID"]] = "alloc is being updated due to job update"
-                        wanted.append((gname, a["Name"], None, 0))
-                        continue
-                    if a["Job"] is not job:
-                        inplace.append(a)
-                current.append(a)
+            current = self._reconcile_updates(job, key, group, live[gname], stops, inplace, wanted)
             if is_system:
                 for a in current:
                     held[gname].add(a["NodeID"])
@@ -167,10 +151,96 @@ class Reconciler(DeploymentWatcher):
                 name = f"{job['ID']}.{gname}[{i}]"
                 if name not in names:
                     # A replacement for a lost allocation links back to it.
-                    wanted.append((gname, name, lost.get(name), 0))
+                    wanted.append((gname, name, lost.get(name), 0, False))
         wanted = [
             w
             for w in wanted
-            if w[0] in groups and (is_system or alloc_index(w[1]) < groups[w[0]]["Count"])
+            if w[0] in groups and (is_system or w[4] or alloc_index(w[1]) < groups[w[0]]["Count"])
         ]
         return stops, inplace, wanted, followups, held
+
+    def _reconcile_updates(
+        self,
+        job: dict[str, Any],
+        key: JobKey,
+        group: dict[str, Any],
+        live: list[dict[str, Any]],
+        stops: dict[str, str],
+        inplace: list[dict[str, Any]],
+        wanted: Wanted,
+    ) -> list[dict[str, Any]]:
+        """One group's running allocations against the job: updates, canaries, replacements.
+
+        Returns the allocations that stay (the count and name checks come after). Like
+        Nomad's reconciler: an allocation whose group changed destructively is replaced in
+        rolling batches of ``max_parallel``; with ``update { canary = N }`` the first
+        destructive change places N canaries of the new version beside the old allocations
+        and replaces nothing until the deployment is promoted, then stops the old allocations
+        the canaries stand in for and rolls through the rest; a failed or paused deployment
+        of this version replaces nothing.
+        """
+        gname = group["Name"]
+        strategy = self._group_strategy(job, group)
+        want_canaries = int((strategy or {}).get("Canary") or 0)
+        dep = self._version_deployment(job, key)
+        dstate = (dep or {}).get("TaskGroups", {}).get(gname)
+        halted = dep is not None and dep["Status"] in ("failed", "paused")
+        promoted = bool(dstate and dstate["Promoted"])
+        canary_ids = set((dstate or {}).get("PlacedCanaries") or [])
+        canaries: list[dict[str, Any]] = []
+        destructive: list[dict[str, Any]] = []
+        current: list[dict[str, Any]] = []
+        for a in sorted(live, key=lambda x: (alloc_index(x["Name"]), x["CreateIndex"])):
+            if a["ID"] in canary_ids:
+                if a["Job"] is not job:
+                    inplace.append(a)
+                canaries.append(a)
+                continue
+            if a["Job"]["JobModifyIndex"] != job["JobModifyIndex"] or a["Job"] is not job:
+                if jobspec.group_destructively_changed(a["Job"], job, gname):
+                    destructive.append(a)
+                    continue
+                if a["Job"] is not job:
+                    inplace.append(a)
+            current.append(a)
+        canarying = (
+            want_canaries > 0
+            and not promoted
+            and (bool(destructive) or bool(dstate and dstate["DesiredCanaries"]))
+        )
+        if canarying:
+            # Old allocations keep running beside the canaries until promotion.
+            current.extend(destructive)
+            if not halted and len(canaries) < want_canaries:
+                taken = {c["Name"] for c in canaries}
+                names = [a["Name"] for a in destructive if a["Name"] not in taken]
+                names += [
+                    f"{job['ID']}.{gname}[{i}]"
+                    for i in range(max(group["Count"], want_canaries))
+                    if f"{job['ID']}.{gname}[{i}]" not in taken
+                ]
+                for name in list(dict.fromkeys(names))[: want_canaries - len(canaries)]:
+                    wanted.append((gname, name, None, 0, True))
+            return current
+        if canaries:
+            # Promoted: the canaries are the new version; the old allocations they stand in
+            # for stop first.
+            canary_names = {c["Name"] for c in canaries}
+            for a in [*current, *destructive]:
+                if a["Name"] in canary_names:
+                    stops[a["ID"]] = "alloc not needed due to job update"
+                    inplace[:] = [x for x in inplace if x["ID"] != a["ID"]]
+            current = [a for a in current if a["ID"] not in stops]
+            destructive = [a for a in destructive if a["ID"] not in stops]
+            current = [*canaries, *current]
+        # A rolling update replaces at most max_parallel unhealthy-yet allocations.
+        budget = 0 if halted else self._update_budget(job, key, gname)
+        for a in destructive:
+            if budget is not None and budget <= 0:
+                current.append(a)
+                continue
+            if budget is not None:
+                budget -= 1
+            stops[a["ID"]] = "alloc is being updated due to job update"
+            wanted.append((gname, a["Name"], None, 0, False))
+        return current

@@ -120,7 +120,7 @@ class Planner(ServerCore):
         key: JobKey,
         stops: dict[str, str],
         inplace: list[dict[str, Any]],
-        wanted: list[tuple[str, str, dict[str, Any] | None, int]],
+        wanted: list[tuple[str, str, dict[str, Any] | None, int, bool]],
         followups: list[tuple[dict[str, Any], int]],
         held: dict[str, set[str]],
         now: int,
@@ -136,18 +136,27 @@ class Planner(ServerCore):
             if job["Type"] in ("system", "sysbatch"):
                 self._place_system(job, view, held, ev, index, placed, failed, queued)
             else:
-                by_group: dict[str, list[tuple[str, dict[str, Any] | None, int]]] = {}
-                for gname, name, prev, delay in wanted:
-                    by_group.setdefault(gname, []).append((name, prev, delay))
+                by_group: dict[str, list[tuple[str, dict[str, Any] | None, int, bool]]] = {}
+                for gname, name, prev, delay, canary in wanted:
+                    by_group.setdefault(gname, []).append((name, prev, delay, canary))
                 for gname, items in by_group.items():
                     group = jobspec.group_spec(job, gname)
                     assert group is not None
-                    items.sort(key=lambda x: alloc_index(x[0]))
+                    # Canaries are placed first, as Nomad's reconciler lists them.
+                    items.sort(key=lambda x: (not x[3], alloc_index(x[0])))
                     result = place_group(view, job, group, len(items), self.rng)
-                    for (name, prev, delay), p in zip(items, result.placements, strict=False):
-                        placed.append(
-                            self._new_alloc(job, gname, name, p, ev, index, prev, delay, now)
-                        )
+                    for (name, prev, delay, canary), p in zip(
+                        items, result.placements, strict=False
+                    ):
+                        a = self._new_alloc(job, gname, name, p, ev, index, prev, delay, now)
+                        if canary:
+                            a["DeploymentStatus"] = {
+                                "Healthy": None,
+                                "Timestamp": "0001-01-01T00:00:00Z",
+                                "Canary": True,
+                                "ModifyIndex": 0,
+                            }
+                        placed.append(a)
                     unplaced = len(items) - len(result.placements)
                     queued[gname] = unplaced
                     if result.failed is not None:

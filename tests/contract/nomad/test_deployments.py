@@ -11,7 +11,16 @@ import pytest
 from devstack.nomad import EmbeddedNomad
 from devstack.nomad.testing import requires_embedded_nomad
 
-from .helpers import SECOND, allocs, docker_job, python_task, raw_exec_job, register, wait_for
+from .helpers import (
+    SECOND,
+    allocs,
+    docker_job,
+    evals,
+    python_task,
+    raw_exec_job,
+    register,
+    wait_for,
+)
 
 pytestmark = pytest.mark.contract
 
@@ -188,3 +197,128 @@ def test_check_based_health(nomad: httpx.Client, config: dict[str, Any], status:
     register(nomad, job)
     done = _settled(nomad, "checked", 0)
     assert done["Status"] == status
+
+
+def _deployment_of(http: httpx.Client, job_id: str, version: int) -> dict[str, Any] | None:
+    d = _latest(http, job_id)
+    return d if d and d["JobVersion"] == version else None
+
+
+def _live(http: httpx.Client, job_id: str) -> list[dict[str, Any]]:
+    return [a for a in allocs(http, job_id) if a["DesiredStatus"] == "run"]
+
+
+def _canary_job(job_id: str, image: str = "nginx:1.27", **update: Any) -> dict[str, Any]:
+    return _job(job_id, count=2, image=image, Canary=1, **update)
+
+
+def test_canaries_run_beside_the_old_version_until_promoted(
+    nomad_http: httpx.Client, job_id: str
+) -> None:
+    register(nomad_http, _canary_job(job_id))
+    first = _settled(nomad_http, job_id, 0)
+    assert first["Status"] == "successful"
+    # A first version deploys without canaries.
+    assert first["TaskGroups"]["app"]["DesiredCanaries"] == 0
+    assert not first["TaskGroups"]["app"]["PlacedCanaries"]
+
+    new = _canary_job(job_id, image="nginx:1.28", MinHealthyTime=3 * SECOND)
+    plan = nomad_http.post(f"/v1/job/{job_id}/plan", json={"Job": new, "Diff": True}).json()
+    updates = plan["Annotations"]["DesiredTGUpdates"]["app"]
+    assert (updates["Canary"], updates["Ignore"], updates["DestructiveUpdate"]) == (1, 2, 0)
+    assert updates["Place"] == 0
+    assert plan["Diff"]["TaskGroups"][0]["Updates"] == {"canary": 1, "ignore": 2}
+
+    register(nomad_http, new)
+    d = wait_for(
+        lambda: (
+            (x := _deployment_of(nomad_http, job_id, 1))
+            and x["TaskGroups"]["app"]["PlacedCanaries"]
+            and x
+        )
+    )
+    state = d["TaskGroups"]["app"]
+    assert (state["DesiredCanaries"], state["Promoted"], state["DesiredTotal"]) == (1, False, 2)
+    assert d["StatusDescription"] == "Deployment is running but requires manual promotion"
+    (canary_id,) = state["PlacedCanaries"]
+    canary = nomad_http.get(f"/v1/allocation/{canary_id}").json()
+    assert canary["DeploymentStatus"]["Canary"] is True
+    assert canary["Job"]["Version"] == 1
+    # Not healthy yet (min_healthy_time is 3 s): promotion is refused.
+    early = nomad_http.post(f"/v1/deployment/promote/{d['ID']}", json={"All": True})
+    assert early.status_code == 500
+    assert f'Canary allocation "{canary_id}" for group "app" is not healthy' in early.text
+
+    healthy = wait_for(
+        lambda: (
+            (x := _deployment_of(nomad_http, job_id, 1))
+            and x["TaskGroups"]["app"]["HealthyAllocs"] == 1
+            and x
+        ),
+        timeout=20,
+    )
+    assert healthy["Status"] == "running"
+    assert healthy["StatusDescription"] == "Deployment is running but requires manual promotion"
+    live = _live(nomad_http, job_id)
+    assert sorted(a["JobVersion"] for a in live) == [0, 0, 1]
+
+    promoted = nomad_http.post(
+        f"/v1/deployment/promote/{d['ID']}", json={"DeploymentID": d["ID"], "All": True}
+    )
+    assert promoted.status_code == 200, promoted.text
+    assert promoted.json()["EvalID"]
+    after = nomad_http.get(f"/v1/deployment/{d['ID']}").json()
+    assert after["TaskGroups"]["app"]["Promoted"] is True
+    assert after["StatusDescription"] == "Deployment is running"
+    done = _settled(nomad_http, job_id, 1)
+    assert done["Status"] == "successful"
+    assert done["TaskGroups"]["app"]["HealthyAllocs"] == 2
+    live = _live(nomad_http, job_id)
+    assert sorted(a["JobVersion"] for a in live) == [1, 1]
+    assert canary_id in {a["ID"] for a in live}  # the canary stays as one of the new version
+    assert sorted(a["Name"] for a in live) == [f"{job_id}.app[0]", f"{job_id}.app[1]"]
+
+
+def test_auto_promote_promotes_healthy_canaries(nomad_http: httpx.Client, job_id: str) -> None:
+    register(nomad_http, _canary_job(job_id, AutoPromote=True))
+    _settled(nomad_http, job_id, 0)
+    register(nomad_http, _canary_job(job_id, image="nginx:1.28", AutoPromote=True))
+    d = wait_for(lambda: _deployment_of(nomad_http, job_id, 1))
+    assert d["StatusDescription"] in (
+        "Deployment is running pending automatic promotion",
+        "Deployment is running",
+    )
+    done = _settled(nomad_http, job_id, 1)
+    assert done["Status"] == "successful"
+    assert done["TaskGroups"]["app"]["Promoted"] is True
+    assert done["TaskGroups"]["app"]["PlacedCanaries"]
+    assert sorted(a["JobVersion"] for a in _live(nomad_http, job_id)) == [1, 1]
+
+
+def test_failing_a_canary_deployment_keeps_the_old_version(
+    nomad_http: httpx.Client, job_id: str
+) -> None:
+    register(nomad_http, _canary_job(job_id))
+    _settled(nomad_http, job_id, 0)
+    register(nomad_http, _canary_job(job_id, image="nginx:1.28"))
+    d = wait_for(
+        lambda: (
+            (x := _deployment_of(nomad_http, job_id, 1))
+            and x["TaskGroups"]["app"]["PlacedCanaries"]
+            and x
+        )
+    )
+    failed = nomad_http.post(f"/v1/deployment/fail/{d['ID']}", json={})
+    assert failed.status_code == 200, failed.text
+    after = nomad_http.get(f"/v1/deployment/{d['ID']}").json()
+    assert (after["Status"], after["StatusDescription"]) == (
+        "failed",
+        "Deployment marked as failed",
+    )
+    promote = nomad_http.post(f"/v1/deployment/promote/{d['ID']}", json={"All": True})
+    assert promote.status_code == 500
+    assert promote.text == "can't promote terminal deployment"
+    # Nothing more is replaced: the two old allocations and the canary stay as they are.
+    nomad_http.post(f"/v1/job/{job_id}/evaluate", json={"JobID": job_id})
+    wait_for(lambda: all(e["Status"] != "pending" for e in evals(nomad_http, job_id)))
+    assert sorted(a["JobVersion"] for a in _live(nomad_http, job_id)) == [0, 0, 1]
