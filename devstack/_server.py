@@ -130,8 +130,23 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+def raise_fd_limit() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit: every parked long poll holds a socket."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft
+
+
 def run_foreground(factory: AppFactory, *, host: str, port: int, name: str) -> int:
     """Serve in the foreground until SIGTERM/SIGINT; print one ready line once listening."""
+    raise_fd_limit()
 
     async def main() -> None:
         app = await factory()

@@ -18,7 +18,7 @@ from aiohttp import web
 from devstack.consul.api import acl as acl_api
 from devstack.consul.api import admin, agent, catalog, health, kv, status, txn
 from devstack.consul.api import session as sessions
-from devstack.consul.api.common import CORE_KEY, wrapped_headers
+from devstack.consul.api.common import CORE_KEY, PARKING_KEY, wrapped_headers
 from devstack.consul.api.mux import (
     GZIP_MIN_SIZE,
     Endpoint,
@@ -27,6 +27,7 @@ from devstack.consul.api.mux import (
     allow_header,
     gzip_body,
 )
+from devstack.consul.api.parking import Parking
 from devstack.consul.api.reads import Prewritten
 from devstack.consul.core import Config, Core
 from devstack.consul.errors import ConsulError
@@ -174,6 +175,7 @@ async def create_app(config: Config | None = None) -> web.Application:
     core = Core(config or Config())
     app = web.Application(middlewares=[fault_middleware], client_max_size=16 * 1024 * 1024)
     app[CORE_KEY] = core
+    parking = app[PARKING_KEY] = Parking(core, asyncio.get_running_loop())
     runner = core.checks
     mux = ServeMux([*ENDPOINTS, *ADMIN_ENDPOINTS])
     app.router.add_route("*", r"/{path:[\s\S]*}", _dispatcher(mux, core))
@@ -182,6 +184,7 @@ async def create_app(config: Config | None = None) -> web.Application:
         await runner.start()
 
     async def on_cleanup(_: web.Application) -> None:
+        parking.close()
         await runner.close()
         for session in core.state.sessions.values():
             if session.timer is not None:

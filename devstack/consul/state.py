@@ -129,6 +129,10 @@ class Watches:
     def __init__(self) -> None:
         self.topics: dict[str, set[asyncio.Future[None]]] = {}
         self.kv_prefixes: dict[str, set[asyncio.Future[None]]] = {}
+        # Futures that stand for a group of queries sharing one answer, and how many queries
+        # those groups hold (the HTTP layer's ``api.parking``), so ``count`` counts queries.
+        self.group_futures: set[asyncio.Future[None]] = set()
+        self.shared_waiters = 0
 
     def add(
         self, fut: asyncio.Future[None], topics: Iterable[str], prefixes: Iterable[str]
@@ -190,7 +194,7 @@ class Watches:
         seen: set[asyncio.Future[None]] = set()
         for waiters in (*self.topics.values(), *self.kv_prefixes.values()):
             seen.update(waiters)
-        return len(seen)
+        return len(seen - self.group_futures) + self.shared_waiters
 
 
 class SortedKeys:

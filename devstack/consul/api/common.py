@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from devstack.consul.acl import Authorizer
+from devstack.consul.api.parking import Parking
 from devstack.consul.bexpr import apply_filter
 from devstack.consul.core import Core
 from devstack.consul.encoding import CI, dumps, parse_duration, parse_uint
@@ -25,6 +26,7 @@ MAX_WAIT = 600.0
 JSON = "application/json"
 
 CORE_KEY = web.AppKey("consul_core", Core)
+PARKING_KEY = web.AppKey("consul_parking", Parking)
 AUTHZ_KEY = web.RequestKey("consul_authz", Authorizer)
 
 

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from devstack.consul.acl import READ, WRITE
 from devstack.consul.api.common import (
+    PARKING_KEY,
     QueryOptions,
     authorizer,
     core_of,
@@ -22,7 +23,7 @@ from devstack.consul.api.common import (
     token_sent,
 )
 from devstack.consul.api.mux import tail
-from devstack.consul.api.reads import Result, blocking, forward, respond
+from devstack.consul.api.reads import Result, blocking_respond, forward
 from devstack.consul.core import Core
 from devstack.consul.encoding import dumps, parse_uint
 from devstack.consul.errors import ConsulError, bad_request, permission_denied, server_error
@@ -87,28 +88,36 @@ async def _read(
     # Filtered lists differ per token, so the token is part of the cache key.
     token = authz.accessor if authz is not None else ""
 
+    parking = request.app[PARKING_KEY]
+    sent = token_sent(request)
+    cache_key: tuple[Any, ...]
     if keys_mode:
         sep = q.get("separator", q.get("seperator", ""))
+        cache_key = ("keys", key, sep, token)
 
         def run() -> Result:
-            return _cached(st, ("keys", key, sep, token), lambda: _list_keys(core, key, sep, authz))
+            return _cached(st, cache_key, lambda: _list_keys(core, key, sep, authz))
 
-        result = await blocking(core, opts, run, prefixes=(key,), topics=_fallback(st, key))
+        topics = _fallback(st, key)
     elif "recurse" in q:
+        cache_key = ("list", key, token)
 
         def run() -> Result:
-            return _cached(st, ("list", key, token), lambda: _list(core, key, authz))
+            return _cached(st, cache_key, lambda: _list(core, key, authz))
 
-        result = await blocking(core, opts, run, prefixes=(key,), topics=_fallback(st, key))
+        topics = _fallback(st, key)
     else:
         require(request, "key", key, READ)
         raw = "raw" in q
+        cache_key = ("get", key, raw)
 
         def run() -> Result:
-            return _cached(st, ("get", key, raw), lambda: _get(st, key, raw))
+            return _cached(st, cache_key, lambda: _get(st, key, raw))
 
-        result = await blocking(core, opts, run, prefixes=(key,))
-    return respond(core, result, opts, token_sent=token_sent(request), request=request)
+        topics = ()
+    return await blocking_respond(
+        core, parking, request, opts, run, cache_key, topics, (key,), token_sent=sent
+    )
 
 
 def _fallback(st: State, prefix: str) -> tuple[str, ...]:

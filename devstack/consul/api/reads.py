@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
 
 from devstack.consul.api.common import JSON, QueryOptions, wrapped_headers
 from devstack.consul.api.mux import GZIP_MIN_SIZE, accepts_gzip, gzip_body
+from devstack.consul.api.parking import Outcome, Parking
 from devstack.consul.core import Core
 from devstack.consul.encoding import dumps
 from devstack.consul.errors import ConsulError, server_error
@@ -80,39 +81,51 @@ class Prewritten(web.StreamResponse):
 _REASONS = {200: "OK", 403: "Forbidden", 404: "Not Found"}
 
 
-def _write_whole(
-    request: web.Request, status: int, headers: dict[str, str], body: bytes
-) -> web.StreamResponse | None:
-    """Write the response in one piece when the connection allows it; None otherwise."""
+def _whole_allowed(request: web.Request, status: int) -> bool:
     transport = request.transport
-    if (
-        request.method != "GET"
-        or request.version != HttpVersion11
-        or not request.keep_alive
-        or status not in _REASONS
-        or transport is None
-        or transport.is_closing()
-    ):
-        return None
+    return (
+        request.method == "GET"
+        and request.version == HttpVersion11
+        and request.keep_alive
+        and status in _REASONS
+        and transport is not None
+        and not transport.is_closing()
+    )
+
+
+def whole_bytes(status: int, headers: dict[str, str], body: bytes) -> bytes:
+    """Status line, headers and body of an HTTP/1.1 response as one buffer."""
     head = [f"HTTP/1.1 {status} {_REASONS[status]}"]
     head.extend(f"{name}: {value}" for name, value in headers.items())
     head.append(f"Content-Length: {len(body)}")
     head.append(f"Date: {rfc822_formatted_time()}")
     head.append(f"Server: {SERVER_SOFTWARE}")
-    transport.write("\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + body)
+    return "\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + body
+
+
+def _write_whole(
+    request: web.Request, status: int, headers: dict[str, str], body: bytes
+) -> web.StreamResponse | None:
+    """Write the response in one piece when the connection allows it; None otherwise."""
+    if not _whole_allowed(request, status):
+        return None
+    assert request.transport is not None
+    request.transport.write(whole_bytes(status, headers, body))
     return Prewritten(status, keep_alive=True)
 
 
-def respond(
+def _encoded(
     core: Core,
     result: Result,
     opts: QueryOptions | None,
     *,
-    token_sent: bool = False,
-    index: bool = True,
-    consistency: bool = False,
-    request: web.Request | None = None,
-) -> web.StreamResponse:
+    token_sent: bool,
+    index: bool,
+    consistency: bool,
+    wrapped: bool,
+    gzip_ok: bool,
+) -> tuple[dict[str, str], bytes]:
+    """The headers and body ``respond`` sends for ``result``."""
     headers = meta_headers(core, opts, result.index if index else None, consistency=consistency)
     if result.filtered and token_sent:
         headers["X-Consul-Results-Filtered-By-ACLs"] = "true"
@@ -133,10 +146,10 @@ def respond(
         shared = True
     if body or result.status != 404:
         headers.setdefault("Content-Type", JSON)
-    if request is None:
-        return web.Response(body=body, status=result.status, headers=headers)
+    if not wrapped:
+        return headers, body
     headers.update(wrapped_headers(core))
-    if len(body) >= GZIP_MIN_SIZE and accepts_gzip(request.headers.get("Accept-Encoding", "")):
+    if gzip_ok and len(body) >= GZIP_MIN_SIZE:
         if shared:
             if result.gz is None:
                 result.gz = gzip_body(body)
@@ -144,9 +157,34 @@ def respond(
         else:
             body = gzip_body(body)
         headers["Content-Encoding"] = "gzip"
-    whole = _write_whole(request, result.status, headers, body)
-    if whole is not None:
-        return whole
+    return headers, body
+
+
+def respond(
+    core: Core,
+    result: Result,
+    opts: QueryOptions | None,
+    *,
+    token_sent: bool = False,
+    index: bool = True,
+    consistency: bool = False,
+    request: web.Request | None = None,
+) -> web.StreamResponse:
+    gzip_ok = request is not None and accepts_gzip(request.headers.get("Accept-Encoding", ""))
+    headers, body = _encoded(
+        core,
+        result,
+        opts,
+        token_sent=token_sent,
+        index=index,
+        consistency=consistency,
+        wrapped=request is not None,
+        gzip_ok=gzip_ok,
+    )
+    if request is not None:
+        whole = _write_whole(request, result.status, headers, body)
+        if whole is not None:
+            return whole
     return web.Response(body=body, status=result.status, headers=headers)
 
 
@@ -217,6 +255,79 @@ async def blocking(
                 min_index = max(min_index, result.index)
             not_found = True
     return result
+
+
+async def blocking_respond(
+    core: Core,
+    parking: Parking,
+    request: web.Request,
+    opts: QueryOptions,
+    run: Callable[[], Result],
+    share_key: Hashable,
+    topics: tuple[str, ...] = (),
+    prefixes: tuple[str, ...] = (),
+    *,
+    token_sent: bool = False,
+) -> web.StreamResponse:
+    """``blocking`` then ``respond``, with the wait shared by every query asking the same thing.
+
+    ``share_key`` names the read (``run`` must give the same result for every request with the
+    same key); queries that would get the same bytes park in one group of ``parking``, which
+    answers all of them with one run and one render when a write wakes it.
+    """
+    forward(core, opts.datacenter, opts.stale)
+    result = run()
+    gzip_ok = accepts_gzip(request.headers.get("Accept-Encoding", ""))
+
+    def answer(res: Result) -> web.StreamResponse:
+        return respond(core, res, opts, token_sent=token_sent, request=request)
+
+    if opts.min_index == 0 or result.index > opts.min_index:
+        return answer(result)
+    if opts.pretty or not _whole_allowed(request, 200):
+        return answer(await blocking(core, opts, run, topics, prefixes))
+
+    def render(res: Result) -> bytes | None:
+        if res.status not in _REASONS:
+            return None
+        headers, body = _encoded(
+            core,
+            res,
+            opts,
+            token_sent=token_sent,
+            index=True,
+            consistency=False,
+            wrapped=True,
+            gzip_ok=gzip_ok,
+        )
+        return whole_bytes(res.status, headers, body)
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + opts.wait + random.uniform(0, opts.wait / 16)
+    waiter = parking.park(
+        (share_key, token_sent, gzip_ok),
+        run,
+        render,
+        topics=topics,
+        prefixes=prefixes,
+        stale=opts.stale,
+        transport=request.transport,
+        min_index=opts.min_index,
+        not_found=result.not_found,
+        deadline=deadline,
+    )
+    try:
+        outcome = await waiter.done
+    finally:
+        if not waiter.done.done():
+            parking.leave(waiter)
+    if outcome is Outcome.WRITTEN:
+        return Prewritten(waiter.status, keep_alive=True)
+    if outcome is Outcome.EXPIRED:
+        return answer(run())
+    # A restore, a lost leader or a connection that closed: answer as the per-query loop would.
+    core.require_leader(opts.stale)
+    return answer(run())
 
 
 def _expire(fut: asyncio.Future[None]) -> None:

@@ -9,7 +9,7 @@ import anyio
 import httpx
 import pytest
 
-from devstack.consul.testing import py_consul
+from devstack.consul.testing import py_consul, requires_embedded
 
 
 def _index(r: httpx.Response) -> int:
@@ -180,3 +180,117 @@ async def test_many_concurrent_blocking_queries_all_wake(
     assert len(results) == n
     assert all(i > idx for i in results)
     assert elapsed < 5
+
+
+@pytest.mark.anyio
+async def test_one_write_answers_every_parked_query_with_the_same_bytes(
+    consul_addr: str, consul_http: httpx.Client, kv_prefix: str
+) -> None:
+    """Hundreds of queries parked on one prefix (plain, gzip, keys, exact key, missing key) are
+    all answered by one write, each with what a fresh read at that index returns."""
+    prefix = f"{kv_prefix}share/"
+    n = 200
+    # Room for every parked query (n lists plus 4 more kinds every 10th) and the writes.
+    limits = httpx.Limits(max_connections=2 * n, max_keepalive_connections=2 * n)
+    async with httpx.AsyncClient(
+        base_url=f"http://{consul_addr}", headers=consul_http.headers, limits=limits, timeout=30
+    ) as client:
+        await client.put(f"/v1/kv/{prefix}a", content=b"0")
+        idx = _index(await client.get(f"/v1/kv/{prefix}", params={"recurse": ""}))
+        got: dict[str, list[httpx.Response]] = {
+            "list": [],
+            "gzip": [],
+            "keys": [],
+            "key": [],
+            "missing": [],
+        }
+        wait = {"index": idx, "wait": "20s"}
+
+        async def park(kind: str, path: str, params: dict, headers: dict | None = None) -> None:
+            r = await client.get(path, params={**params, **wait}, headers=headers or {})
+            got[kind].append(r)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(n):
+                tg.start_soon(park, "list", f"/v1/kv/{prefix}", {"recurse": ""})
+                if i % 10 == 0:
+                    tg.start_soon(
+                        park,
+                        "gzip",
+                        f"/v1/kv/{prefix}",
+                        {"recurse": ""},
+                        {"Accept-Encoding": "gzip"},
+                    )
+                    tg.start_soon(park, "keys", f"/v1/kv/{prefix}", {"keys": ""})
+                    tg.start_soon(park, "key", f"/v1/kv/{prefix}a", {})
+                    tg.start_soon(park, "missing", f"/v1/kv/{prefix}b", {})
+            await anyio.sleep(1.0)
+            # Nothing has answered before the write.
+            assert not any(got.values())
+            started = time.monotonic()
+            await client.put(f"/v1/kv/{prefix}b", content=b"x" * 2000)
+            fresh = await client.get(f"/v1/kv/{prefix}", params={"recurse": ""})
+            while sum(len(v) for k, v in got.items() if k != "key") < n + 3 * (n // 10):
+                assert time.monotonic() - started < 10
+                await anyio.sleep(0.01)
+            # The exact-key watchers wake only for their own key.
+            assert not got["key"]
+            await client.put(f"/v1/kv/{prefix}a", content=b"1")
+        elapsed = time.monotonic() - started
+    assert elapsed < 10
+    assert fresh.status_code == 200
+    assert len(got["list"]) == n
+    for r in got["list"] + got["gzip"]:
+        assert r.status_code == 200
+        assert _index(r) > idx
+        assert r.headers["Content-Type"] == "application/json"
+    # Every woken list read returned what a fresh read at that index returns, byte for byte.
+    assert {_index(r) for r in got["list"]} == {_index(fresh)}
+    assert {r.content for r in got["list"]} == {fresh.content}
+    for r in got["gzip"]:
+        # httpx decoded it; the body was compressed on the wire (2 kB value > 1400 bytes).
+        assert r.headers.get("Content-Encoding") == "gzip"
+        keys = [e["Key"] for e in r.json()]
+        assert keys[0] == f"{prefix}a"
+    for r in got["keys"]:
+        assert r.status_code == 200
+        assert set(r.json()) <= {f"{prefix}a", f"{prefix}b"}
+        assert f"{prefix}b" in r.json()
+    for r in got["missing"]:
+        assert r.status_code == 200
+        assert r.json()[0]["Key"] == f"{prefix}b"
+    for r in got["key"]:
+        assert r.status_code == 200
+        assert r.json()[0]["Value"] == "MQ=="
+        assert _index(r) > _index(fresh)
+
+
+@requires_embedded
+@pytest.mark.anyio
+async def test_parked_queries_are_counted_and_released(consul_server, kv_prefix: str) -> None:
+    """Queries sharing one wait still count one each in the stats, and leave nothing behind
+    when they time out or are answered."""
+    prefix = f"{kv_prefix}count/"
+    limits = httpx.Limits(max_connections=60, max_keepalive_connections=60)
+    async with httpx.AsyncClient(base_url=consul_server.url, limits=limits, timeout=30) as client:
+        await client.put(f"/v1/kv/{prefix}a", content=b"0")
+        idx = _index(await client.get(f"/v1/kv/{prefix}", params={"recurse": ""}))
+
+        async def park(wait: str) -> None:
+            await client.get(f"/v1/kv/{prefix}", params={"recurse": "", "index": idx, "wait": wait})
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(30):
+                tg.start_soon(park, "400ms")
+            for _ in range(20):
+                tg.start_soon(park, "30s")
+            deadline = time.monotonic() + 5
+            while consul_server.stats()["BlockingQueries"] < 50 and time.monotonic() < deadline:
+                await anyio.sleep(0.02)
+            assert consul_server.stats()["BlockingQueries"] == 50
+            await anyio.sleep(1.0)
+            # The short waits timed out on their own.
+            assert consul_server.stats()["BlockingQueries"] == 20
+            await client.put(f"/v1/kv/{prefix}b", content=b"1")
+    assert consul_server.stats()["BlockingQueries"] == 0
+    assert consul_server.call(lambda core: core.state.watches.kv_prefixes) == {}
