@@ -10,7 +10,6 @@ variables the controller really reads.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -51,33 +50,21 @@ VALUES: dict[str, Any] = {
 }
 
 
-def with_variables(text: str) -> str:
-    """Job text with ``var.*`` replaced by ``VALUES`` or the declared defaults.
-
-    The embedded Nomad does not evaluate HCL2 variables (a real one does, for ``nomad job
-    run``), so the test does what the CLI would.
-    """
-    defaults: dict[str, Any] = {}
-    for block in re.finditer(r'variable "(\w+)" \{(.*?)\n\}', text, re.S):
-        default = re.search(r"default\s*=\s*(.+)", block.group(2))
-        if default:
-            defaults[block.group(1)] = json.loads(default.group(1).strip())
-    values = {**defaults, **VALUES}
-    text = re.sub(r'variable "\w+" \{.*?\n\}\n', "", text, flags=re.S)
-    text = re.sub(r"\$\{var\.(\w+)\}", lambda m: str(values[m.group(1)]), text)
-    return re.sub(r"\bvar\.(\w+)", lambda m: json.dumps(values[m.group(1)]), text)
+def var_file(values: dict[str, Any]) -> str:
+    """``VALUES`` as the var-file text the parse API takes (what ``-var`` flags become)."""
+    return "".join(f"{name} = {json.dumps(value)}\n" for name, value in values.items())
 
 
 def parsed(nomad_server: Any, name: str) -> dict[str, Any]:
-    text = with_variables((ROOT / "charts" / f"{name}.nomad.hcl").read_text())
-    assert "var." not in text
+    text = (ROOT / "charts" / f"{name}.nomad.hcl").read_text()
     reply = httpx.post(
         f"{nomad_server.url}/v1/jobs/parse",
-        json={"JobHCL": text, "Canonicalize": False},
+        json={"JobHCL": text, "Variables": var_file(VALUES), "Canonicalize": False},
         timeout=10,
     )
     assert reply.status_code == 200, reply.text
     job: dict[str, Any] = reply.json()
+    assert "var." not in json.dumps(job)
     return job
 
 
