@@ -304,3 +304,65 @@ async def test_a_stalled_reader_holds_no_one_up(consul_server, consul) -> None:
             with anyio.fail_after(10):
                 while f'"position":{final},'.encode() not in received.rpartition(b"event:")[2]:
                     received += await slow.receive()
+
+
+async def test_hot_paths_answer_as_the_declared_routes(consul_server, consul) -> None:
+    """A status read or stream opened through the hot path is the declared route's answer: two
+    Authorization headers take the declared route (FastAPI), one the hot path; same bytes."""
+    await consul.kv_put(REQ + "ada", b"{}")
+    await consul.kv_put(PAGE, page(waiting=["bob", "ada"]))
+    async with intake(consul_server.address) as running:
+        await eventually(lambda: running.front.cache.positions().get("ada") is not None)
+
+        async def raw(path: str, *headers: bytes, until: bytes | None = None) -> bytes:
+            async with await anyio.connect_tcp("127.0.0.1", running.port) as sock:
+                request = b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                await sock.send(request + b"".join(h + b"\r\n" for h in headers) + b"\r\n")
+                got = b""
+                with anyio.fail_after(10):
+                    while True:
+                        got += await sock.receive()
+                        head, _, body = got.partition(b"\r\n\r\n")
+                        if until is not None and until in body:
+                            return got
+                        length = [
+                            int(line.split(b":")[1])
+                            for line in head.split(b"\r\n")
+                            if line.lower().startswith(b"content-length:")
+                        ]
+                        if length and len(body) >= length[0]:
+                            return got
+
+        async def counted(route: str) -> float:
+            async with httpx.AsyncClient(base_url=base_url(running)) as http:
+                text = (await http.get("/metrics")).text
+            for line in text.splitlines():
+                if line.startswith(
+                    f'manticore_api_requests_total{{method="GET",route="{route}",status="200"}}'
+                ):
+                    return float(line.split()[-1])
+            return 0.0
+
+        before = await counted("/api/v1/requests/{user_id}")
+        hot = await raw("/api/v1/requests/ada", b"Authorization: Bearer x")
+        declared = await raw(
+            "/api/v1/requests/ada", b"Authorization: Bearer x", b"Authorization: Bearer y"
+        )
+        assert hot.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert hot == declared
+        assert await counted("/api/v1/requests/{user_id}") == before + 2
+        assert b'"position":1' in hot
+
+        # Refusals are the declared route's: an odd id, a missing request.
+        assert (await raw("/api/v1/requests/a.b")).startswith(b"HTTP/1.1 422")
+        missing = await raw("/api/v1/requests/nobody")
+        assert missing.startswith(b"HTTP/1.1 404")
+        assert b"no request for user nobody" in missing
+
+        until = b'"position":1'
+        hot = await raw("/api/v1/requests/ada/events?access_token=", until=until)
+        declared = await raw("/api/v1/requests/ada/events?access_token=&access_token=", until=until)
+        assert hot.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert hot == declared
+        long_token = "/api/v1/requests/ada/events?access_token=" + "x" * 5000
+        assert (await raw(long_token)).startswith(b"HTTP/1.1 422")
