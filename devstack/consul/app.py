@@ -53,6 +53,8 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("/v1/agent/services", (GET,), agent.services),
     Endpoint("/v1/agent/service/", (GET,), agent.service_get),
     Endpoint("/v1/agent/checks", (GET,), agent.checks),
+    Endpoint("/v1/agent/health/service/id/", (GET,), agent.health_service_by_id),
+    Endpoint("/v1/agent/health/service/name/", (GET,), agent.health_service_by_name),
     Endpoint("/v1/agent/members", (GET,), agent.members),
     Endpoint("/v1/agent/check/register", (PUT,), agent.check_register),
     Endpoint("/v1/agent/check/deregister/", (PUT,), agent.check_deregister),

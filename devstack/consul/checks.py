@@ -118,6 +118,7 @@ def parse_definition(body: CI, default_id: str, default_name: str) -> CheckDefin
         raise bad_request(
             f"Status for checks must 'passing', 'warning', 'critical', got {defn.status!r}"
         )
+    _validate(body, defn, interval, ttl)
     if ttl:
         defn.kind = "ttl"
     elif defn.http:
@@ -127,26 +128,45 @@ def parse_definition(body: CI, default_id: str, default_name: str) -> CheckDefin
     elif defn.grpc:
         defn.kind = "grpc"
     elif body.get("Args", "ScriptArgs"):
-        defn.kind = "script"
-    elif body.get("DockerContainerID"):
-        defn.kind = "docker"
-    elif body.get("AliasService"):
+        defn.kind = "docker" if body.get("DockerContainerID") else "script"
+    elif body.get("AliasService", "AliasNode"):
         defn.kind = "alias"
     elif body.get("H2PING"):
         defn.kind = "h2ping"
     elif body.get("UDP"):
         defn.kind = "udp"
     else:
-        raise bad_request(
-            "Invalid check: one of Args, HTTP, TCP, GRPC, H2PING, UDP, TTL, "
-            "DockerContainerID or AliasService must be set"
-        )
-    if defn.kind not in ("ttl", "alias") and not defn.interval:
-        raise bad_request(
-            "Invalid check: Interval must be > 0 for Script, Docker, HTTP, H2PING, TCP "
-            "or UDP checks"
-        )
+        defn.kind = "os_service"
     return defn
+
+
+def _validate(body: CI, defn: CheckDefinition, interval: float, ttl: float) -> None:
+    """``CheckType.Validate`` with the ``Invalid check:`` prefix the agent's handlers add."""
+    interval_check = bool(
+        body.get("Args", "ScriptArgs")
+        or defn.http
+        or defn.tcp
+        or body.get("UDP")
+        or defn.grpc
+        or body.get("H2PING")
+        or body.get("OSService")
+    )
+    alias = bool(body.get("AliasService", "AliasNode"))
+    text = ""
+    if interval > 0 and ttl > 0:
+        text = "Interval and TTL cannot both be specified"
+    elif interval_check and interval <= 0:
+        text = "Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or OSService checks"
+    elif interval_check and alias:
+        text = "Interval cannot be set for Alias checks"
+    elif alias and ttl > 0:
+        text = "TTL must be not be set for Alias checks"
+    elif not interval_check and not alias and ttl <= 0:
+        text = "TTL must be > 0 for TTL checks"
+    elif int(body.get("FailuresBeforeWarning", default=0) or 0) > defn.failures_before_critical:
+        text = "FailuresBeforeWarning can't be higher than FailuresBeforeCritical"
+    if text:
+        raise bad_request(f"Invalid check: {text}")
 
 
 def _go_errno_text(exc: OSError | None) -> str:

@@ -290,6 +290,8 @@ async def token_item(request: web.Request) -> web.Response:
         del core.acl.tokens[token.secret]
         core.state.bump("acl-tokens", core.state.next_index())
         return ok_json(True)
+    if accessor.endswith("/clone"):
+        return await _token_clone(request, core, accessor[: -len("/clone")])
     body = await read_object(request, "structs.ACLToken", "Token decoding failed")
     body_accessor = body.text("AccessorID") or accessor
     if body_accessor != accessor:
@@ -305,6 +307,30 @@ async def token_item(request: web.Request) -> web.Response:
     token.policy_ids = _policy_ids(core, body)
     token.modify_index = core.state.next_index()
     core.state.bump("acl-tokens", token.modify_index)
+    return ok_json(token.to_json(core.acl.policies))
+
+
+async def _token_clone(request: web.Request, core: Core, accessor: str) -> web.Response:
+    """``PUT /v1/acl/token/<accessor>/clone``: the same policies and locality, new IDs and the
+    given description; an unknown accessor is ``ACL not found``."""
+    body = await read_object(request, "structs.ACLToken", "Token decoding failed")
+    _enabled(request, WRITE)
+    source = core.acl.by_accessor(accessor)
+    if source is None:
+        raise ConsulError(403, "ACL not found")
+    idx = core.state.next_index()
+    token = Token(
+        accessor=str(uuid.uuid4()),
+        secret=str(uuid.uuid4()),
+        description=body.text("Description"),
+        policy_ids=list(source.policy_ids),
+        local=source.local,
+        create_time=now_text(),
+        create_index=idx,
+        modify_index=idx,
+    )
+    core.acl.tokens[token.secret] = token
+    core.state.bump("acl-tokens", idx)
     return ok_json(token.to_json(core.acl.policies))
 
 

@@ -240,6 +240,155 @@ async def checks(request: web.Request) -> web.Response:
     return ok_json(out)
 
 
+# -- local service health ------------------------------------------------------------------------
+
+# ``agentHealthService``: the aggregated status decides the code (maintenance is critical).
+_HEALTH_CODES = {"passing": 200, "warning": 429}
+
+
+def _health_check_json(check: Check) -> dict[str, Any]:
+    """``api.HealthCheck`` as the agent's health endpoints fill it: identity and status only."""
+    return {
+        "Node": check.node,
+        "CheckID": check.id,
+        "Name": check.name,
+        "Status": check.status,
+        "Notes": check.notes,
+        "Output": check.output,
+        "ServiceID": check.service_id,
+        "ServiceName": check.service_name,
+        "ServiceTags": check.service_tags,
+        "Type": "",
+        "ExposedPort": 0,
+        "Definition": {
+            "Interval": "0s",
+            "Timeout": "0s",
+            "DeregisterCriticalServiceAfter": "0s",
+            "HTTP": "",
+            "Header": None,
+            "Method": "",
+            "Body": "",
+            "TLSServerName": "",
+            "TLSSkipVerify": False,
+            "TCP": "",
+            "TCPUseTLS": False,
+            "UDP": "",
+            "GRPC": "",
+            "OSService": "",
+            "GRPCUseTLS": False,
+        },
+        "CreateIndex": 0,
+        "ModifyIndex": 0,
+    }
+
+
+def aggregated_status(checks: list[Check]) -> str:
+    """``api.HealthChecks.AggregatedStatus``: maintenance, then the worst status, else passing."""
+    passing = warning = critical = maintenance = False
+    for check in checks:
+        if check.id == local.NODE_MAINT_ID or check.id.startswith(local.MAINT_SERVICE_PREFIX):
+            maintenance = True
+            continue
+        if check.status == "passing":
+            passing = True
+        elif check.status == "warning":
+            warning = True
+        elif check.status == "critical":
+            critical = True
+        else:
+            return ""
+    if maintenance:
+        return "maintenance"
+    if critical:
+        return "critical"
+    if warning:
+        return "warning"
+    del passing
+    return "passing"
+
+
+def _service_health(core: Core, sid: str) -> tuple[int, str, list[dict[str, Any]]]:
+    """The service's own checks and the agent's node checks (``ChecksForService(id, true)``)."""
+    found = [
+        c
+        for c in core.state.checks.get(core.node_name, {}).values()
+        if c.id != "serfHealth" and c.service_id in (sid, "")
+    ]
+    found.sort(key=lambda c: c.id)
+    status = aggregated_status(found)
+    return _HEALTH_CODES.get(status, 503), status, [_health_check_json(c) for c in found]
+
+
+def _wants_text(request: web.Request) -> bool:
+    """``returnTextPlain``: an ``Accept: text/plain*`` header, else ``?format=text``."""
+    if request.headers.get("Accept", "").startswith("text/plain"):
+        return True
+    fmt = request.query.get("format", "")
+    return fmt == "text" if fmt else False
+
+
+def _with_payload(request: web.Request, code: int, reason: str, obj: Any) -> web.Response:
+    """``CodeWithPayloadError``: the code, ``X-Consul-Reason``, then text or JSON."""
+    headers = {"X-Consul-Reason": reason}
+    if _wants_text(request):
+        return web.Response(
+            status=code, body=reason.encode(), headers={**headers, "Content-Type": "text/plain"}
+        )
+    return web.Response(
+        status=code, body=dumps(obj), headers={**headers, "Content-Type": "application/json"}
+    )
+
+
+async def health_service_by_id(request: web.Request) -> web.Response:
+    core = core_of(request)
+    sid = tail(request)
+    if not sid:
+        raise bad_request("Missing serviceID")
+    authorizer(request)
+    svc = local.local_service(core, sid)
+    if svc is not None:
+        require(request, "service", svc.name, READ)
+        code, status, found = _service_health(core, sid)
+        if _wants_text(request):
+            return _with_payload(request, code, status, None)
+        body = {
+            "AggregatedStatus": status,
+            "Service": local.agent_service_json(core, sid),
+            "Checks": found,
+        }
+        return _with_payload(request, code, status, body)
+    reason = f"ServiceId {sid} not found"
+    missing = {"AggregatedStatus": "critical", "Service": None, "Checks": None}
+    return _with_payload(request, 404, reason, missing)
+
+
+async def health_service_by_name(request: web.Request) -> web.Response:
+    core = core_of(request)
+    name = tail(request)
+    if not name:
+        raise bad_request("Missing service Name")
+    require(request, "service", name, READ)
+    code, status = 404, f"ServiceName {name} Not Found"
+    results: list[dict[str, Any]] = []
+    local_services = core.state.services.get(core.node_name, {})
+    for sid in sorted(local_services):
+        svc = local_services[sid]
+        if sid == "consul" or svc.name != name:
+            continue
+        scode, sstatus, found = _service_health(core, sid)
+        results.append(
+            {
+                "AggregatedStatus": sstatus,
+                "Service": local.agent_service_json(core, sid),
+                "Checks": found,
+            }
+        )
+        # The worst wins: passing 200 < warning 429 < critical 503.
+        if code == 404 or code < scode:
+            code, status = scode, sstatus
+    return _with_payload(request, code, status, results)
+
+
 # -- self / members ------------------------------------------------------------------------------
 
 

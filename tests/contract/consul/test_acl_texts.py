@@ -155,3 +155,26 @@ def test_missing_acl_objects(admin: httpx.Client) -> None:
     assert r.text == (
         "Invalid Policy: invalid Name. Only alphanumeric characters, '-' and '_' are allowed"
     )
+
+
+def test_token_clone(admin: httpx.Client, scoped: tuple[httpx.Client, str]) -> None:
+    """``PUT /v1/acl/token/<accessor>/clone`` makes a new token, never an update of one."""
+    _, accessor = scoped
+    source = admin.get(f"/v1/acl/token/{accessor}").json()
+    r = admin.put(f"/v1/acl/token/{accessor}/clone", json={"Description": "the copy"})
+    assert r.status_code == 200, r.text
+    copy = r.json()
+    try:
+        assert copy["AccessorID"] != accessor
+        assert copy["SecretID"] != source["SecretID"]
+        assert copy["Description"] == "the copy"
+        assert [p["ID"] for p in copy["Policies"]] == [p["ID"] for p in source["Policies"]]
+        assert copy["Local"] == source["Local"]
+        # The source is untouched.
+        assert (
+            admin.get(f"/v1/acl/token/{accessor}").json()["Description"] == (source["Description"])
+        )
+    finally:
+        admin.delete(f"/v1/acl/token/{copy['AccessorID']}")
+    r = admin.put(f"/v1/acl/token/{uuid.uuid4()}/clone", json={})
+    assert (r.status_code, r.text) == (403, "ACL not found")
