@@ -194,6 +194,7 @@ class ClusterCache:
         self._subscribers: dict[str, set[Subscription]] = {}
         self._last_sent: dict[str, bytes] = {}
         self._templates: dict[str, _WaitingTemplate | None] = {}
+        self._public: PublicEndpoints | None = None
         # Encoded statuses, kept until a change concerns their user: a GET is a dict lookup.
         self._encoded: dict[str, bytes | None] = {}
         self._timer = timer
@@ -292,6 +293,7 @@ class ClusterCache:
         return None if everyone else users
 
     def _globals(self) -> None:
+        self._public = None
         items = self.sources["haproxy"].items()
         domain = items.get(HAPROXY_DOMAIN_KEY)
         port = items.get(HAPROXY_MAIN_PORT_KEY)
@@ -335,6 +337,12 @@ class ClusterCache:
     # ------------------------------------------------------------------------ reading
 
     def public(self) -> PublicEndpoints:
+        """How users reach us; the same object until ``haproxy/`` globals change."""
+        if self._public is None:
+            self._public = self._make_public()
+        return self._public
+
+    def _make_public(self) -> PublicEndpoints:
         api = self.settings.api
         elb = self.settings.elb.enabled
         port = api.public_http_port
@@ -381,7 +389,11 @@ class ClusterCache:
         position = ahead.get(user)
         if position is not None and user in self.requests:
             template = self._templates.get(user)
-            if template is None or template.request is not request or template.public != public:
+            if (
+                template is None
+                or template.request is not request
+                or (template.public is not public and template.public != public)
+            ):
                 template = self._template(user, request, public)
             if template is not None:
                 return template.render(position, len(ahead))
