@@ -4,10 +4,12 @@ The embedded Consul, the API instance (``bench._api_instance``: the real server,
 requests counted) and the load generator (plus its stream processes) are separate processes
 on loopback, sharing the machine's cores.
 
-* **GET /api/v1/requests/<id>**: ``READ_CLIENTS`` concurrent keep-alive clients in the
-  generator read ``READS`` statuses of random users among ``USERS`` (all in line), timed from
-  the first request to the last answer. The instance's Consul requests over the run are read
-  from its ``/metrics`` before and after: a status is served from the watch cache.
+* **GET /api/v1/requests/<id>**: ``READ_CLIENTS`` keep-alive connections (one request in
+  flight each), spread over ``STREAM_PROCESSES`` lean generator processes
+  (``bench._get_client``), read ``READS`` statuses of random users among ``USERS`` (all in
+  line), timed from the first request to the last answer. The instance's Consul requests over
+  the run are read from its ``/metrics`` before and after: a status is served from the watch
+  cache.
 * **KV change -> event at 1,000 streams**: ``STREAMS`` event streams (one per user, 1,000
   users in line) held open by ``STREAM_PROCESSES`` lean generator processes
   (``bench._sse_client``); each round rewrites the waiting list so that every user's position
@@ -29,6 +31,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import anyio
 import httpx
@@ -38,11 +41,12 @@ from bench.framework import consul_process, percentile
 from devstack.process import free_ports
 
 USERS = 1000
-READS = 5000
+READS = 20000
 READ_CLIENTS = 32
 STREAMS = 1000
 ROUNDS = 5
-# The streams are held by this many generator processes (one would be its own bottleneck).
+# Streams are held, and reads made, by this many generator processes (one would be its own
+# bottleneck).
 STREAM_PROCESSES = 2
 REQ = "manticore/requests/data/"
 PAGE = "manticore/waiting/data"
@@ -105,31 +109,38 @@ def cpu_seconds(proc: psutil.Process) -> float:
 
 
 async def reads(url: str, users: list[str], proc: psutil.Process) -> dict[str, float]:
+    """``READS`` status reads over ``READ_CLIENTS`` connections, spread over the generator
+    processes (``bench._get_client``), timed from the first one's start to the last one's end."""
     rng = random.Random(7)
     targets = [rng.choice(users) for _ in range(READS)]
-    latencies: list[float] = []
-    limits = httpx.Limits(max_connections=READ_CLIENTS, max_keepalive_connections=READ_CLIENTS)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as http:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
         for user in users[:50]:  # warm-up
             (await http.get(f"/api/v1/requests/{user}")).raise_for_status()
-        before = consul_requests(url)
-        cpu_before = cpu_seconds(proc)
-        queue = iter(targets)
+    before = consul_requests(url)
+    cpu_before = cpu_seconds(proc)
+    results: list[dict[str, Any]] = []
 
-        async def client() -> None:
-            for user in queue:
-                started = time.perf_counter()
-                response = await http.get(f"/api/v1/requests/{user}")
-                latencies.append(time.perf_counter() - started)
-                assert response.status_code == 200, response.text
+    async def generator(share: list[str]) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "bench._get_client",
+            host,
+            port,
+            str(READ_CLIENTS // STREAM_PROCESSES),
+        ]
+        done = await anyio.run_process(command, input="\n".join(share).encode(), stderr=None)
+        results.append(json.loads(done.stdout))
 
-        started = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for _ in range(READ_CLIENTS):
-                tg.start_soon(client)
-        elapsed = time.perf_counter() - started
-        cpu = cpu_seconds(proc) - cpu_before
-        after = consul_requests(url)
+    async with anyio.create_task_group() as tg:
+        for n in range(STREAM_PROCESSES):
+            tg.start_soon(generator, targets[n::STREAM_PROCESSES])
+    cpu = cpu_seconds(proc) - cpu_before
+    after = consul_requests(url)
+    latencies = [t for r in results for t in r["latencies"]]
+    assert len(latencies) == READS, len(latencies)
+    elapsed = max(r["ended"] for r in results) - min(r["started"] for r in results)
     return {
         "cpu_us": cpu / READS * 1e6,
         "rps": READS / elapsed,
@@ -249,7 +260,7 @@ def run() -> str:
             "",
             "| measure | result | target |",
             "|---|---|---|",
-            f"| `GET /api/v1/requests/<id>`, one instance, {READ_CLIENTS} concurrent clients "
+            f"| `GET /api/v1/requests/<id>`, one instance, {READ_CLIENTS} concurrent connections "
             f"| {r['rps']:.0f} requests/s (p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms) | |",
             f"| instance CPU time per `GET` (user + system) | {r['cpu_us']:.0f} µs "
             f"(~{1e6 / r['cpu_us']:.0f} requests/s per core it has to itself) | |",
@@ -275,8 +286,11 @@ def run() -> str:
             "",
             "Method: separate processes on loopback (embedded Consul, one API instance, the load "
             "generator and its stream processes), sharing the machine's cores. Reads: random "
-            "users among "
-            f"{USERS} waiting, keep-alive httpx clients; the instance's Consul requests counted "
+            f"users among {USERS} waiting, {READ_CLIENTS} keep-alive connections with one request "
+            f"in flight each, over {STREAM_PROCESSES} generator processes "
+            "(`bench/_get_client.py`, plain asyncio sockets, each answer's status and JSON "
+            "checked; with httpx the client was the bottleneck); the instance's Consul "
+            "requests counted "
             "by an httpx hook in the instance and read from its /metrics before and after. "
             f"Fan-out: one stream per user, held by {STREAM_PROCESSES} generator processes "
             f"({STREAMS // STREAM_PROCESSES} each; `bench/_sse_client.py`: plain asyncio "
