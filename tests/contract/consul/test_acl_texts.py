@@ -178,3 +178,20 @@ def test_token_clone(admin: httpx.Client, scoped: tuple[httpx.Client, str]) -> N
         admin.delete(f"/v1/acl/token/{copy['AccessorID']}")
     r = admin.put(f"/v1/acl/token/{uuid.uuid4()}/clone", json={})
     assert (r.status_code, r.text) == (403, "ACL not found")
+
+
+def test_policy_by_name(admin: httpx.Client) -> None:
+    name = f"by-name-{uuid.uuid4().hex[:8]}"
+    created = admin.put(
+        "/v1/acl/policy", json={"Name": name, "Rules": 'key "x" { policy = "read" }'}
+    )
+    assert created.status_code == 200
+    try:
+        r = admin.get(f"/v1/acl/policy/name/{name}")
+        assert r.status_code == 200
+        assert r.json()["ID"] == created.json()["ID"]
+        assert r.json()["Rules"] == 'key "x" { policy = "read" }'
+    finally:
+        admin.delete(f"/v1/acl/policy/{created.json()['ID']}")
+    r = admin.get(f"/v1/acl/policy/name/{name}")
+    assert (r.status_code, r.text) == (404, "Requested policy does not exist: ACL not found")

@@ -187,3 +187,30 @@ def test_other_check_validation_texts(consul_http: httpx.Client) -> None:
     for body, text in cases:
         r = consul_http.put("/v1/agent/check/register", json=body)
         assert (r.status_code, r.text) == (400, text), body
+
+
+def test_node_maintenance_makes_every_local_service_unavailable(
+    consul_http: httpx.Client, ttl_service: tuple[str, str]
+) -> None:
+    """The agent's node checks count for each of its services (``ChecksForService(id, true)``)."""
+    _, sid = ttl_service
+    consul_http.put(f"/v1/agent/check/pass/{_check_id(sid)}")
+    r = consul_http.put("/v1/agent/maintenance", params={"enable": "true", "reason": "test"})
+    assert r.status_code == 200
+    try:
+        r = consul_http.get(f"/v1/agent/health/service/id/{sid}")
+        assert (r.status_code, r.json()["AggregatedStatus"]) == (503, "maintenance")
+        assert "_node_maintenance" in {c["CheckID"] for c in r.json()["Checks"]}
+    finally:
+        consul_http.put("/v1/agent/maintenance", params={"enable": "false"})
+    r = consul_http.get(f"/v1/agent/health/service/id/{sid}", params={"format": "text"})
+    assert (r.status_code, r.text) == (200, "passing")
+
+
+def test_members_lists_this_agent(consul_http: httpx.Client) -> None:
+    name = consul_http.get("/v1/agent/self").json()["Config"]["NodeName"]
+    members = consul_http.get("/v1/agent/members").json()
+    me = [m for m in members if m["Name"] == name]
+    assert len(me) == 1
+    assert me[0]["Status"] == 1
+    assert me[0]["Tags"]["role"] == "consul"
