@@ -27,6 +27,9 @@ from devstack.consul.state import Watches
 
 # Deadlines are grouped into buckets this wide; Consul adds up to wait/16 of jitter anyway.
 BUCKET_SECONDS = 0.05
+# How often parked queries whose client went away are let go (Consul's request context ends
+# with the connection; aiohttp does not cancel the handler, so the groups look for them).
+SWEEP_SECONDS = 2.0
 
 
 class Outcome(enum.Enum):
@@ -173,6 +176,7 @@ class Parking:
         self.watches: Watches = core.state.watches
         self.groups: dict[Hashable, Group] = {}
         self.buckets: dict[int, set[Waiter]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def park(
         self,
@@ -205,7 +209,22 @@ class Parking:
             members = self.buckets[bucket] = set()
             self.loop.call_at(bucket * BUCKET_SECONDS, self._expire, bucket)
         members.add(waiter)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(SWEEP_SECONDS, self._sweep)
         return waiter
+
+    def _sweep(self) -> None:
+        """Let go of queries whose connection closed, so their tasks and sockets are freed."""
+        self._sweeper = None
+        for group in list(self.groups.values()):
+            gone = [w for w in group.waiters if w.transport is None or w.transport.is_closing()]
+            for waiter in gone:
+                group.waiters.discard(waiter)
+                self.finish(waiter, Outcome.RERUN)
+            if not group.waiters:
+                self.drop(group)
+        if self.groups:
+            self._sweeper = self.loop.call_later(SWEEP_SECONDS, self._sweep)
 
     def finish(self, waiter: Waiter, outcome: Outcome) -> None:
         members = self.buckets.get(waiter.bucket)
@@ -244,6 +263,9 @@ class Parking:
 
     def close(self) -> None:
         """Hand every parked waiter back to its task (the agent is stopping)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for group in list(self.groups.values()):
             for waiter in list(group.waiters):
                 self.finish(waiter, Outcome.RERUN)

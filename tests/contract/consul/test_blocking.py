@@ -269,7 +269,7 @@ async def test_one_write_answers_every_parked_query_with_the_same_bytes(
 @pytest.mark.anyio
 async def test_parked_queries_are_counted_and_released(consul_server, kv_prefix: str) -> None:
     """Queries sharing one wait still count one each in the stats, and leave nothing behind
-    when they time out or are answered."""
+    when they time out, are answered, or their client goes away."""
     prefix = f"{kv_prefix}count/"
     limits = httpx.Limits(max_connections=60, max_keepalive_connections=60)
     async with httpx.AsyncClient(base_url=consul_server.url, limits=limits, timeout=30) as client:
@@ -292,5 +292,19 @@ async def test_parked_queries_are_counted_and_released(consul_server, kv_prefix:
             # The short waits timed out on their own.
             assert consul_server.stats()["BlockingQueries"] == 20
             await client.put(f"/v1/kv/{prefix}b", content=b"1")
+        assert consul_server.stats()["BlockingQueries"] == 0
+        idx = _index(await client.get(f"/v1/kv/{prefix}", params={"recurse": ""}))
+        async with anyio.create_task_group() as tg:
+            for _ in range(20):
+                tg.start_soon(park, "60s")
+            deadline = time.monotonic() + 5
+            while consul_server.stats()["BlockingQueries"] < 20 and time.monotonic() < deadline:
+                await anyio.sleep(0.02)
+            assert consul_server.stats()["BlockingQueries"] == 20
+            tg.cancel_scope.cancel()
+    # The client closed its connections: the parked queries are let go within a sweep.
+    deadline = time.monotonic() + 6
+    while consul_server.stats()["BlockingQueries"] and time.monotonic() < deadline:
+        await anyio.sleep(0.1)
     assert consul_server.stats()["BlockingQueries"] == 0
     assert consul_server.call(lambda core: core.state.watches.kv_prefixes) == {}
