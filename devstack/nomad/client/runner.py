@@ -531,7 +531,7 @@ class AllocRunner:
                 return
         runs = {asyncio.ensure_future(t.run()): t for t in self.tasks}
         health = None
-        if self.alloc.get("DeploymentID"):
+        if self.alloc.get("DeploymentID") or self.alloc["Job"]["Type"] == "service":
             health = asyncio.ensure_future(self._watch_health())
         pending = set(runs)
         while pending:
@@ -551,14 +551,25 @@ class AllocRunner:
         self.changed()
 
     async def _watch_health(self) -> None:
-        """The client's allocation health tracker for deployments (``update`` block).
+        """The client's allocation health tracker, as Nomad's ``health_hook``.
 
         Healthy once every task runs (and, for ``health_check = "checks"``, every Consul check
         of the allocation passes) without interruption for ``min_healthy_time``; unhealthy on
         a failed task or when ``healthy_deadline`` passes first. ``manual`` reports nothing.
+        A deployment's allocation uses its ``update`` block; any other service allocation
+        the group's ``migrate`` block (what paces a drain), looking at Consul less often.
         """
         job = self.alloc["Job"]
-        strategy = self.group.get("Update") or job.get("Update") or {}
+        if self.alloc.get("DeploymentID"):
+            strategy = self.group.get("Update") or job.get("Update") or {}
+            check_every = 0.25
+        else:
+            strategy = self.group.get("Migrate") or {
+                "HealthCheck": "checks",
+                "MinHealthyTime": 10 * 10**9,
+                "HealthyDeadline": 300 * 10**9,
+            }
+            check_every = 1.0
         mode = strategy.get("HealthCheck") or "checks"
         if mode == "manual":
             return
@@ -595,7 +606,7 @@ class AllocRunner:
             if since is not None:
                 wake = min(wake, since + min_healthy - now)
             if poll_checks:
-                wake = min(wake, 0.25)
+                wake = min(wake, check_every)
             self._state_event.clear()
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
             # that arrives as the event is set (the tasks dying set it just before the runner

@@ -378,12 +378,15 @@ def _group(g: _Obj, job: dict[str, Any]) -> dict[str, Any]:
         "Name": name,
         "Count": g.integer("Count", 1) if g.has("Count") else 1,
         "Update": update,
-        "Migrate": {
-            "MaxParallel": 1,
-            "HealthCheck": "checks",
-            "MinHealthyTime": 10 * SECOND,
-            "HealthyDeadline": 5 * MINUTE,
-        }
+        "Migrate": _merge_policy(
+            g.obj("Migrate", "MigrateStrategy"),
+            {
+                "MaxParallel": 1,
+                "HealthCheck": "checks",
+                "MinHealthyTime": 10 * SECOND,
+                "HealthyDeadline": 5 * MINUTE,
+            },
+        )
         if jtype == "service"
         else None,
         "Constraints": _constraints(g),

@@ -1,10 +1,11 @@
 """HCL2 job files to Nomad's API JSON, for ``POST /v1/jobs/parse`` (what ``nomad job run`` does).
 
 python-hcl2 parses the text; this module maps Nomad's jobspec blocks (job, group, task, network
-and port, service and check, resources, env, meta, constraint, config, update, restart,
-reschedule, ephemeral_disk, parameterized, periodic, lifecycle, template, artifact) onto the
-API's PascalCase fields, with durations as nanoseconds. An argument or block the jobspec does
-not know is an error worded as HCL's own diagnostics, so a typo does not pass silently.
+and port, service and check, resources, env, meta, constraint, config, update, migrate,
+restart, reschedule, ephemeral_disk, parameterized, periodic, lifecycle, template, artifact)
+onto the API's PascalCase fields, with durations as nanoseconds. An argument or block the
+jobspec does not know is an error worded as HCL's own diagnostics, so a typo does not pass
+silently.
 ``variable``/``variables``/``locals`` blocks and the expressions that use them are evaluated
 first (:mod:`devstack.nomad.jobspec.hclexpr`), with the values of the request's ``Variables``.
 """
@@ -374,6 +375,18 @@ _GROUP = {
     "restart": ("RestartPolicy", _one(_RESTART, "restart")),
     "reschedule": ("ReschedulePolicy", _one(_RESCHEDULE, "reschedule")),
     "update": ("Update", _one(_UPDATE, "update")),
+    "migrate": (
+        "Migrate",
+        _one(
+            {
+                "max_parallel": ("MaxParallel", int),
+                "health_check": ("HealthCheck", _str),
+                "min_healthy_time": ("MinHealthyTime", _duration),
+                "healthy_deadline": ("HealthyDeadline", _duration),
+            },
+            "migrate",
+        ),
+    ),
     "ephemeral_disk": (
         "EphemeralDisk",
         _one(

@@ -108,6 +108,9 @@ class ServerCore:
     def _maybe_finish_drain(self, node_id: str) -> None:
         """A node's allocation stopped; a drain waiting on it may be done (see nodes)."""
 
+    def _drain_progress(self) -> None:
+        """An allocation's health is known: a paced drain may move the next ones (see nodes)."""
+
     def _attach_client(self, node_id: str) -> None:
         """A node registered: start the client that runs its allocations (none by default)."""
 

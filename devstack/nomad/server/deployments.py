@@ -227,9 +227,9 @@ class DeploymentWatcher(Planner):
     # --- health and progress ------------------------------------------------------------------
 
     def update_alloc_health(self, alloc_id: str, healthy: bool) -> None:
-        """A client's verdict on one allocation of a deployment (``DeploymentStatus``)."""
+        """A client's verdict on one allocation (``DeploymentStatus``), for its deployment."""
         a = self.state.allocs.get(alloc_id)
-        if a is None or not a["DeploymentID"] or not self.running:
+        if a is None or not self.running:
             return
         if (a["DeploymentStatus"] or {}).get("Healthy") is not None:
             return
@@ -240,13 +240,17 @@ class DeploymentWatcher(Planner):
         a = {**a, "DeploymentStatus": {**status, "ModifyIndex": index}, "ModifyIndex": index}
         self.state.put_alloc(a, index)
         events = [self._alloc_event("AllocationUpdated", a)]
-        eval_id, revert = self._count_health(a, healthy, index, events)
+        # Outside a deployment the health only informs drains (``migrate``).
+        eval_id, revert = (
+            self._count_health(a, healthy, index, events) if a["DeploymentID"] else ("", None)
+        )
         self._refresh_job((a["Namespace"], a["JobID"]), index, events)
         self.state.commit(index, events)
         if eval_id:
             self._enqueue(eval_id)
         if revert is not None:
             self._roll_back(*revert)
+        self._drain_progress()
 
     def _count_health(
         self, a: dict[str, Any], healthy: bool, index: int, events: list[Event]

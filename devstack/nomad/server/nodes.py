@@ -1,8 +1,14 @@
 """Client nodes as the server sees them: registration, status, eligibility and drains.
 
-A node going ``down`` makes its allocations lost and replaced; a drain marks allocations to
-migrate and ends once they have stopped; a node that becomes available again unblocks blocked
-evaluations and gets its system jobs.
+A node going ``down`` makes its allocations lost and replaced; a node that becomes available
+again unblocks blocked evaluations and gets its system jobs.
+
+Drains work like Nomad's node drainer: a service group's allocations on the node are marked to
+migrate at most ``migrate.max_parallel`` at a time, the next ones once enough of the group has
+a known health again (its replacements passed ``migrate.min_healthy_time``); batch allocations
+are left to finish; system allocations go last (never with ``IgnoreSystemJobs``). The drain
+ends when nothing it moves is left on the node, or at its deadline, which marks every remaining
+allocation at once (a negative deadline forces that at the start). The node stays ineligible.
 """
 
 from __future__ import annotations
@@ -11,11 +17,12 @@ import asyncio
 import os
 from typing import Any
 
+from devstack.nomad import jobspec
 from devstack.nomad.config import CONSUL_VERSION, NOMAD_VERSION
 from devstack.nomad.errors import NomadError
 from devstack.nomad.events import Event
 from devstack.nomad.state import JobKey, alloc_client_terminal, alloc_terminal
-from devstack.nomad.structs import rfc3339
+from devstack.nomad.structs import alloc_index, rfc3339
 from devstack.nomad.util import SECOND, new_id, now_ns
 
 from .evals import Reconciler
@@ -324,7 +331,7 @@ class NodeManager(Reconciler):
                         "Deadline": deadline,
                         "IgnoreSystemJobs": bool(spec.get("IgnoreSystemJobs")),
                     },
-                    "ForceDeadline": rfc3339(now + deadline) if deadline > 0 else None,
+                    "ForceDeadline": rfc3339(now + max(deadline, 0)) if deadline else None,
                     "StartedAt": rfc3339(now),
                 },
                 "SchedulingEligibility": "ineligible",
@@ -337,37 +344,28 @@ class NodeManager(Reconciler):
                 },
                 "ModifyIndex": index,
             }
-            jobs: dict[JobKey, None] = {}
-            for a in self.state.node_allocs(node_id):
-                if alloc_terminal(a):
-                    continue
-                if spec.get("IgnoreSystemJobs") and a["Job"]["Type"] in ("system", "sysbatch"):
-                    continue
-                a = {
-                    **a,
-                    "DesiredTransition": {**(a["DesiredTransition"] or {}), "Migrate": True},
-                    "ModifyIndex": index,
-                }
-                self.state.put_alloc(a, index)
-                events.append(self._alloc_event("AllocationUpdateDesiredStatus", a))
-                jobs[(a["Namespace"], a["JobID"])] = None
-            for key in jobs:
-                job = self.state.jobs.get(key)
-                if job is None:
-                    continue
-                ev = self._new_eval(job, index, "node-drain", node_id=node_id)
-                self.state.put_eval(ev, index)
-                events.append(self._eval_event("EvaluationUpdated", ev))
-                eval_ids.append(ev["ID"])
         self.state.put_node(node, index)
         events.insert(0, self._node_event("NodeDrain", node))
         self.state.commit(index, events)
-        for eval_id in eval_ids:
-            self._enqueue(eval_id)
+        timer = self._timers.pop(f"drain:{node_id}", None)
+        if timer is not None:
+            timer.cancel()
+        loop = asyncio.get_running_loop()
         if spec is None and node["SchedulingEligibility"] == "eligible":
             self._node_changed(node_id)
-        else:
-            asyncio.get_running_loop().call_soon(self._maybe_finish_drain, node_id)
+        elif spec is not None:
+            deadline = node["DrainStrategy"]["DrainSpec"]["Deadline"]
+            started = node["DrainStrategy"]["StartedAt"]
+            if deadline < 0:
+                loop.call_soon(self._drain_deadline, node_id, started)
+            else:
+                if deadline > 0:
+                    self._timers[f"drain:{node_id}"] = loop.call_later(
+                        deadline / 1e9, self._drain_deadline, node_id, started
+                    )
+                loop.call_soon(self._maybe_finish_drain, node_id)
+        # Nomad's Node.UpdateDrain creates evaluations only when the node turns eligible;
+        # the drainer creates the migrations' own as it goes.
         return {
             "EvalIDs": eval_ids or None,
             "EvalCreateIndex": index if eval_ids else 0,
@@ -378,12 +376,129 @@ class NodeManager(Reconciler):
             "NextToken": "",
         }
 
+    # --- the node drainer ---------------------------------------------------------------------
+
+    def _drain_progress(self) -> None:
+        for node_id, node in list(self.state.nodes.items()):
+            if node["DrainStrategy"] is not None:
+                self._maybe_finish_drain(node_id)
+
+    def _drain_moves(self, node: dict[str, Any], a: dict[str, Any]) -> bool:
+        """Whether the drain of ``node`` has to move ``a`` off it."""
+        system = a["Job"]["Type"] in ("system", "sysbatch")
+        return not (system and node["DrainStrategy"]["DrainSpec"]["IgnoreSystemJobs"])
+
+    def _drain_step(self, node_id: str) -> list[dict[str, Any]]:
+        """The allocations of a draining node to mark for migration now."""
+        node = self.state.nodes[node_id]
+        remaining = [
+            a
+            for a in self.state.node_allocs(node_id)
+            if not alloc_client_terminal(a) and self._drain_moves(node, a)
+        ]
+        others = [a for a in remaining if a["Job"]["Type"] not in ("system", "sysbatch")]
+        marked = []
+        groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        for a in others:
+            # Batch allocations finish on their own (or are stopped at the deadline).
+            if a["Job"]["Type"] == "batch" or (a["DesiredTransition"] or {}).get("Migrate"):
+                continue
+            if a["DesiredStatus"] != "run":
+                continue
+            groups.setdefault((a["Namespace"], a["JobID"], a["TaskGroup"]), []).append(a)
+        for (ns, job_id, gname), drainable in groups.items():
+            job = self.state.jobs.get((ns, job_id))
+            group = jobspec.group_spec(job, gname) if job is not None else None
+            if group is None:
+                marked += drainable
+                continue
+            max_parallel = int((group.get("Migrate") or {}).get("MaxParallel") or 1)
+            healthy = sum(
+                1
+                for x in self.state.job_allocs((ns, job_id))
+                if x["TaskGroup"] == gname
+                and not alloc_terminal(x)
+                and not (x["DesiredTransition"] or {}).get("Migrate")
+                and (x["DeploymentStatus"] or {}).get("Healthy") is not None
+            )
+            n = min(len(drainable), healthy - (group["Count"] - max_parallel))
+            drainable.sort(key=lambda x: alloc_index(x["Name"]))
+            marked += drainable[: max(n, 0)]
+        if not others:
+            marked += [
+                a
+                for a in remaining
+                if a["DesiredStatus"] == "run" and not (a["DesiredTransition"] or {}).get("Migrate")
+            ]
+        return marked
+
+    def _mark_for_migration(self, allocs: list[dict[str, Any]], node_id: str) -> None:
+        if not allocs:
+            return
+        index = self.state.begin()
+        events: list[Event] = []
+        jobs: dict[JobKey, None] = {}
+        for a in allocs:
+            a = {
+                **a,
+                "DesiredTransition": {**(a["DesiredTransition"] or {}), "Migrate": True},
+                "ModifyIndex": index,
+            }
+            self.state.put_alloc(a, index)
+            events.append(self._alloc_event("AllocationUpdateDesiredStatus", a))
+            jobs[(a["Namespace"], a["JobID"])] = None
+        eval_ids = []
+        for key in jobs:
+            job = self.state.jobs.get(key)
+            if job is None:
+                continue
+            ev = self._new_eval(job, index, "node-drain", node_id=node_id)
+            self.state.put_eval(ev, index)
+            events.append(self._eval_event("EvaluationUpdated", ev))
+            eval_ids.append(ev["ID"])
+        self.state.commit(index, events)
+        for eval_id in eval_ids:
+            self._enqueue(eval_id)
+
+    def _drain_deadline(self, node_id: str, started: str) -> None:
+        """The deadline: every allocation still to move is marked, and the drain is over."""
+        self._timers.pop(f"drain:{node_id}", None)
+        node = self.state.nodes.get(node_id)
+        if node is None or node["DrainStrategy"] is None or not self.running:
+            return
+        if node["DrainStrategy"]["StartedAt"] != started:
+            return
+        self._mark_for_migration(
+            [
+                a
+                for a in self.state.node_allocs(node_id)
+                if not alloc_client_terminal(a)
+                and a["DesiredStatus"] == "run"
+                and self._drain_moves(node, a)
+                and not (a["DesiredTransition"] or {}).get("Migrate")
+            ],
+            node_id,
+        )
+        self._complete_drain(node_id)
+
     def _maybe_finish_drain(self, node_id: str) -> None:
         node = self.state.nodes.get(node_id)
-        if node is None or node["DrainStrategy"] is None:
+        if node is None or node["DrainStrategy"] is None or not self.running:
             return
-        if any(not alloc_client_terminal(a) for a in self.state.node_allocs(node_id)):
+        self._mark_for_migration(self._drain_step(node_id), node_id)
+        node = self.state.nodes[node_id]
+        if any(
+            not alloc_client_terminal(a) and self._drain_moves(node, a)
+            for a in self.state.node_allocs(node_id)
+        ):
             return
+        self._complete_drain(node_id)
+
+    def _complete_drain(self, node_id: str) -> None:
+        timer = self._timers.pop(f"drain:{node_id}", None)
+        if timer is not None:
+            timer.cancel()
+        node = self.state.nodes[node_id]
         index = self.state.begin()
         now = now_ns()
         last = {**(node["LastDrain"] or {}), "Status": "complete", "UpdatedAt": rfc3339(now)}

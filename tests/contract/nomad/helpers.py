@@ -57,6 +57,25 @@ def docker_job(
     return spec
 
 
+def quick_health(job: dict[str, Any], migrate_min_healthy: float = 0.5) -> dict[str, Any]:
+    """Health known in half a second: the deployment's (``update``) and a migration's."""
+    for group in job["TaskGroups"]:
+        group["Update"] = {
+            "MaxParallel": 1,
+            "HealthCheck": "task_states",
+            "MinHealthyTime": SECOND // 2,
+            "HealthyDeadline": 30 * SECOND,
+            "ProgressDeadline": 60 * SECOND,
+        }
+        group["Migrate"] = {
+            "MaxParallel": 1,
+            "HealthCheck": "task_states",
+            "MinHealthyTime": int(migrate_min_healthy * SECOND),
+            "HealthyDeadline": 60 * SECOND,
+        }
+    return job
+
+
 def python_task(name: str, code: str, **extra: Any) -> dict[str, Any]:
     """A raw_exec task running ``code`` with the test's Python."""
     return {

@@ -11,7 +11,7 @@ import pytest
 from devstack.nomad import EmbeddedNomad
 from devstack.nomad.testing import requires_embedded_nomad, start_embedded_nomad
 
-from .helpers import allocs, docker_job, register, running_allocs, wait_for
+from .helpers import allocs, docker_job, quick_health, register, running_allocs, wait_for
 
 pytestmark = pytest.mark.contract
 
@@ -49,8 +49,18 @@ def test_a_drain_lasts_until_the_allocations_have_stopped(
     nomad_http: httpx.Client, job_id: str
 ) -> None:
     # A container slow to stop keeps the drain going long enough to watch it.
-    register(nomad_http, docker_job(job_id, count=2, config={"devstack_stop_delay": "1s"}))
+    job = quick_health(docker_job(job_id, count=2, config={"devstack_stop_delay": "1s"}))
+    job["TaskGroups"][0]["Migrate"]["MaxParallel"] = 2
+    register(nomad_http, job)
     live = wait_for(lambda: running_allocs(nomad_http, job_id, 2))
+    wait_for(
+        lambda: all(
+            (nomad_http.get(f"/v1/allocation/{a['ID']}").json()["DeploymentStatus"] or {}).get(
+                "Healthy"
+            )
+            for a in live
+        )
+    )
     node_id = live[0]["NodeID"]
     resp = nomad_http.post(
         f"/v1/node/{node_id}/drain",

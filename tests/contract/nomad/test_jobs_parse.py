@@ -344,3 +344,32 @@ def test_bad_values_are_400_not_500(nomad_http: httpx.Client) -> None:
         resp = _parse(nomad_http, text)
         assert resp.status_code == 400, (text, resp.status_code, resp.text)
         assert resp.text.startswith("Failed to parse job: ")
+
+
+def test_migrate_block(nomad_http: httpx.Client) -> None:
+    text = """
+    job "movable" {
+      group "g" {
+        migrate {
+          max_parallel     = 2
+          health_check     = "task_states"
+          min_healthy_time = "3s"
+          healthy_deadline = "1m"
+        }
+        task "t" {
+          driver = "docker"
+          config {
+            image = "nginx:1.27"
+          }
+        }
+      }
+    }
+    """
+    resp = _parse(nomad_http, text, canonicalize=True)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["TaskGroups"][0]["Migrate"] == {
+        "MaxParallel": 2,
+        "HealthCheck": "task_states",
+        "MinHealthyTime": 3 * SECOND,
+        "HealthyDeadline": 60 * SECOND,
+    }
