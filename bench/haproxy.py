@@ -347,6 +347,24 @@ def scale() -> dict[str, float]:
     return out
 
 
+NOTES = """
+On the runtime path an arrival waits for the watch (its poll, at most 10 a second, and the
+prefix's answer decoded: only entries whose ModifyIndex moved), then for the debounce: arrivals
+about 60 ms apart never leave the table quiet for the 0.1 s minimum, so every batch waits the
+0.3 s maximum, which is most of the "applied" stage; the batch itself (read, plan, runtime
+commands on one connection, files) costs what it touches (touched slots and map keys found by set
+difference, map files and state.json kept per entry), not a walk over every route. The reload
+path is the comparison baseline (consul-template's behaviour) and is expected to miss: every
+batch is a full render, ``haproxy -c`` and a reload of a configuration with a backend per slot,
+so arrivals queue behind the reload in progress and go into the next one, and the reloads
+number one per batch, not a handful. A reload makes the old workers close their idle
+keep-alive connections (the reopened connections), and a request written on one as it closes is
+lost; the long TCP sessions stay on an old worker, which the master stops once it has outlived
+``mworker-max-reloads`` (50) further reloads, so past 50 reloads those sessions are cut. Which
+of the two kinds of drop a run shows depends on its reload count; the runtime path has neither.
+"""
+
+
 def _row(measure: str, result: str, target: str = "") -> str:
     return f"| {measure} | {result} | {target} |"
 
@@ -455,5 +473,7 @@ def run() -> str:
     lines += [
         "",
         "Method: " + " ".join((__doc__ or "").split("\n\n", 1)[1].split()),
+        "",
+        "Reading it: " + " ".join(NOTES.split()),
     ]
     return "\n".join(lines)
