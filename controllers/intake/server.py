@@ -193,21 +193,38 @@ async def _collect_when_quiet(cache: ClusterCache) -> None:
     A full collection walks every object the process holds (~250,000 with 1,000 streams open:
     over 100 ms here) and the loop writes nothing meanwhile; left to the interpreter it comes
     whenever allocations add up, which is precisely while a change is fanned out. So the
-    automatic full collection is off, the young generations are collected as usual, and a full
-    one runs every ``FULL_COLLECT_EVERY`` seconds once no change has been handled for
-    ``QUIET_BEFORE_COLLECT`` (cycles are never kept longer than that).
+    automatic full collection is off while an instance runs, the young generations are
+    collected as usual, and a full one runs every ``FULL_COLLECT_EVERY`` seconds once no change
+    has been handled for ``QUIET_BEFORE_COLLECT``, or regardless after another
+    ``FULL_COLLECT_EVERY`` without such a moment: no cycle is kept longer than a minute.
     """
-    young, middle, _ = gc.get_threshold()
-    gc.set_threshold(young, middle, 1_000_000_000)
-    try:
+    with _manual_full_collections():
         await cache.wait_ready()
         while True:
             gc.collect()
             await anyio.sleep(FULL_COLLECT_EVERY)
-            while cache.quiet_for() < QUIET_BEFORE_COLLECT:
-                await anyio.sleep(QUIET_BEFORE_COLLECT)
+            with anyio.move_on_after(FULL_COLLECT_EVERY):
+                while cache.quiet_for() < QUIET_BEFORE_COLLECT:
+                    await anyio.sleep(QUIET_BEFORE_COLLECT)
+
+
+_automatic: list[tuple[int, int, int]] = []  # the interpreter's thresholds, once per instance
+
+
+@contextlib.contextmanager
+def _manual_full_collections() -> Iterator[None]:
+    """Automatic full collections off while any instance of this process runs."""
+    threshold = gc.get_threshold()
+    if _automatic:
+        threshold = _automatic[0]
+    _automatic.append(threshold)
+    gc.set_threshold(threshold[0], threshold[1], 1_000_000_000)
+    try:
+        yield
     finally:
-        gc.set_threshold(young, middle, _)
+        _automatic.pop()
+        if not _automatic:
+            gc.set_threshold(*threshold)
 
 
 async def _announce(running: Running, task_status: TaskStatus[Running]) -> None:

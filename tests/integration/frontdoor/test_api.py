@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
 
 import anyio
@@ -366,3 +367,16 @@ async def test_hot_paths_answer_as_the_declared_routes(consul_server, consul) ->
         assert hot == declared
         long_token = "/api/v1/requests/ada/events?access_token=" + "x" * 5000
         assert (await raw(long_token)).startswith(b"HTTP/1.1 422")
+
+
+async def test_full_collections_are_the_instances_own_while_it_runs(consul_server) -> None:
+    """While an instance runs, the interpreter starts no full collection (the instance does,
+    between fan-outs); the thresholds come back when the last instance of the process stops."""
+    before = gc.get_threshold()
+    async with intake(consul_server.address):
+        assert gc.get_threshold()[:2] == before[:2]
+        assert gc.get_threshold()[2] >= 1_000_000
+        async with intake(consul_server.address):
+            assert gc.get_threshold()[2] >= 1_000_000
+        assert gc.get_threshold()[2] >= 1_000_000
+    assert gc.get_threshold() == before
