@@ -71,10 +71,25 @@ class Subscription:
 
     The cache hands it the event's finished bytes (encoded once per user and change, shared by
     all of the user's streams); the stream's task only writes them. The wake-up is a bare
-    future on the running loop, so a push costs a ``set_result`` and nothing else.
+    future on the running loop, so a push costs a ``set_result`` and nothing else. The timeout
+    (the keep-alive) is one timer per stream moved forward lazily: a wait only records its
+    deadline, and the timer, when it fires early, re-arms itself for the latest deadline; a busy
+    stream touches no timer per event.
     """
 
-    __slots__ = ("_pending", "_waiter", "closing", "ended", "gone", "latest", "pushed_at", "user")
+    __slots__ = (
+        "_due",
+        "_pending",
+        "_timer",
+        "_timer_at",
+        "_waiter",
+        "closing",
+        "ended",
+        "gone",
+        "latest",
+        "pushed_at",
+        "user",
+    )
 
     def __init__(self, user: str) -> None:
         self.user = user
@@ -85,6 +100,9 @@ class Subscription:
         self.pushed_at: float | None = None
         self._pending = False
         self._waiter: asyncio.Future[None] | None = None
+        self._due = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
     def push(self, event: bytes | None, *, at: float | None = None) -> None:
         """``event`` None: the user's request is gone; the stream ends."""
@@ -105,21 +123,36 @@ class Subscription:
         """Wait up to ``timeout`` for a push; True if one came since the last call."""
         if not self._pending and not self.closing and not self.gone:
             loop = asyncio.get_running_loop()
+            self._due = due = loop.time() + timeout
+            if self._timer is None or self._timer_at > due:
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._arm(loop, due)
             waiter = self._waiter = loop.create_future()
-            timer = loop.call_later(timeout, _release, waiter)
             try:
                 await waiter
             finally:
-                timer.cancel()
                 self._waiter = None
         pushed = self._pending
         self._pending = False
         return pushed
 
+    def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        self._timer_at = at
+        self._timer = loop.call_at(at, self._tick, loop)
 
-def _release(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        # The loop's clock may round (uvloop: milliseconds): "due" within a millisecond.
+        if loop.time() >= self._due - 0.001:
+            self.wake()
+        else:
+            self._arm(loop, self._due)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def status_event(payload: bytes) -> bytes:
@@ -438,6 +471,7 @@ class ClusterCache:
         try:
             yield subscription
         finally:
+            subscription.close()
             self.streams -= 1
             metrics.STREAMS.dec()
             subs = self._subscribers.get(user)
