@@ -10,6 +10,7 @@ from aiohttp import web
 
 from devstack.consul.acl import WRITE
 from devstack.consul.api.common import (
+    PARKING_KEY,
     authorizer,
     can_read_node,
     can_read_service,
@@ -18,11 +19,12 @@ from devstack.consul.api.common import (
     ok_json,
     parse_query_options,
     read_object,
+    request_token,
     require,
     token_sent,
 )
 from devstack.consul.api.mux import tail
-from devstack.consul.api.reads import Result, blocking, forward, respond
+from devstack.consul.api.reads import Result, blocking, blocking_respond, forward, respond
 from devstack.consul.catalog import (
     catalog_service_json,
     delete_check,
@@ -105,8 +107,19 @@ async def service_nodes(request: web.Request) -> web.StreamResponse:
         body = filtered([catalog_service_json(n, s) for n, s in keep], opts.filter)
         return Result(st.health_service_index(name), body, filtered=len(keep) != len(found))
 
-    result = await blocking(core, opts, run, topics=("svc:" + name,), meta_on_error=True)
-    return respond(core, result, opts, token_sent=token_sent(request), consistency=True)
+    key = ("catalog-service", name, tuple(tags), opts.filter, request_token(request))
+    return await blocking_respond(
+        core,
+        request.app[PARKING_KEY],
+        request,
+        opts,
+        run,
+        key,
+        ("svc:" + name,),
+        token_sent=token_sent(request),
+        consistency=True,
+        meta_on_error=True,
+    )
 
 
 async def node_services(request: web.Request) -> web.StreamResponse:

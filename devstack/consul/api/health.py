@@ -12,15 +12,17 @@ from typing import Any
 from aiohttp import web
 
 from devstack.consul.api.common import (
+    PARKING_KEY,
     can_read_node,
     can_read_service,
     core_of,
     filtered,
     parse_query_options,
+    request_token,
     token_sent,
 )
 from devstack.consul.api.mux import tail
-from devstack.consul.api.reads import Result, blocking, respond
+from devstack.consul.api.reads import Result, blocking, blocking_respond, respond
 from devstack.consul.catalog import check_json, instances, node_json, service_json
 from devstack.consul.errors import bad_request
 from devstack.consul.state import Check
@@ -78,8 +80,20 @@ async def service(request: web.Request) -> web.StreamResponse:
             )
         return Result(index, filtered(entries, opts.filter), filtered=hidden)
 
-    result = await blocking(core, opts, run, topics=("svc:" + name,), meta_on_error=True)
-    return respond(core, result, opts, token_sent=token_sent(request), consistency=True)
+    # The token's secret stands for its permissions: same secret, same visible result.
+    key = ("health-service", name, tuple(tags), passing, opts.filter, request_token(request))
+    return await blocking_respond(
+        core,
+        request.app[PARKING_KEY],
+        request,
+        opts,
+        run,
+        key,
+        ("svc:" + name,),
+        token_sent=token_sent(request),
+        consistency=True,
+        meta_on_error=True,
+    )
 
 
 async def service_checks(request: web.Request) -> web.StreamResponse:

@@ -195,6 +195,20 @@ def forward(core: Core, datacenter: str, stale: bool = False) -> None:
     core.require_leader(stale)
 
 
+def _forward_read(core: Core, opts: QueryOptions, meta_on_error: bool) -> None:
+    try:
+        forward(core, opts.datacenter, opts.stale)
+    except ConsulError as exc:
+        if meta_on_error:
+            exc.headers = {
+                "X-Consul-Index": "1",
+                "X-Consul-KnownLeader": "false",
+                "X-Consul-LastContact": "0",
+                **exc.headers,
+            }
+        raise
+
+
 async def blocking(
     core: Core,
     opts: QueryOptions,
@@ -209,17 +223,7 @@ async def blocking(
     ``meta_on_error`` is for handlers that ``defer setMeta``: an RPC error then still carries
     the (zero) query metadata, as ``X-Consul-Index: 1`` and an unknown leader.
     """
-    try:
-        forward(core, opts.datacenter, opts.stale)
-    except ConsulError as exc:
-        if meta_on_error:
-            exc.headers = {
-                "X-Consul-Index": "1",
-                "X-Consul-KnownLeader": "false",
-                "X-Consul-LastContact": "0",
-                **exc.headers,
-            }
-        raise
+    _forward_read(core, opts, meta_on_error)
     result = run()
     min_index = opts.min_index
     if min_index == 0:
@@ -268,19 +272,24 @@ async def blocking_respond(
     prefixes: tuple[str, ...] = (),
     *,
     token_sent: bool = False,
+    consistency: bool = False,
+    meta_on_error: bool = False,
 ) -> web.StreamResponse:
     """``blocking`` then ``respond``, with the wait shared by every query asking the same thing.
 
     ``share_key`` names the read (``run`` must give the same result for every request with the
-    same key); queries that would get the same bytes park in one group of ``parking``, which
-    answers all of them with one run and one render when a write wakes it.
+    same key, so it includes whatever of the token, filter and parameters the read depends on);
+    queries that would get the same bytes park in one group of ``parking``, which answers all of
+    them with one run and one render when a write wakes it.
     """
-    forward(core, opts.datacenter, opts.stale)
+    _forward_read(core, opts, meta_on_error)
     result = run()
     gzip_ok = accepts_gzip(request.headers.get("Accept-Encoding", ""))
 
     def answer(res: Result) -> web.StreamResponse:
-        return respond(core, res, opts, token_sent=token_sent, request=request)
+        return respond(
+            core, res, opts, token_sent=token_sent, consistency=consistency, request=request
+        )
 
     if opts.min_index == 0 or result.index > opts.min_index:
         return answer(result)
@@ -296,7 +305,7 @@ async def blocking_respond(
             opts,
             token_sent=token_sent,
             index=True,
-            consistency=False,
+            consistency=consistency,
             wrapped=True,
             gzip_ok=gzip_ok,
         )
@@ -305,7 +314,7 @@ async def blocking_respond(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + opts.wait + random.uniform(0, opts.wait / 16)
     waiter = parking.park(
-        (share_key, token_sent, gzip_ok),
+        (share_key, token_sent, gzip_ok, consistency and consistency_level(opts)),
         run,
         render,
         topics=topics,

@@ -308,3 +308,62 @@ async def test_parked_queries_are_counted_and_released(consul_server, kv_prefix:
         await anyio.sleep(0.1)
     assert consul_server.stats()["BlockingQueries"] == 0
     assert consul_server.call(lambda core: core.state.watches.kv_prefixes) == {}
+
+
+@pytest.mark.anyio
+async def test_parked_health_and_catalog_reads_of_a_service_all_wake_with_its_state(
+    consul_addr: str, consul_http: httpx.Client
+) -> None:
+    """Many watchers of one service (``?passing``, plain, catalog, a stale one) are all answered
+    by the check change that moves it, each with what a fresh read returns."""
+    import uuid
+
+    name = f"fan-{uuid.uuid4().hex[:8]}"
+    n = 60
+    kinds = {
+        "passing": (f"/v1/health/service/{name}", {"passing": ""}),
+        "all": (f"/v1/health/service/{name}", {}),
+        "stale": (f"/v1/health/service/{name}", {"stale": ""}),
+        "catalog": (f"/v1/catalog/service/{name}", {}),
+    }
+    got: dict[str, list[httpx.Response]] = {k: [] for k in kinds}
+    limits = httpx.Limits(max_connections=5 * n, max_keepalive_connections=5 * n)
+    async with httpx.AsyncClient(
+        base_url=f"http://{consul_addr}", headers=consul_http.headers, limits=limits, timeout=30
+    ) as client:
+        r = await client.put(
+            "/v1/agent/service/register", json={"Name": name, "Check": {"TTL": "30s"}}
+        )
+        assert r.status_code == 200
+        try:
+            idx = _index(await client.get(f"/v1/health/service/{name}"))
+
+            async def park(kind: str) -> None:
+                path, params = kinds[kind]
+                r = await client.get(path, params={**params, "index": idx, "wait": "20s"})
+                got[kind].append(r)
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(n):
+                    for kind in kinds:
+                        tg.start_soon(park, kind)
+                await anyio.sleep(1.0)
+                assert not any(got.values())
+                await client.put(f"/v1/agent/check/pass/service:{name}")
+            fresh = {
+                kind: await client.get(path, params=params)
+                for kind, (path, params) in kinds.items()
+            }
+        finally:
+            await client.put(f"/v1/agent/service/deregister/{name}")
+    for kind, responses in got.items():
+        assert len(responses) == n, kind
+        assert {r.status_code for r in responses} == {200}
+        assert {_index(r) for r in responses} == {_index(fresh[kind])}, kind
+        assert {r.content for r in responses} == {fresh[kind].content}, kind
+        assert {r.headers["X-Consul-Effective-Consistency"] for r in responses} == {
+            fresh[kind].headers["X-Consul-Effective-Consistency"]
+        }
+    assert len(got["passing"][0].json()) == 1
+    assert got["stale"][0].headers["X-Consul-Effective-Consistency"] == "stale"
+    assert got["all"][0].headers["X-Consul-Effective-Consistency"] == "leader"
