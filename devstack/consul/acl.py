@@ -307,8 +307,14 @@ def _now() -> str:
 class AclStore:
     """Tokens and policies of the emulated cluster (ACLs are on only with a master token)."""
 
-    def __init__(self, master_token: str | None, default_policy: str | None = None) -> None:
-        self.enabled = master_token is not None
+    def __init__(
+        self, master_token: str | None, default_policy: str | None = None, enabled: bool = False
+    ) -> None:
+        # With a master token (``initial_management``) the cluster starts bootstrapped; with only
+        # ``enabled`` it starts without any management token until ``/v1/acl/bootstrap``.
+        self.enabled = master_token is not None or enabled
+        # The index of the bootstrap (0: not bootstrapped yet), reported when it is refused.
+        self.bootstrap_index = 1 if master_token is not None else 0
         chosen = (default_policy or ("deny" if self.enabled else "allow")).lower()
         # What X-Consul-Default-ACL-Policy reports.
         self.default_name = chosen
@@ -327,6 +333,7 @@ class AclStore:
                 modify_index=1,
                 management=True,
             )
+        if self.enabled:
             self.tokens[ANONYMOUS_SECRET] = Token(
                 accessor=ANONYMOUS_ACCESSOR,
                 secret=ANONYMOUS_SECRET,

@@ -40,6 +40,7 @@ GET, PUT, DELETE = "GET", "PUT", "DELETE"
 # Patterns and method lists as Consul's agent/http_register.go declares them (the subset this
 # agent serves); a pattern ending in "/" owns everything below it.
 ENDPOINTS: list[Endpoint] = [
+    Endpoint("/v1/acl/bootstrap", (PUT,), acl_api.bootstrap),
     Endpoint("/v1/acl/policies", (GET,), acl_api.policy_list),
     Endpoint("/v1/acl/policy", (PUT,), acl_api.policy_create),
     Endpoint("/v1/acl/policy/", (GET, PUT, DELETE), acl_api.policy_item),

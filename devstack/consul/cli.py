@@ -23,6 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--acl-default-policy", choices=("allow", "deny"), default=None, help="ACL default policy"
     )
+    parser.add_argument(
+        "--acl-enabled",
+        action="store_true",
+        help="enable ACLs without a management token (get one with PUT /v1/acl/bootstrap)",
+    )
 
 
 def _loopback(host: str) -> str:
@@ -42,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         datacenter=args.datacenter,
         acl_master_token=args.acl_master_token,
         acl_default_policy=args.acl_default_policy,
+        acl_enabled=args.acl_enabled,
     )
     host = _loopback(args.bind)
     return run_foreground(lambda: create_app(config), host=host, port=args.port, name="consul")

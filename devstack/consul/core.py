@@ -26,6 +26,8 @@ class Config:
     datacenter: str = "dc1"
     acl_master_token: str | None = None
     acl_default_policy: str | None = None
+    # ACLs on without a master token: the cluster waits for ``PUT /v1/acl/bootstrap``.
+    acl_enabled: bool = False
     # Address advertised for the node and as the raft leader (Consul's server RPC port).
     advertise_addr: str = "127.0.0.1"
 
@@ -38,7 +40,9 @@ class Core:
         self.config = config
         self.node_name = config.resolved_node_name()
         self.state = State(self.node_name, config.datacenter)
-        self.acl = AclStore(config.acl_master_token, config.acl_default_policy)
+        self.acl = AclStore(
+            config.acl_master_token, config.acl_default_policy, enabled=config.acl_enabled
+        )
         self.faults = Faults()
         self.checks = CheckRunner(self.state)
         # Incremented by each emulated snapshot restore; parked queries return when it moves.

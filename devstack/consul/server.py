@@ -28,6 +28,7 @@ class ConsulServer:
         datacenter: str = "dc1",
         acl_master_token: str | None = None,
         acl_default_policy: str | None = None,
+        acl_enabled: bool = False,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -36,6 +37,7 @@ class ConsulServer:
             datacenter=datacenter,
             acl_master_token=acl_master_token,
             acl_default_policy=acl_default_policy,
+            acl_enabled=acl_enabled,
         )
         self._thread = ServerThread(lambda: create_app(self.config), host=host, port=port)
 

@@ -246,6 +246,41 @@ async def token_create(request: web.Request) -> web.Response:
     return ok_json(token.to_json(core.acl.policies))
 
 
+async def bootstrap(request: web.Request) -> web.Response:
+    """``ACL.BootstrapTokens``: the first management token, once; then refused with the index
+    of the bootstrap (a configured master token counts as one)."""
+    core = core_of(request)
+    if not core.acl.enabled:
+        raise ConsulError(401, "ACL support disabled")
+    secret = ""
+    if request.content_length:
+        body = await read_object(request, "api.BootstrapRequest", "Request decoding failed")
+        secret = body.text("BootstrapSecret")
+    forward(core, request.query.get("dc", ""))
+    if core.acl.bootstrap_index:
+        raise ConsulError(
+            403,
+            "Permission denied: ACL bootstrap no longer allowed "
+            f"(reset index: {core.acl.bootstrap_index})",
+        )
+    idx = core.state.next_index()
+    token = Token(
+        accessor=str(uuid.uuid4()),
+        secret=secret or str(uuid.uuid4()),
+        description="Bootstrap Token (Global Management)",
+        policy_ids=[],
+        local=False,
+        create_time=now_text(),
+        create_index=idx,
+        modify_index=idx,
+        management=True,
+    )
+    core.acl.tokens[token.secret] = token
+    core.acl.bootstrap_index = idx
+    core.state.bump("acl-tokens", idx)
+    return ok_json({"ID": token.secret, **token.to_json(core.acl.policies)})
+
+
 async def token_self(request: web.Request) -> web.Response:
     """The token the request carries, looked up by its secret; none sent is none found."""
     core = core_of(request)

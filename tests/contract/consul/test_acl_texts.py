@@ -6,13 +6,15 @@ sent), the permission as ``resource:level``, and the resource name quoted when t
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from devstack.consul.testing import ConsulTarget
+from devstack.consul.server import ConsulServer
+from devstack.consul.testing import ConsulTarget, requires_embedded
 
 ANONYMOUS = "00000000-0000-0000-0000-000000000002"
 
@@ -195,3 +197,61 @@ def test_policy_by_name(admin: httpx.Client) -> None:
         admin.delete(f"/v1/acl/policy/{created.json()['ID']}")
     r = admin.get(f"/v1/acl/policy/name/{name}")
     assert (r.status_code, r.text) == (404, "Requested policy does not exist: ACL not found")
+
+
+def test_bootstrap_of_a_bootstrapped_cluster_is_refused(admin: httpx.Client) -> None:
+    r = admin.put("/v1/acl/bootstrap")
+    assert r.status_code == 403
+    assert re.fullmatch(
+        r"Permission denied: ACL bootstrap no longer allowed \(reset index: \d+\)", r.text
+    ), r.text
+
+
+@requires_embedded
+def test_bootstrap_an_unbootstrapped_cluster() -> None:
+    """``acl_enabled`` without a master token starts as ``consul agent`` with ACLs on and no
+    ``initial_management`` token: nothing but the anonymous token until the bootstrap."""
+    with (
+        ConsulServer(node_name="devstack", acl_enabled=True) as server,
+        httpx.Client(base_url=server.url, timeout=10) as anon,
+    ):
+        r = anon.put("/v1/kv/x", content=b"1")
+        assert r.status_code == 403
+        assert r.text == (
+            f"Permission denied: token with AccessorID '{ANONYMOUS}' lacks permission "
+            "'key:write' on \"x\""
+        )
+        r = anon.put("/v1/acl/bootstrap")
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert list(body)[:3] == ["ID", "AccessorID", "SecretID"]
+        assert body["ID"] == body["SecretID"]
+        assert body["Description"] == "Bootstrap Token (Global Management)"
+        assert body["Policies"] == [
+            {"ID": "00000000-0000-0000-0000-000000000001", "Name": "global-management"}
+        ]
+        index = body["CreateIndex"]
+        r = anon.put("/v1/acl/bootstrap")
+        assert (r.status_code, r.text) == (
+            403,
+            f"Permission denied: ACL bootstrap no longer allowed (reset index: {index})",
+        )
+        headers = {"X-Consul-Token": body["SecretID"]}
+        assert anon.put("/v1/kv/x", content=b"1", headers=headers).status_code == 200
+        r = anon.get("/v1/acl/token/self", headers=headers)
+        assert r.json()["AccessorID"] == body["AccessorID"]
+    # A chosen secret is kept.
+    secret = str(uuid.uuid4())
+    with (
+        ConsulServer(node_name="devstack", acl_enabled=True) as server,
+        httpx.Client(base_url=server.url, timeout=10) as anon,
+    ):
+        r = anon.put("/v1/acl/bootstrap", json={"BootstrapSecret": secret})
+        assert r.status_code == 200
+        assert r.json()["SecretID"] == secret
+
+
+@requires_embedded
+def test_bootstrap_with_acls_off_is_401(consul_http: httpx.Client) -> None:
+    r = consul_http.put("/v1/acl/bootstrap")
+    assert (r.status_code, r.text) == (401, "ACL support disabled")
