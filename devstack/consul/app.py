@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from devstack.consul.api import acl as acl_api
-from devstack.consul.api import admin, agent, catalog, health, kv, status, txn
+from devstack.consul.api import admin, agent, catalog, event, health, kv, status, txn
 from devstack.consul.api import session as sessions
 from devstack.consul.api.common import CORE_KEY, PARKING_KEY, wrapped_headers
 from devstack.consul.api.mux import (
@@ -73,6 +73,8 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint("/v1/catalog/services", (GET,), catalog.list_services),
     Endpoint("/v1/catalog/service/", (GET,), catalog.service_nodes),
     Endpoint("/v1/catalog/node/", (GET,), catalog.node_services),
+    Endpoint("/v1/event/fire/", (PUT,), event.event_fire),
+    Endpoint("/v1/event/list", (GET,), event.event_list),
     Endpoint("/v1/health/node/", (GET,), health.node),
     Endpoint("/v1/health/checks/", (GET,), health.service_checks),
     Endpoint("/v1/health/state/", (GET,), health.state),

@@ -259,6 +259,9 @@ class State:
         self.checks: dict[str, dict[str, Check]] = {}
         # Per-service index ("service.<name>" in Consul's index table).
         self.service_index: dict[str, int] = {}
+        # The agent's recent user events (``events.py``) and their Lamport clock.
+        self.events: list[Any] = []
+        self.event_ltime = 0
         # Told ``(node, check_id)`` when a check leaves the catalog, so whoever runs its probe
         # (the agent's check runner) stops it, whichever endpoint removed it.
         self.check_removed: list[Callable[[str, str], None]] = []

@@ -7,6 +7,7 @@ sent), the permission as ``resource:level``, and the resource name quoted when t
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -255,3 +256,21 @@ def test_bootstrap_an_unbootstrapped_cluster() -> None:
 def test_bootstrap_with_acls_off_is_401(consul_http: httpx.Client) -> None:
     r = consul_http.put("/v1/acl/bootstrap")
     assert (r.status_code, r.text) == (401, "ACL support disabled")
+
+
+def test_events_under_acls(admin: httpx.Client, anon: httpx.Client) -> None:
+    name = f"acl-ev-{uuid.uuid4().hex[:8]}"
+    r = anon.put(f"/v1/event/fire/{name}")
+    assert (r.status_code, r.text) == (403, "Permission denied")
+    assert admin.put(f"/v1/event/fire/{name}").status_code == 200
+    deadline = time.monotonic() + 5
+    while True:
+        r = admin.get("/v1/event/list", params={"name": name})
+        if r.json() or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert [e["Name"] for e in r.json()] == [name]
+    # Without event:read the list is filtered, and says so only to a request with a token.
+    r = anon.get("/v1/event/list", params={"name": name})
+    assert r.json() == []
+    assert "X-Consul-Results-Filtered-By-ACLs" not in r.headers
