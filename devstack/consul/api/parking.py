@@ -115,6 +115,13 @@ class Group:
         if not fut.done():
             fut.cancel()
 
+    def _release(self, waiters: set[Waiter]) -> None:
+        """Hand every waiter back to its own task and close the group."""
+        self.waiters = set()
+        self.parking.drop(self)
+        for w in waiters:
+            self.parking.finish(w, Outcome.RERUN)
+
     def _fire(self, fut: asyncio.Future[None]) -> None:
         """Something the group read changed: one run, one render, every write in this pass."""
         parking = self.parking
@@ -124,14 +131,17 @@ class Group:
         waiters = self.waiters
         core = parking.core
         if core.restores != self.restores or (core.faults.no_leader and not self.stale):
-            self.waiters = set()
-            parking.drop(self)
-            for w in waiters:
-                parking.finish(w, Outcome.RERUN)
+            self._release(waiters)
             return
-        result = self.run()
-        data: bytes | None = None
-        rendered = False
+        try:
+            result = self.run()
+            # Rendered once, before any write, for every waiter this change answers.
+            data = self.render(result)
+        except Exception:
+            # Whatever failed (a token deleted meanwhile, say) fails again in each waiter's
+            # own task, which answers it the way the endpoint does.
+            self._release(waiters)
+            return
         keep: set[Waiter] = set()
         written: list[Waiter] = []
         failed: list[Waiter] = []
@@ -146,9 +156,6 @@ class Group:
             if result.index <= w.min_index:
                 keep.add(w)
                 continue
-            if not rendered:
-                data = self.render(result)
-                rendered = True
             transport = w.transport
             if data is not None and transport is not None and not transport.is_closing():
                 transport.write(data)
