@@ -9,6 +9,7 @@ from aiohttp import web
 from devstack.nomad import jobspec
 from devstack.nomad.errors import NomadError
 from devstack.nomad.jobspec.hcl import ParseError, parse_job_hcl
+from devstack.nomad.server.jobdiff import job_diff
 from devstack.nomad.structs import alloc_stub, job_stub, strip_zero
 
 from .common import (
@@ -122,6 +123,7 @@ class JobsAPI(APIBase):
 
     async def job_versions(self, request: web.Request, job_id: str, ns: str) -> web.Response:
         methods(request, READ)
+        want_diffs = request.query.get("diffs", "").lower() in ("true", "1")
 
         def compute() -> tuple[int, Any]:
             versions = self.state.versions.get((ns, job_id))
@@ -129,9 +131,13 @@ class JobsAPI(APIBase):
                 return self.state.table_index["job_version"], NomadError(
                     404, "job versions not found"
                 )
+            diffs = None
+            if want_diffs:
+                # Each version against the one before it, newest first, as Nomad lists them.
+                diffs = [job_diff(versions[i + 1], versions[i]) for i in range(len(versions) - 1)]
             return self.state.table_index["job_version"], {
                 "Versions": versions,
-                "Diffs": None,
+                "Diffs": diffs or None,
                 "Index": self.state.table_index["job_version"],
                 "LastContact": 0,
                 "KnownLeader": True,

@@ -260,3 +260,23 @@ def test_in_place_update_keeps_the_allocation_and_updates_its_services(
     assert wait_for(tags) == ["v2"]
     live = [a for a in allocs(nomad_http, job_id) if a["ClientStatus"] == "running"]
     assert [(a["ID"], a["JobVersion"]) for a in live] == [(first, 1)]
+
+
+def test_versions_with_diffs(nomad_http: httpx.Client, job_id: str) -> None:
+    job = _job(job_id, count=1)
+    register(nomad_http, job)
+    new = copy.deepcopy(job)
+    new["TaskGroups"][0]["Count"] = 2
+    new["TaskGroups"][0]["Tasks"][0]["Config"]["image"] = "nginx:1.28"
+    register(nomad_http, new)
+    plain = nomad_http.get(f"/v1/job/{job_id}/versions").json()
+    assert plain["Diffs"] is None
+    reply = nomad_http.get(f"/v1/job/{job_id}/versions", params={"diffs": "true"}).json()
+    assert [v["Version"] for v in reply["Versions"]] == [1, 0]
+    (diff,) = reply["Diffs"]  # version 1 against version 0
+    assert (diff["Type"], diff["ID"]) == ("Edited", job_id)
+    group = _one(diff["TaskGroups"], "app")
+    assert _changed(group["Fields"]) == {"Count": ("Edited", "1", "2")}
+    assert group["Updates"] is None  # no plan: no scheduler annotations
+    config = _one(_one(group["Tasks"], "main")["Objects"], "Config")
+    assert _changed(config["Fields"]) == {"image": ("Edited", "nginx:1.27", "nginx:1.28")}
