@@ -16,11 +16,13 @@ from devstack.consul.api.common import (
     can_read_service,
     core_of,
     filtered,
+    node_meta_filter,
     ok_json,
     parse_query_options,
     read_object,
     request_token,
     require,
+    satisfies_meta,
     token_sent,
 )
 from devstack.consul.api.mux import tail
@@ -56,8 +58,10 @@ async def list_nodes(request: web.Request) -> web.StreamResponse:
     opts = parse_query_options(request, core)
     st = core.state
 
+    meta = node_meta_filter(request)
+
     def run() -> Result:
-        nodes = [st.nodes[n] for n in sorted(st.nodes)]
+        nodes = [st.nodes[n] for n in sorted(st.nodes) if satisfies_meta(st.nodes[n].meta, meta)]
         keep = [n for n in nodes if can_read_node(request, n.name)]
         body = filtered([node_json(n) for n in keep], opts.filter)
         return Result(st.table_index["nodes"], body, filtered=len(keep) != len(nodes))
@@ -71,10 +75,15 @@ async def list_services(request: web.Request) -> web.StreamResponse:
     opts = parse_query_options(request, core)
     st = core.state
 
+    meta = node_meta_filter(request)
+
     def run() -> Result:
         tags: dict[str, set[str]] = {}
         hidden = False
         for node in sorted(st.services):
+            known = st.nodes.get(node)
+            if meta and (known is None or not satisfies_meta(known.meta, meta)):
+                continue
             if not can_read_node(request, node):
                 hidden = hidden or bool(st.services[node])
                 continue
@@ -99,15 +108,24 @@ async def service_nodes(request: web.Request) -> web.StreamResponse:
     tags = request.query.getall("tag", [])
     st = core.state
 
+    meta = node_meta_filter(request)
+
     def run() -> Result:
-        found = instances(st, name, tags)
+        found = [(n, s) for n, s in instances(st, name, tags) if satisfies_meta(n.meta, meta)]
         if not can_read_service(request, name):
             return Result(st.health_service_index(name), [], filtered=bool(found))
         keep = [(n, s) for n, s in found if can_read_node(request, n.name)]
         body = filtered([catalog_service_json(n, s) for n, s in keep], opts.filter)
         return Result(st.health_service_index(name), body, filtered=len(keep) != len(found))
 
-    key = ("catalog-service", name, tuple(tags), opts.filter, request_token(request))
+    key = (
+        "catalog-service",
+        name,
+        tuple(tags),
+        tuple(sorted(meta.items())),
+        opts.filter,
+        request_token(request),
+    )
     return await blocking_respond(
         core,
         request.app[PARKING_KEY],

@@ -101,6 +101,20 @@ def can_read_node(request: web.Request, name: str) -> bool:
     return can_read(request, "node", name)
 
 
+def node_meta_filter(request: web.Request) -> dict[str, str]:
+    """``parseMetaFilter``: each ``node-meta=key:value`` (no colon: an empty value)."""
+    meta: dict[str, str] = {}
+    for raw in request.query.getall("node-meta", []):
+        key, _, value = raw.partition(":")
+        meta[key] = value
+    return meta
+
+
+def satisfies_meta(meta: dict[str, str], wanted: dict[str, str]) -> bool:
+    """``SatisfiesMetaFilters``: every wanted key present with exactly that value."""
+    return all(k in meta and meta[k] == v for k, v in wanted.items())
+
+
 def filtered(result: list[Any], opts_filter: str) -> list[Any]:
     """``?filter=`` over a list read, after the ACL filtering."""
     return apply_filter(result, opts_filter) if opts_filter else result

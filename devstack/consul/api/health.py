@@ -17,8 +17,10 @@ from devstack.consul.api.common import (
     can_read_service,
     core_of,
     filtered,
+    node_meta_filter,
     parse_query_options,
     request_token,
+    satisfies_meta,
     token_sent,
 )
 from devstack.consul.api.mux import tail
@@ -55,11 +57,12 @@ async def service(request: web.Request) -> web.StreamResponse:
         raise bad_request("Missing service name")
     tags = request.query.getall("tag", [])
     passing = _go_bool(request, "passing")
+    meta = node_meta_filter(request)
     st = core.state
 
     def run() -> Result:
         index = st.health_service_index(name)
-        found = instances(st, name, tags)
+        found = [(n, s) for n, s in instances(st, name, tags) if satisfies_meta(n.meta, meta)]
         if not can_read_service(request, name):
             return Result(index, [], filtered=bool(found))
         entries: list[dict[str, Any]] = []
@@ -81,7 +84,15 @@ async def service(request: web.Request) -> web.StreamResponse:
         return Result(index, filtered(entries, opts.filter), filtered=hidden)
 
     # The token's secret stands for its permissions: same secret, same visible result.
-    key = ("health-service", name, tuple(tags), passing, opts.filter, request_token(request))
+    key = (
+        "health-service",
+        name,
+        tuple(tags),
+        passing,
+        tuple(sorted(meta.items())),
+        opts.filter,
+        request_token(request),
+    )
     return await blocking_respond(
         core,
         request.app[PARKING_KEY],

@@ -364,3 +364,36 @@ def test_maintenance_mode(consul_http: httpx.Client, svc_name: str, cleanup: lis
     assert consul_http.get(f"/v1/health/service/{svc_name}", params={"passing": ""}).json() == []
     consul_http.put(f"/v1/agent/service/maintenance/{svc_name}", params={"enable": "false"})
     assert consul_http.get(f"/v1/health/service/{svc_name}", params={"passing": ""}).json()
+
+
+def test_node_meta_filters(consul_http: httpx.Client) -> None:
+    """``node-meta=key:value`` (repeatable) keeps what runs on nodes with all those pairs."""
+    tag = uuid.uuid4().hex[:8]
+    node, svc = f"meta-node-{tag}", f"meta-svc-{tag}"
+    r = consul_http.put(
+        "/v1/catalog/register",
+        json={
+            "Node": node,
+            "Address": "192.0.2.10",
+            "NodeMeta": {"rack": f"r-{tag}", "zone": "a"},
+            "Service": {"Service": svc, "Port": 80},
+        },
+    )
+    assert r.status_code == 200, r.text
+    try:
+        match = {"node-meta": [f"rack:r-{tag}", "zone:a"]}
+        miss = {"node-meta": [f"rack:r-{tag}", "zone:b"]}
+        nodes = consul_http.get("/v1/catalog/nodes", params=match).json()
+        assert [n["Node"] for n in nodes] == [node]
+        assert consul_http.get("/v1/catalog/nodes", params=miss).json() == []
+        services = consul_http.get("/v1/catalog/services", params=match).json()
+        assert services == {svc: []}
+        assert consul_http.get("/v1/catalog/services", params=miss).json() == {}
+        r = consul_http.get(f"/v1/catalog/service/{svc}", params=match)
+        assert [s["Node"] for s in r.json()] == [node]
+        assert consul_http.get(f"/v1/catalog/service/{svc}", params=miss).json() == []
+        r = consul_http.get(f"/v1/health/service/{svc}", params=match)
+        assert [e["Node"]["Node"] for e in r.json()] == [node]
+        assert consul_http.get(f"/v1/health/service/{svc}", params=miss).json() == []
+    finally:
+        consul_http.put("/v1/catalog/deregister", json={"Node": node})
