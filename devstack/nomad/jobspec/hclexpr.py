@@ -203,6 +203,20 @@ def _go_format(fmt: str, *args: Any) -> str:
     return re.sub(r"%[-+# 0-9.]*([a-zA-Z%])", sub, fmt)
 
 
+def _regex(pattern: Any, text: Any) -> Any:
+    match = re.search(_tostring(pattern), _tostring(text))
+    if match is None:
+        raise ExprError(
+            'Error in function call; Call to function "regex" failed: pattern did not match '
+            "any part of the given string."
+        )
+    if match.groupdict():
+        return match.groupdict()
+    if match.groups():
+        return list(match.groups())
+    return match.group(0)
+
+
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     "upper": lambda s: _tostring(s).upper(),
     "lower": lambda s: _tostring(s).lower(),
@@ -232,6 +246,11 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "abs": lambda n: abs(_tonumber(n)),
     "jsonencode": lambda v: json.dumps(v, separators=(",", ":")),
     "substr": lambda s, off, n: _tostring(s)[int(off) : int(off) + int(n) if int(n) >= 0 else None],
+    "startswith": lambda s, prefix: _tostring(s).startswith(_tostring(prefix)),
+    "endswith": lambda s, suffix: _tostring(s).endswith(_tostring(suffix)),
+    "regex": _regex,
+    "trimprefix": lambda s, p: _tostring(s).removeprefix(_tostring(p)),
+    "trimsuffix": lambda s, p: _tostring(s).removesuffix(_tostring(p)),
 }
 
 
@@ -664,22 +683,101 @@ def declared_variables(tree: dict[str, Any], source: str) -> dict[str, dict[str,
                 "type": _type_of(body.get("type")),
                 "default": body.get("default"),
                 "has_default": "default" in body,
+                "validations": _validations(name, body.get("validation"), source),
             }
     plural = tree.get("variables", [])
     for block in plural if isinstance(plural, list) else [plural]:
         for name, default in (block or {}).items():
-            out[name] = {"type": None, "default": default, "has_default": True}
+            out[name] = {
+                "type": None,
+                "default": default,
+                "has_default": True,
+                "validations": [],
+            }
     return out
 
 
+_SENTENCE = re.compile(r"^(?![a-z]).*[.?!]$", re.S)
+
+
+def _validations(name: str, raw: Any, source: str) -> list[dict[str, Any]]:
+    """A variable's ``validation`` blocks, checked as jobspec2 checks their form."""
+    rules = []
+    for i, block in enumerate(raw if isinstance(raw, list) else [raw] if raw else []):
+        if not isinstance(block, dict):
+            continue
+        missing = [k for k in ("condition", "error_message") if k not in block]
+        if missing:
+            raise ExprError(
+                f'Missing required argument; The argument "{missing[0]}" is required, but no '
+                "definition was found."
+            )
+        condition = str(block["condition"])
+        if not re.search(rf"\bvar\s*\.\s*{re.escape(name)}\b", condition):
+            raise ExprError(
+                f'Invalid variable validation condition; The condition for variable "{name}" '
+                f"must refer to var.{name} in order to test incoming values."
+            )
+        message = block["error_message"]
+        if not isinstance(message, str) or not message:
+            raise ExprError(
+                "Invalid validation error message; An empty string is not a valid nor useful "
+                "error message."
+            )
+        if not _SENTENCE.match(message):
+            raise ExprError(
+                "Invalid validation error message; Validation error message must be at least "
+                "one full sentence starting with an uppercase letter ( if the alphabet permits "
+                "it ) and ending with a period or question mark."
+            )
+        block_at = [m.start() for m in re.finditer(rf'variable\s+"{re.escape(name)}"', source)]
+        offset = block_at[0] if block_at else 0
+        rule = [m.span() for m in re.finditer(r"\bvalidation\b", source[offset:])]
+        where = "<nil>"
+        if len(rule) > i:
+            start = offset + rule[i][0]
+            line = source.count("\n", 0, start) + 1
+            col = start - (source.rfind("\n", 0, start) + 1) + 1
+            where = f"{FILENAME}:{line},{col}-{col + len('validation')}"
+        rules.append({"condition": condition, "message": message, "where": where})
+    return rules
+
+
+def _validate(name: str, value: Any, how: str, rules: list[dict[str, Any]]) -> None:
+    for rule in rules:
+        result = render(rule["condition"], Scope("", {name: value}))
+        if result is None:
+            raise ExprError(
+                "Invalid variable validation result; Validation condition expression must "
+                "return either true or false, not null."
+            )
+        try:
+            ok = _tobool(result)
+        except ExprError as exc:
+            raise ExprError(
+                "Invalid variable validation result; Invalid validation condition result "
+                "value: a bool is required."
+            ) from exc
+        if not ok:
+            raise ExprError(
+                f"Invalid value for {how} variable; {rule['message']}\n\nThis was checked by "
+                f"the validation rule at {rule['where']}."
+            )
+
+
 def variable_values(decls: dict[str, dict[str, Any]], assigned: dict[str, Any]) -> dict[str, Any]:
-    """Each declared variable's value: the assignment, else the default, else an error."""
+    """Each declared variable's value: the assignment, else the default, else an error.
+
+    The value used is checked against the variable's ``validation`` rules.
+    """
     values: dict[str, Any] = {}
     for name, decl in decls.items():
         if name in assigned:
             values[name] = convert(assigned[name], decl["type"], name, "varfile")
+            _validate(name, values[name], "varfile", decl["validations"])
         elif decl["has_default"]:
             values[name] = convert(decl["default"], decl["type"], name, "default")
+            _validate(name, values[name], "default", decl["validations"])
         else:
             raise ExprError(
                 f'<nil>: Unset variable "{name}"; A used variable must be set or have a '

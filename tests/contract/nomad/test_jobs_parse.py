@@ -373,3 +373,55 @@ def test_migrate_block(nomad_http: httpx.Client) -> None:
         "MinHealthyTime": 3 * SECOND,
         "HealthyDeadline": 60 * SECOND,
     }
+
+
+VALIDATED = """
+variable "replicas" {
+  type    = number
+  default = 2
+
+  validation {
+    condition     = var.replicas >= 1 && var.replicas <= 5
+    error_message = "Replicas must be between 1 and 5."
+  }
+}
+
+variable "image" {
+  type    = string
+  default = "nginx:1.27"
+
+  validation {
+    condition     = startswith(var.image, "nginx:")
+    error_message = "Only nginx images are allowed."
+  }
+}
+
+job "validated" {
+  group "g" {
+    count = var.replicas
+    task "t" {
+      driver = "docker"
+      config {
+        image = var.image
+      }
+    }
+  }
+}
+"""
+
+
+def test_variable_validation_rules(nomad_http: httpx.Client) -> None:
+    ok = _parse_vars(nomad_http, VALIDATED, "replicas = 3\n")
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["TaskGroups"][0]["Count"] == 3
+    too_many = _parse_vars(nomad_http, VALIDATED, "replicas = 9\n")
+    assert too_many.status_code == 400
+    assert "Replicas must be between 1 and 5." in too_many.text
+    assert "This was checked by the validation rule at input.hcl:" in too_many.text
+    wrong = _parse_vars(nomad_http, VALIDATED, 'image = "redis:7"\n')
+    assert wrong.status_code == 400
+    assert "Only nginx images are allowed." in wrong.text
+    bad_rule = VALIDATED.replace("var.replicas >= 1 && var.replicas <= 5", "true")
+    resp = _parse_vars(nomad_http, bad_rule, "")
+    assert resp.status_code == 400
+    assert 'The condition for variable "replicas" must refer to var.replicas' in resp.text
