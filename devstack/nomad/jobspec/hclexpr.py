@@ -15,6 +15,9 @@ decodes the job:
 * ``locals { ... }`` evaluated in dependency order, referring to variables and other locals.
 * References to any other root (``attr``, ``node``, ``meta``, ``NOMAD_*``, ``env``) stay as
   ``${...}`` text for the client to interpolate, as jobspec2's unknown-variable hook keeps them.
+* ``dynamic "<type>" { for_each, iterator, labels, content }`` blocks expand into one block
+  per element (maps in key order), nested ones included, with ``<iterator>.key`` and
+  ``<iterator>.value``.
 * A template that is a single interpolation keeps the value's type (``count = var.n`` is a
   number); otherwise values are rendered into the string. ``$${`` and ``%%{`` escapes become
   ``${`` and ``%{``.
@@ -266,6 +269,25 @@ class Scope:
         self.locals: dict[str, Any] = {}
         self.local_exprs: dict[str, Any] = {}
         self._evaluating: set[str] = set()
+        # A dynamic block's iterator (``<name>.key``, ``<name>.value``) while its content is
+        # evaluated.
+        self.iterators: dict[str, Any] = {}
+
+    def with_iterator(self, name: str, key: Any, value: Any) -> Scope:
+        child = Scope(self.source, self.variables)
+        child.locals, child.local_exprs, child._evaluating = (
+            self.locals,
+            self.local_exprs,
+            self._evaluating,
+        )
+        child.iterators = {**self.iterators, name: {"key": key, "value": value}}
+        return child
+
+    def refers(self, expr: str) -> bool:
+        """Whether ``expr`` uses something this scope evaluates (not left for the client)."""
+        if _REFERS.search(expr):
+            return True
+        return any(re.search(rf"\b{re.escape(n)}\s*\.", expr) for n in self.iterators)
 
     def root(self, name: str, attr: str) -> Any:
         if name == "var":
@@ -460,6 +482,8 @@ class _Parser:
                 if attr_kind != "ident":
                     raise ExprError("Invalid attribute name; An attribute name is required.")
                 return self.scope.root(text, attr)
+            if text in self.scope.iterators:
+                return self.scope.iterators[text]
             raise _Unknown(text)
         raise ExprError(
             f"Invalid expression; Expected the start of an expression, but found {text!r}."
@@ -574,7 +598,7 @@ def _interpolate(chunk: str, scope: Scope) -> Any:
     try:
         return evaluate(expr, scope)
     except _Unknown:
-        if _REFERS.search(expr):
+        if scope.refers(expr):
             raise ExprError(
                 f"{_position(scope.source, re.escape(expr))}: Unsupported expression; the "
                 f"devstack cannot evaluate ${{{expr}}} (it mixes var/local with a reference "
@@ -582,7 +606,7 @@ def _interpolate(chunk: str, scope: Scope) -> Any:
             ) from None
         return chunk
     except ExprError as exc:
-        if not _REFERS.search(expr) and not str(exc).startswith(FILENAME):
+        if not scope.refers(expr) and not str(exc).startswith(FILENAME):
             return chunk  # not ours to evaluate: the client interpolates it
         raise
 
@@ -598,8 +622,73 @@ def resolve(value: Any, scope: Scope) -> Any:
     if isinstance(value, list):
         return [resolve(v, scope) for v in value]
     if isinstance(value, dict):
-        return {k: resolve(v, scope) for k, v in value.items()}
+        dynamic = value.get("dynamic")
+        if not _is_dynamic(dynamic):
+            return {k: resolve(v, scope) for k, v in value.items()}
+        out = {k: resolve(v, scope) for k, v in value.items() if k != "dynamic"}
+        for name, blocks in _expand_dynamic(dynamic if isinstance(dynamic, list) else [], scope):
+            existing = out.get(name)
+            out[name] = [*(existing if isinstance(existing, list) else []), *blocks]
+        return out
     return value
+
+
+def _is_dynamic(value: Any) -> bool:
+    """``dynamic "<type>" { for_each, content }`` blocks as python-hcl2 hands them back."""
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(
+            isinstance(block, dict)
+            and all(isinstance(spec, dict) and "content" in spec for spec in block.values())
+            for block in value
+        )
+    )
+
+
+def _expand_dynamic(blocks: list[dict[str, Any]], scope: Scope) -> list[tuple[str, list[Any]]]:
+    """The blocks ``dynamic`` blocks generate: one per element of ``for_each``, labelled by
+    ``labels`` and filled from ``content``, evaluated with the iterator (``<type>`` or
+    ``iterator``) bound to each element's ``key`` and ``value``."""
+    out = []
+    for block in blocks:
+        for name, spec in block.items():
+            unknown = sorted(set(spec) - {"for_each", "labels", "iterator", "content"})
+            if unknown:
+                raise ExprError(
+                    f'Unsupported argument; An argument named "{unknown[0]}" is not expected '
+                    f'here (dynamic "{name}").'
+                )
+            if "for_each" not in spec:
+                raise ExprError(
+                    'Missing required argument; The argument "for_each" is required, but no '
+                    f'definition was found (dynamic "{name}").'
+                )
+            collection = resolve(spec["for_each"], scope)
+            if isinstance(collection, dict):
+                items = sorted(collection.items())  # HCL iterates maps in key order
+            elif isinstance(collection, list):
+                items = list(enumerate(collection))
+            else:
+                raise ExprError(
+                    "Invalid dynamic for_each value; Cannot use a "
+                    f"{type(collection).__name__} value in for_each. An iterable collection is "
+                    "required."
+                )
+            iterator = str(spec.get("iterator") or name).strip()
+            if iterator.startswith("${") and iterator.endswith("}"):
+                iterator = iterator[2:-1].strip()
+            contents = spec["content"] if isinstance(spec["content"], list) else [spec["content"]]
+            generated = []
+            for key, item in items:
+                child = scope.with_iterator(iterator, key, item)
+                labels = resolve(spec.get("labels") or [], child)
+                body = resolve(contents[-1] if contents else {}, child)
+                for label in reversed(labels if isinstance(labels, list) else [labels]):
+                    body = {_tostring(label): body}
+                generated.append(body)
+            out.append((name, generated))
+    return out
 
 
 # -- variables ---------------------------------------------------------------------------------

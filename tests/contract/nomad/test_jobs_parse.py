@@ -425,3 +425,70 @@ def test_variable_validation_rules(nomad_http: httpx.Client) -> None:
     resp = _parse_vars(nomad_http, bad_rule, "")
     assert resp.status_code == 400
     assert 'The condition for variable "replicas" must refer to var.replicas' in resp.text
+
+
+DYNAMIC = """
+variable "ports" {
+  type    = list(string)
+  default = ["http", "grpc"]
+}
+
+variable "regions" {
+  type    = map(string)
+  default = { eu = "eu-west-1", us = "us-east-1" }
+}
+
+job "dynamic" {
+  dynamic "group" {
+    for_each = var.regions
+    labels   = ["edge-${group.key}"]
+
+    content {
+      count = 1
+
+      meta {
+        aws_region = group.value
+      }
+
+      network {
+        dynamic "port" {
+          for_each = var.ports
+          iterator = p
+          labels   = [p.value]
+          content {
+            to = 8000 + p.key
+          }
+        }
+      }
+
+      task "proxy" {
+        driver = "docker"
+        config {
+          image = "haproxy:3.0"
+          args  = ["--region", group.value, "--node", "${node.unique.name}"]
+        }
+      }
+    }
+  }
+}
+"""
+
+
+def test_dynamic_blocks_are_expanded(nomad_http: httpx.Client) -> None:
+    resp = _parse_vars(nomad_http, DYNAMIC, 'ports = ["http", "grpc", "admin"]\n')
+    assert resp.status_code == 200, resp.text
+    groups = {g["Name"]: g for g in resp.json()["TaskGroups"]}
+    assert sorted(groups) == ["edge-eu", "edge-us"]
+    eu = groups["edge-eu"]
+    assert eu["Meta"] == {"aws_region": "eu-west-1"}
+    assert eu["Networks"][0]["DynamicPorts"] == [
+        {"Label": "http", "To": 8000},
+        {"Label": "grpc", "To": 8001},
+        {"Label": "admin", "To": 8002},
+    ]
+    args = eu["Tasks"][0]["Config"]["args"]
+    assert args == ["--region", "eu-west-1", "--node", "${node.unique.name}"]
+    assert groups["edge-us"]["Meta"] == {"aws_region": "us-east-1"}
+    bad = _parse_vars(nomad_http, DYNAMIC.replace("for_each = var.ports", "for_each = 3"), "")
+    assert bad.status_code == 400
+    assert "for_each" in bad.text
