@@ -141,6 +141,7 @@ def _finish(request: web.Request, response: web.StreamResponse, core: Core) -> w
         and response.body is not None
         and isinstance(response.body, bytes)
         and len(response.body) >= GZIP_MIN_SIZE
+        and "Content-Encoding" not in response.headers
         and accepts_gzip(request.headers.get("Accept-Encoding", ""))
     ):
         response.body = gzip_body(response.body)

@@ -73,3 +73,41 @@ def test_http10_and_connection_close_get_complete_responses(
             assert json.loads(body)[0]["Key"] == kv_prefix + "k"
             # the server closes the connection after answering
             assert sock.recv(1) == b""
+
+
+def test_large_bodies_are_gzipped_once_whatever_the_connection_mode(
+    consul_http: httpx.Client, consul_addr: str, kv_prefix: str
+) -> None:
+    """A random value does not compress, so its gzip is still over the 1400-byte threshold:
+    it must be compressed once, not once more on its way out."""
+    import base64
+    import gzip
+    import os
+    import uuid
+
+    value = os.urandom(4000)
+    consul_http.put(f"/v1/kv/{kv_prefix}big", content=value).raise_for_status()
+    name = f"gz-{uuid.uuid4().hex[:8]}"
+    consul_http.put(
+        "/v1/agent/service/register",
+        json={
+            "Name": name,
+            "Meta": {f"blob{i}": value.hex()[i * 500 : (i + 1) * 500] for i in range(8)},
+        },
+    ).raise_for_status()
+    try:
+        for path in (f"/v1/kv/{kv_prefix}big", f"/v1/health/service/{name}"):
+            for mode in ("HTTP/1.0\r\n", "HTTP/1.1\r\nHost: consul\r\nConnection: close\r\n"):
+                with _connect(consul_addr) as sock:
+                    sock.sendall(f"GET {path} {mode}Accept-Encoding: gzip\r\n\r\n".encode())
+                    status, headers, body, _ = _read_response(sock, b"")
+                assert status == 200
+                if headers.get("content-encoding") == "gzip":
+                    body = gzip.decompress(body)
+                decoded = json.loads(body)
+                if path.startswith("/v1/kv/"):
+                    assert base64.b64decode(decoded[0]["Value"]) == value
+                else:
+                    assert decoded[0]["Service"]["Service"] == name
+    finally:
+        consul_http.put(f"/v1/agent/service/deregister/{name}")
