@@ -78,3 +78,47 @@ async def test_a_failing_read_hands_every_waiter_back_and_leaves_no_dead_group()
     assert sink.data == [b"answer 7"]
     assert parking.groups == {}
     parking.close()
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_waiter_leaves_its_group() -> None:
+    """A handler task cancelled while parked (the server stopping, say) leaves its group as
+    ``reads.blocking_respond`` does (the awaited future is cancelled with it): it is no longer
+    counted and is never written to."""
+    core = Core(Config(node_name="unit"))
+    parking = Parking(core, asyncio.get_running_loop())
+    loop = asyncio.get_running_loop()
+    state = {"index": 5}
+    sink = Sink()
+
+    async def handler() -> None:
+        waiter = parking.park(
+            "k",
+            lambda: Result(state["index"], raw=b"[]"),
+            lambda result: b"answer",
+            topics=("t",),
+            prefixes=(),
+            stale=False,
+            transport=sink,
+            min_index=5,
+            not_found=False,
+            deadline=loop.time() + 30,
+        )
+        try:
+            await waiter.done
+        finally:
+            if not waiter.done.done() or waiter.done.cancelled():
+                parking.leave(waiter)
+
+    task = asyncio.create_task(handler())
+    await asyncio.sleep(0)
+    assert core.state.watches.count() == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert core.state.watches.count() == 0
+    assert parking.groups == {}
+    state["index"] = 6
+    core.state.watches.notify("t")
+    await asyncio.sleep(0.01)
+    assert sink.data == []

@@ -328,7 +328,8 @@ async def blocking_respond(
     try:
         outcome = await waiter.done
     finally:
-        if not waiter.done.done():
+        # A cancelled task cancels the future it awaited: leave the group either way.
+        if not waiter.done.done() or waiter.done.cancelled():
             parking.leave(waiter)
     if outcome is Outcome.WRITTEN:
         return Prewritten(waiter.status, keep_alive=True)
