@@ -159,7 +159,14 @@ class JobsAPI(APIBase):
 
     async def job_evaluate(self, request: web.Request, job_id: str, ns: str) -> web.Response:
         methods(request, WRITE)
-        reply = self.cluster.evaluate_job(job_id, ns)
+        body = await read_body(request) if request.can_read_body else {}
+        if not isinstance(body, dict):
+            raise NomadError(400, "request body is not a JSON object")
+        if body.get("JobID") and body["JobID"] != job_id:
+            raise NomadError(400, "Job ID does not match")
+        options = body.get("EvalOptions") or {}
+        force = bool(options.get("ForceReschedule")) if isinstance(options, dict) else False
+        reply = self.cluster.evaluate_job(job_id, ns, force_reschedule=force)
         return json_response(reply, reply["Index"])
 
     async def job_deployments(self, request: web.Request, job_id: str, ns: str) -> web.Response:

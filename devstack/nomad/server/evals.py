@@ -119,6 +119,8 @@ class Reconciler(DeploymentWatcher):
                 if a["NextAllocation"]:
                     continue
                 decision, when, delay = self._reschedule_decision(a, now)
+                if (a["DesiredTransition"] or {}).get("ForceReschedule"):
+                    decision, delay = "now", 0  # Job.Evaluate with ForceReschedule
                 if decision == "now":
                     wanted.append((gname, a["Name"], a, delay, False))
                 elif decision == "later" and not self._followup_pending(a):

@@ -165,14 +165,48 @@ class JobWrites(AllocUpdates):
         )
         return reply
 
-    def evaluate_job(self, job_id: str, namespace: str) -> dict[str, Any]:
+    def evaluate_job(
+        self, job_id: str, namespace: str, *, force_reschedule: bool = False
+    ) -> dict[str, Any]:
+        """``Job.Evaluate``; ``ForceReschedule`` marks failed allocations to reschedule now.
+
+        Only allocations not yet replaced, in groups whose reschedule policy is enabled, are
+        forced, whatever their attempts and delays.
+        """
         job = self.state.jobs.get((namespace, job_id))
         if job is None:
             raise NomadError(404, "job not found")
+        if job["Periodic"] is not None:
+            raise NomadError(500, "can't evaluate periodic job")
+        if job["ParameterizedJob"] is not None and not job["Dispatched"]:
+            raise NomadError(500, "can't evaluate parameterized job")
         index = self.state.begin()
+        events = []
+        if force_reschedule:
+            for a in self.state.job_allocs((namespace, job_id)):
+                group = jobspec.group_spec(job, a["TaskGroup"])
+                policy = (group or {}).get("ReschedulePolicy") or {}
+                enabled = bool(policy) and (
+                    policy.get("Unlimited")
+                    or (policy.get("Attempts", 0) > 0 and policy.get("Interval", 0) > 0)
+                )
+                transition = a["DesiredTransition"] or {}
+                if (
+                    enabled
+                    and not a["NextAllocation"]
+                    and a["ClientStatus"] == "failed"
+                    and not transition.get("ForceReschedule")
+                ):
+                    a = {
+                        **a,
+                        "DesiredTransition": {**transition, "ForceReschedule": True},
+                        "ModifyIndex": index,
+                    }
+                    self.state.put_alloc(a, index)
+                    events.append(self._alloc_event("AllocationUpdateDesiredStatus", a))
         ev = self._new_eval(job, index, "job-register")
         self.state.put_eval(ev, index)
-        events = [self._eval_event("EvaluationUpdated", ev)]
+        events.append(self._eval_event("EvaluationUpdated", ev))
         self._refresh_job((namespace, job_id), index, events)
         self.state.commit(index, events)
         self._enqueue(ev["ID"])

@@ -11,7 +11,16 @@ import pytest
 
 from devstack.nomad.testing import requires_embedded_nomad
 
-from .helpers import allocs, docker_job, register, wait_for
+from .helpers import (
+    SECOND,
+    allocs,
+    docker_job,
+    evals,
+    python_task,
+    raw_exec_job,
+    register,
+    wait_for,
+)
 
 pytestmark = pytest.mark.contract
 
@@ -190,3 +199,62 @@ def test_unimplemented_sub_resources_are_unknown_paths(
         assert (resp.status_code, resp.text) == (404, "")
     ids = [j["ID"] for j in nomad_http.get("/v1/jobs").json()]
     assert ids == [job_id]
+
+
+def _failing_batch(job_id: str, **reschedule: Any) -> dict[str, Any]:
+    task = python_task("main", "import sys; sys.exit(3)")
+    return raw_exec_job(
+        job_id,
+        [task],
+        RestartPolicy={"Attempts": 0, "Interval": 60 * SECOND, "Delay": SECOND, "Mode": "fail"},
+        ReschedulePolicy={
+            "Attempts": 1,
+            "Interval": 3600 * SECOND,
+            "Delay": 3600 * SECOND,
+            "DelayFunction": "constant",
+            "Unlimited": False,
+            **reschedule,
+        },
+    ) | {"Type": "batch"}
+
+
+def _settled_evals(http: httpx.Client, job_id: str) -> bool:
+    """Every evaluation processed, but the delayed follow-ups (``WaitUntil``) still waiting."""
+    return all(e["Status"] != "pending" or e.get("WaitUntil") for e in evals(http, job_id))
+
+
+def test_evaluate_with_force_reschedule(nomad_http: httpx.Client, job_id: str) -> None:
+    register(nomad_http, _failing_batch(job_id))
+    failed = wait_for(
+        lambda: [a for a in allocs(nomad_http, job_id) if a["ClientStatus"] == "failed"]
+    )
+    # The policy's delay is an hour: a plain evaluation replaces nothing.
+    plain = nomad_http.post(f"/v1/job/{job_id}/evaluate", json={"JobID": job_id})
+    assert plain.status_code == 200, plain.text
+    wait_for(lambda: _settled_evals(nomad_http, job_id))
+    assert len(allocs(nomad_http, job_id)) == 1
+    forced = nomad_http.post(
+        f"/v1/job/{job_id}/evaluate",
+        json={"JobID": job_id, "EvalOptions": {"ForceReschedule": True}},
+    )
+    assert forced.status_code == 200, forced.text
+    replacement = wait_for(
+        lambda: [a for a in allocs(nomad_http, job_id) if a["ID"] != failed[0]["ID"]]
+    )
+    full = nomad_http.get(f"/v1/allocation/{replacement[0]['ID']}").json()
+    assert full["PreviousAllocation"] == failed[0]["ID"]
+    old = nomad_http.get(f"/v1/allocation/{failed[0]['ID']}").json()
+    assert old["DesiredTransition"]["ForceReschedule"] is True
+    mismatch = nomad_http.post(f"/v1/job/{job_id}/evaluate", json={"JobID": "other"})
+    assert mismatch.status_code == 400
+
+
+def test_force_reschedule_needs_an_enabled_policy(nomad_http: httpx.Client, job_id: str) -> None:
+    register(nomad_http, _failing_batch(job_id, Attempts=0))
+    wait_for(lambda: [a for a in allocs(nomad_http, job_id) if a["ClientStatus"] == "failed"])
+    nomad_http.post(
+        f"/v1/job/{job_id}/evaluate",
+        json={"JobID": job_id, "EvalOptions": {"ForceReschedule": True}},
+    )
+    wait_for(lambda: _settled_evals(nomad_http, job_id))
+    assert len(allocs(nomad_http, job_id)) == 1
