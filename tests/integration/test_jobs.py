@@ -188,6 +188,75 @@ async def test_jobs_without_our_meta_are_left_alone(consul_server, two_user_noma
         assert job["Version"] == 0
         # eli has no request: her foreign job is not purged either
         assert nomad_job(nomad, "eli") is not None
+        # dan leaves: the report goes (whichever reconcile wrote it), the foreign job stays
+        await consul.kv_delete(f"{REQUESTS_PREFIX}dan")
+
+        async def report_gone() -> bool:
+            return await status(consul, "jobs", "dan") is None
+
+        await eventually(report_gone, timeout=30)
+        job = nomad_job(nomad, "dan")
+        assert job is not None
+        assert job["Version"] == 0
+
+
+async def test_a_foreign_job_is_reported_when_the_claim_comes_after_the_request(
+    consul_server, two_user_nomad
+) -> None:
+    """The request reaches jobs before the user is claimed (so the user's own reconcile says
+    nothing), then the claim arrives through the waiting list alone: the list's sweep must
+    report the foreign job (it once skipped every job without our meta)."""
+    nomad = two_user_nomad
+    settings = Settings.from_env(ENV)
+    foreign = {
+        "ID": job_id("dan"),
+        "Name": job_id("dan"),
+        "Type": "service",
+        "Datacenters": ["dc1"],
+        "Meta": {"team": "someone-else"},
+        "TaskGroups": [
+            {
+                "Name": "web",
+                "Tasks": [
+                    {
+                        "Name": "web",
+                        "Driver": "docker",
+                        "Config": {"image": "nginx"},
+                        "Resources": {"CPU": 10, "MemoryMB": 10},
+                    }
+                ],
+                "EphemeralDisk": {"SizeMB": 10},
+            }
+        ],
+    }
+    submit(nomad, foreign)
+    async with running([jobs.build(settings)], consul_server.address, nomad_address=nomad.url) as (
+        manager,
+        consul,
+    ):
+        await consul.kv_put(f"{REQUESTS_PREFIX}dan", b"{}")
+        requests = manager.runners["jobs"].sources[jobs.REQUESTS_WATCH]
+        await eventually(lambda: f"{REQUESTS_PREFIX}dan" in requests.items(), timeout=30)
+        queue = manager.runners["jobs"].queue
+
+        def idle() -> bool:
+            stats = queue.statistics()
+            return stats.depth == 0 and stats.processing == 0
+
+        await eventually(idle, timeout=10)
+        assert await status(consul, "jobs", "dan") is None, "not claimed yet: nothing to say"
+        async with running(
+            [waitlist.build(settings)],
+            consul_server.address,
+            nomad_address=nomad.url,
+            identity="waitlist",
+        ):
+            report = await eventually(lambda: status(consul, "jobs", "dan"), timeout=30)
+            assert report["phase"] == "Conflict"
+            assert report["owner"] == "*", "reported by the list's sweep"
+        job = nomad_job(nomad, "dan")
+        assert job is not None
+        assert job["Meta"] == {"team": "someone-else"}
 
 
 async def test_a_job_nomad_cannot_place_is_reported_blocked(consul_server) -> None:
