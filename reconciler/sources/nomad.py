@@ -89,6 +89,36 @@ def _same_version(old: NomadObject, new: NomadObject) -> bool:
     return old.modify_index == new.modify_index
 
 
+# What a ``/v1/jobs`` list entry holds beside the fields JobStub declares: a job from the
+# event stream is the whole job (task groups, tasks, services...), which a cache of stubs must
+# not keep: thousands of them are what a controller's memory would go to.
+_JOB_LIST_KEYS = frozenset(
+    {
+        "ParentID",
+        "Datacenters",
+        "NodePool",
+        "Multiregion",
+        "Priority",
+        "Periodic",
+        "ParameterizedJob",
+        "StatusDescription",
+        "SubmitTime",
+    }
+)
+_JOB_STUB_KEYS = frozenset(f.alias or n for n, f in JobStub.model_fields.items()) | _JOB_LIST_KEYS
+
+
+def _stub_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a full job (an event's payload) that a ``/v1/jobs`` stub carries."""
+    return {k: v for k, v in raw.items() if k in _JOB_STUB_KEYS}
+
+
+def _without_job(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """An allocation as ``/v1/allocations`` lists it: an event's allocation embeds its whole
+    job, which the list never does and a cache of allocations must not keep."""
+    return {k: v for k, v in raw.items() if k != "Job"}
+
+
 # Answers meaning "this server will not give you a stream": stop asking.
 _STREAM_REFUSED = (NotFound, PermissionDenied, BadRequest)
 
@@ -197,7 +227,7 @@ class NomadSource(WatchBase):
                 return self._upsert(current)
             if raw is None:
                 return []
-            return self._upsert(JobStub.model_validate(raw))
+            return self._upsert(JobStub.model_validate(_stub_fields(raw)))
         if self.kind == "nodes":
             raw = event.payload.get("Node")
             if raw is None:
@@ -208,7 +238,7 @@ class NomadSource(WatchBase):
         raw = event.payload.get("Allocation")
         if raw is None:
             return []
-        return self._upsert(Allocation.model_validate(raw))
+        return self._upsert(Allocation.model_validate(_without_job(raw)))
 
     # -- loop
 

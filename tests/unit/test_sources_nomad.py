@@ -155,6 +155,32 @@ async def test_allocations_are_keyed_by_alloc_id(nomad_client: NomadClient) -> N
         assert alloc_id in rec.ids
 
 
+async def test_stream_items_are_as_small_as_listed_ones(nomad_client: NomadClient) -> None:
+    """An event's job is the whole job and an event's allocation embeds it: the cache keeps
+    what the list endpoints give (a stub; an allocation without its job), or thousands of
+    users would be thousands of whole jobs in memory."""
+    jobs = NomadSource(nomad_client, "jobs", use_stream=True, wait=2.0)
+    allocs = NomadSource(nomad_client, "allocations", use_stream=True, wait=2.0, resources=True)
+    async with running(jobs, Recorder()), running(allocs, Recorder()):
+        with anyio.fail_after(5):
+            await jobs.wait_ready()
+            await allocs.wait_ready()
+        assert jobs.mode == "stream"
+        assert allocs.mode == "stream"
+        await nomad_client.register_job({**JOB, "Meta": {"owner": "us"}})
+        with anyio.fail_after(5):
+            while "core-hmi-1" not in jobs.items() or not allocs.items():
+                await anyio.sleep(0.01)
+        stub = jobs.items()["core-hmi-1"]
+        assert stub.meta == {"owner": "us"}
+        assert stub.job_modify_index > 0
+        assert "TaskGroups" not in (stub.model_extra or {})
+        (alloc,) = allocs.items().values()
+        assert alloc.job_id == "core-hmi-1"
+        assert "Job" not in (alloc.model_extra or {})
+        assert alloc.resources.cpu == 100, "the resources a capacity needs are kept"
+
+
 @pytest.mark.parametrize("use_stream", [False, True])
 async def test_nodes_carry_their_resources_and_follow_eligibility(
     nomad_client: NomadClient, embedded_nomad: EmbeddedNomad, use_stream: bool
