@@ -13,7 +13,17 @@ from aiohttp import web
 from devstack.nomad.aclpolicy import ACL
 from devstack.nomad.errors import NomadError
 
-from .common import CALLER, READ, WRITE, APIBase, json_response, methods, read_body, request_token
+from .common import (
+    CALLER,
+    READ,
+    WRITE,
+    APIBase,
+    compile_filter,
+    json_response,
+    methods,
+    read_body,
+    request_token,
+)
 
 DENIED = "Permission denied"
 
@@ -48,7 +58,14 @@ class ACLAPI(APIBase):
         methods(request, READ)
         self._enabled()
         _management(request)
-        return json_response(self.cluster.tokens(), self.state.table_index["acl_token"])
+        tokens = self.cluster.tokens()
+        prefix = request.query.get("prefix", "")
+        if prefix:
+            tokens = [t for t in tokens if t["AccessorID"].startswith(prefix)]
+        if request.query.get("filter"):
+            keep = compile_filter(request.query["filter"])
+            tokens = [t for t in tokens if keep(t)]
+        return json_response(tokens, self.state.table_index["acl_token"])
 
     async def token(self, request: web.Request) -> web.Response:
         accessor = request.match_info["accessor"]

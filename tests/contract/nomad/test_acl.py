@@ -116,6 +116,12 @@ def test_token_crud_and_self(
     listed = {t["AccessorID"]: t for t in admin.get("/v1/acl/tokens").json()}
     assert token["AccessorID"] in listed
     assert "SecretID" not in listed[token["AccessorID"]]
+    by_prefix = admin.get("/v1/acl/tokens", params={"prefix": token["AccessorID"][:8]}).json()
+    assert token["AccessorID"] in [t["AccessorID"] for t in by_prefix]
+    assert all(t["AccessorID"].startswith(token["AccessorID"][:8]) for t in by_prefix)
+    clients = admin.get("/v1/acl/tokens", params={"filter": 'Type == "client"'}).json()
+    assert token["AccessorID"] in [t["AccessorID"] for t in clients]
+    assert all(t["Type"] == "client" for t in clients)
     read = admin.get(f"/v1/acl/token/{token['AccessorID']}").json()
     assert read["SecretID"] == token["SecretID"]
     with _as(nomad_acl_target, token["SecretID"]) as client:
