@@ -161,6 +161,18 @@ class Reconciler(DeploymentWatcher):
         ]
         return stops, inplace, wanted, followups, held
 
+    def _cancelled_canaries(self, job: dict[str, Any], key: JobKey, gname: str) -> set[str]:
+        """Unpromoted canaries of an older version's deployment or of a failed one: they stop."""
+        out: set[str] = set()
+        for d in self.state.job_deployments(key):
+            older = d["JobVersion"] != job["Version"] or d["JobCreateIndex"] != job["CreateIndex"]
+            if not older and d["Status"] != "failed":
+                continue
+            state = d["TaskGroups"].get(gname)
+            if state and not state["Promoted"]:
+                out.update(state["PlacedCanaries"] or [])
+        return out
+
     def _reconcile_updates(
         self,
         job: dict[str, Any],
@@ -179,7 +191,8 @@ class Reconciler(DeploymentWatcher):
         destructive change places N canaries of the new version beside the old allocations
         and replaces nothing until the deployment is promoted, then stops the old allocations
         the canaries stand in for and rolls through the rest; a failed or paused deployment
-        of this version replaces nothing.
+        of this version replaces nothing, and unpromoted canaries of a failed deployment or of
+        an older version's stop.
         """
         gname = group["Name"]
         strategy = self._group_strategy(job, group)
@@ -192,7 +205,11 @@ class Reconciler(DeploymentWatcher):
         canaries: list[dict[str, Any]] = []
         destructive: list[dict[str, Any]] = []
         current: list[dict[str, Any]] = []
+        cancelled = self._cancelled_canaries(job, key, gname)
         for a in sorted(live, key=lambda x: (alloc_index(x["Name"]), x["CreateIndex"])):
+            if a["ID"] in cancelled:
+                stops[a["ID"]] = "alloc not needed due to job update"
+                continue
             if a["ID"] in canary_ids:
                 if a["Job"] is not job:
                     inplace.append(a)

@@ -318,7 +318,44 @@ def test_failing_a_canary_deployment_keeps_the_old_version(
     promote = nomad_http.post(f"/v1/deployment/promote/{d['ID']}", json={"All": True})
     assert promote.status_code == 500
     assert promote.text == "can't promote terminal deployment"
-    # Nothing more is replaced: the two old allocations and the canary stay as they are.
+    # The unpromoted canary of a failed deployment stops; the old version stays, and nothing
+    # more is replaced.
     nomad_http.post(f"/v1/job/{job_id}/evaluate", json={"JobID": job_id})
+    wait_for(lambda: sorted(a["JobVersion"] for a in _live(nomad_http, job_id)) == [0, 0])
     wait_for(lambda: all(e["Status"] != "pending" for e in evals(nomad_http, job_id)))
-    assert sorted(a["JobVersion"] for a in _live(nomad_http, job_id)) == [0, 0, 1]
+    assert sorted(a["JobVersion"] for a in _live(nomad_http, job_id)) == [0, 0]
+    (canary_id,) = d["TaskGroups"]["app"]["PlacedCanaries"]
+    canary = nomad_http.get(f"/v1/allocation/{canary_id}").json()
+    assert canary["DesiredStatus"] == "stop"
+    assert canary["DesiredDescription"] == "alloc not needed due to job update"
+
+
+def test_a_new_version_stops_unpromoted_canaries(nomad_http: httpx.Client, job_id: str) -> None:
+    register(nomad_http, _canary_job(job_id))
+    _settled(nomad_http, job_id, 0)
+    register(nomad_http, _canary_job(job_id, image="nginx:1.28", MinHealthyTime=30 * SECOND))
+    first = wait_for(
+        lambda: (
+            (x := _deployment_of(nomad_http, job_id, 1))
+            and x["TaskGroups"]["app"]["PlacedCanaries"]
+            and x
+        )
+    )
+    register(nomad_http, _canary_job(job_id, image="nginx:1.29"))
+    second = wait_for(
+        lambda: (
+            (x := _deployment_of(nomad_http, job_id, 2))
+            and x["TaskGroups"]["app"]["PlacedCanaries"]
+            and x
+        )
+    )
+    old = nomad_http.get(f"/v1/deployment/{first['ID']}").json()
+    assert (old["Status"], old["StatusDescription"]) == (
+        "cancelled",
+        "Cancelled due to newer version of job",
+    )
+    (stale,) = first["TaskGroups"]["app"]["PlacedCanaries"]
+    wait_for(lambda: nomad_http.get(f"/v1/allocation/{stale}").json()["DesiredStatus"] == "stop")
+    live = _live(nomad_http, job_id)
+    assert sorted(a["JobVersion"] for a in live) == [0, 0, 2]
+    assert second["TaskGroups"]["app"]["PlacedCanaries"][0] in {a["ID"] for a in live}
