@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
+from devstack.nomad.testing import requires_embedded_nomad
+
 from .helpers import SECOND, allocs, docker_job, quick_health, register, wait_for
 
 pytestmark = pytest.mark.contract
@@ -146,3 +148,64 @@ def test_the_deadline_stops_what_is_left(
         ]
     )
     assert len(replacement) == 1
+
+
+def _system_job(job_id: str) -> dict[str, Any]:
+    job = docker_job(job_id, Type="system")
+    job["TaskGroups"][0]["Update"] = None
+    return job
+
+
+@requires_embedded_nomad  # a container slow to stop (devstack_stop_delay)
+@pytest.mark.parametrize("ignore_system", [False, True])
+def test_system_allocations_go_last_or_stay(
+    nomad_http: httpx.Client, job_id: str, target: str, ignore_system: bool
+) -> None:
+    system_id = f"{job_id}-sys"
+    _release_others(nomad_http, target)
+    register(nomad_http, _system_job(system_id))
+    nomad_http.post(f"/v1/node/{target}/eligibility", json={"Eligibility": "eligible"})
+    for n in nomad_http.get("/v1/nodes").json():
+        if n["ID"] != target:
+            nomad_http.post(f"/v1/node/{n['ID']}/eligibility", json={"Eligibility": "ineligible"})
+    # The service allocation on the target node, and the system job there too.
+    # Slow to stop, so the order can be watched.
+    job = quick_health(
+        docker_job(f"{job_id}-svc", count=1, config={"devstack_stop_delay": "1s"}),
+        migrate_min_healthy=1.0,
+    )
+    register(nomad_http, job)
+    svc = f"{job_id}-svc"
+    wait_for(lambda: _all_healthy(nomad_http, svc, 1), timeout=20)
+    wait_for(
+        lambda: [a for a in _on(nomad_http, system_id, target) if a["ClientStatus"] == "running"]
+    )
+    _release_others(nomad_http, target)
+    resp = nomad_http.post(
+        f"/v1/node/{target}/drain",
+        json={"DrainSpec": {"Deadline": 60 * SECOND, "IgnoreSystemJobs": ignore_system}},
+    )
+    assert resp.status_code == 200, resp.text
+    # The service allocation moves first; the system one runs on until it has stopped.
+    stopping = wait_for(
+        lambda: [
+            a
+            for a in _on(nomad_http, svc, target)
+            if a["DesiredStatus"] == "stop" and a["ClientStatus"] == "running"
+        ]
+    )
+    assert stopping
+    system_then = [a for a in _on(nomad_http, system_id, target) if a["DesiredStatus"] == "run"]
+    assert system_then
+
+    def drained() -> dict[str, Any] | None:
+        n = nomad_http.get(f"/v1/node/{target}").json()
+        return n if n["DrainStrategy"] is None else None
+
+    node = wait_for(drained, timeout=20)
+    assert node["LastDrain"]["Status"] == "complete"
+    system_now = [a for a in _on(nomad_http, system_id, target) if a["DesiredStatus"] == "run"]
+    if ignore_system:
+        assert system_now  # left running on the drained node
+    else:
+        assert not system_now
