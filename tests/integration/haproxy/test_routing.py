@@ -47,6 +47,28 @@ async def first_line(settings: HAProxySettings, where: str) -> str:
     return body.splitlines()[0] if status == 200 and body else f"status {status}"
 
 
+async def settled_and_agreeing(router: HAProxyRouter, timeout: float = 15.0) -> None:
+    """Files on disk and HAProxy's runtime state agree with what the controller applied.
+
+    Checked once no change is pending, and again until a batch still being applied (the
+    reconcile runs concurrently with this test) has finished; lasting drift fails after
+    ``timeout`` with the differences found.
+    """
+    problems: list[str] = []
+
+    async def agree() -> bool:
+        nonlocal problems
+        if metric("manticore_haproxy_pending_changes") != 0 or router.applied is None:
+            return False
+        problems = await anyio.to_thread.run_sync(router.applier.verify, router.applied)
+        return not problems
+
+    try:
+        await eventually(agree, timeout=timeout, every=0.2)
+    except TimeoutError:
+        raise AssertionError(f"HAProxy drifted from what was applied: {problems}") from None
+
+
 async def until(expected: object, fn, *args: object, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
     """Wait until ``await fn(*args) == expected``; fail with the last answer seen."""
     last: list[object] = []
@@ -161,7 +183,7 @@ async def test_users_reach_their_own_containers_only(router, haproxy_settings) -
         assert (await get(settings, "anything", "/haproxy"))[0] == 200
 
         assert router_.applied is not None
-        assert await anyio.to_thread.run_sync(router_.applier.verify, router_.applied) == []
+        await settled_and_agreeing(router_)
 
 
 async def test_users_come_and_go_without_a_reload_and_open_sessions_stay_up(
@@ -205,7 +227,7 @@ async def test_users_come_and_go_without_a_reload_and_open_sessions_stay_up(
         assert hammer.failures == []
         assert hammer.ok > 10
         assert router_.applied is not None
-        assert await anyio.to_thread.run_sync(router_.applier.verify, router_.applied) == []
+        await settled_and_agreeing(router_)
 
 
 async def test_hostile_values_are_reported_never_used_and_cost_nobody_else(
