@@ -84,6 +84,51 @@ class AllocsAPI(APIBase):
 
         return await self._page(request, await self.blocking(request, compute))
 
+    _EVAL_STUB = (
+        "ID",
+        "Namespace",
+        "Priority",
+        "Type",
+        "TriggeredBy",
+        "JobID",
+        "NodeID",
+        "DeploymentID",
+        "Status",
+        "StatusDescription",
+        "WaitUntil",
+        "NextEval",
+        "PreviousEval",
+        "BlockedEval",
+        "CreateIndex",
+        "ModifyIndex",
+        "CreateTime",
+        "ModifyTime",
+    )
+
+    def _related_evals(self, ev: dict[str, Any]) -> list[dict[str, Any]]:
+        """``EvalsRelatedToID``: the evaluations linked to ``ev`` through next, previous and
+        blocked evaluations, transitively, as stubs in creation order."""
+        later: dict[str, list[str]] = {}
+        for other in self.state.evals.values():
+            for link in ("PreviousEval",):
+                if other.get(link):
+                    later.setdefault(other[link], []).append(other["ID"])
+        seen = {ev["ID"]}
+        todo = [ev]
+        found = []
+        while todo:
+            cur = todo.pop()
+            links = [cur.get("NextEval"), cur.get("PreviousEval"), cur.get("BlockedEval")]
+            for eid in [*links, *later.get(cur["ID"], [])]:
+                if not eid or eid in seen or eid not in self.state.evals:
+                    continue
+                seen.add(eid)
+                nxt = self.state.evals[eid]
+                found.append(nxt)
+                todo.append(nxt)
+        found.sort(key=lambda x: x["CreateIndex"])
+        return [{k: x.get(k) for k in self._EVAL_STUB} for x in found]
+
     async def evaluation(self, request: web.Request) -> web.Response:
         methods(request, READ)
         tail = request.match_info["tail"]
@@ -94,10 +139,15 @@ class AllocsAPI(APIBase):
         if "/" in tail:
             raise NomadError(404, "")
 
+        related = bool_param(request, "related")
+
         def compute() -> tuple[int, Any]:
             e = self.state.evals.get(tail)
             if e is None:
                 return self.state.table_index["evals"], NomadError(404, "eval not found")
-            return e["ModifyIndex"], strip_zero(e)
+            out = strip_zero(e)
+            if related:
+                out = {**out, "RelatedEvals": self._related_evals(e) or None}
+            return e["ModifyIndex"], out
 
         return await self.blocking(request, compute)

@@ -86,6 +86,16 @@ def test_memory_exhaustion_blocks_then_unblocks_when_capacity_frees(
     assert original["BlockedEval"] == blocked_evals[0]["ID"]
     assert blocked_evals[0]["TriggeredBy"] == "queued-allocs"
     assert blocked_evals[0]["StatusDescription"] == "created to place remaining allocations"
+    # ?related=true links them both ways (blocked and previous evaluations).
+    plain = nomad_http.get(f"/v1/evaluation/{original['ID']}").json()
+    assert plain.get("RelatedEvals") is None
+    related = nomad_http.get(f"/v1/evaluation/{original['ID']}", params={"related": "true"})
+    stubs = related.json()["RelatedEvals"]
+    assert [e["ID"] for e in stubs] == [blocked_evals[0]["ID"]]
+    assert stubs[0]["Status"] == "blocked"
+    assert "FailedTGAllocs" not in stubs[0]
+    back = nomad_http.get(f"/v1/evaluation/{blocked_evals[0]['ID']}", params={"related": "1"})
+    assert [e["ID"] for e in back.json()["RelatedEvals"]] == [original["ID"]]
     assert allocs(nomad_http, "late") == []
     assert nomad_http.get("/v1/job/late").json()["Status"] == "pending"
     assert nomad_http.get("/v1/job/late/summary").json()["Summary"]["app"]["Queued"] == 1
