@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from typing import Any
 
 from aiohttp import web
@@ -20,6 +21,30 @@ from .common import (
     ns_match,
     query_namespace,
 )
+
+_MALFORMED_CHOOSE = "Parameter for choose must be in form '<number>|<key>'"
+
+
+def _choose(services: list[dict[str, Any]], parameter: str) -> list[dict[str, Any]]:
+    """``choose=<n>|<key>``: rendezvous hashing, a stable subset of ``n`` per key.
+
+    Each registration is ranked by a hash of the key with the registration's identity, and
+    the lowest ``n`` are returned, so every caller with the same key gets the same subset and
+    removing one registration moves only the callers that had it.
+    """
+    count, sep, key = parameter.partition("|")
+    if not sep or not key:
+        raise ValueError(_MALFORMED_CHOOSE)
+    try:
+        n = int(count)
+    except ValueError as exc:
+        raise ValueError(_MALFORMED_CHOOSE) from exc
+
+    def rank(s: dict[str, Any]) -> str:
+        ident = "|".join(str(s.get(k, "")) for k in ("ID", "ServiceName", "AllocID", "NodeID"))
+        return hashlib.sha256(f"{key}|{ident}".encode()).hexdigest()
+
+    return sorted(services, key=rank)[: max(n, 0)]
 
 
 class ServicesAPI(APIBase):
@@ -65,6 +90,7 @@ class ServicesAPI(APIBase):
             )
         methods(request, READ)
         ns = query_namespace(request)
+        choose = request.query.get("choose", "")
 
         def compute() -> tuple[int, Any]:
             out = [
@@ -72,6 +98,11 @@ class ServicesAPI(APIBase):
                 for s in sorted(self.state.services.values(), key=lambda s: s["ID"])
                 if s["ServiceName"] == name and (ns == "*" or s["Namespace"] == ns)
             ]
+            if choose:
+                try:
+                    out = _choose(out, choose)
+                except ValueError as exc:
+                    return self.state.table_index["services"], NomadError(500, str(exc))
             return self.state.table_index["services"], out
 
         return await self.blocking(request, compute)
