@@ -31,11 +31,10 @@ Invalid input (an allocation record or reservation that fails validation) is rep
 
 from __future__ import annotations
 
-import os
 import random
 import secrets
 import string
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -86,6 +85,16 @@ EXHAUSTED_RETRY = 15.0
 # One transaction carries at most 127 operations besides the fencing check.
 MAX_WEB_APP_ADDRESSES = 120
 RESERVE_ATTEMPTS = 8
+PORT_PROBES = 32
+MAX_RELEASE_OPS = 100
+OWNER_INDEX = "owner"
+KIND_INDEX = "kind"
+WEB_APP_POLL = 5.0
+# The routes and haproxy watches see every write of this controller, and each wake re-reads
+# the whole prefix (tens of thousands of entries at 10,000 users): at most CACHE_RATE re-reads
+# a second. Nothing waits on them (every write is a CAS that tells when they are behind).
+CACHE_RATE = 2.0
+CACHE_BURST = 2
 SUBDOMAIN_ALPHABET = string.ascii_lowercase + string.digits
 
 USERS_ROUTED = Gauge("manticore_users_routed", "Users with routes published (haproxy/data)")
@@ -151,7 +160,7 @@ def plan_reservation(
     subdomain_owners: Mapping[str, str],
     ports: range,
     make_subdomain: Callable[[], str],
-    pick: Callable[[list[int]], int] = random.choice,
+    pick: Callable[[Sequence[int]], int] = random.choice,
 ) -> ReservationPlan:
     """What the user's reservation must become (pure but for the injected randomness).
 
@@ -173,8 +182,6 @@ def plan_reservation(
         if port in ports and port_owners.get(port, user) == user
     }
     exhausted: list[str] = []
-    # Listing every claim is O(users): done only when a new port must be chosen.
-    taken_ports: set[int] | None = None
     for role, service in sorted(allocation.services.items()):
         if service.route == "http" and role not in subdomains:
             sub = make_subdomain()
@@ -182,15 +189,11 @@ def plan_reservation(
                 sub = make_subdomain()
             subdomains[role] = sub
         elif service.route == "tcp" and role not in tcp_ports:
-            if taken_ports is None:
-                taken_ports = set(port_owners) | set(tcp_ports.values())
-            free = [p for p in ports if p not in taken_ports]
-            if not free:
+            port = free_port(ports, port_owners, set(tcp_ports.values()), pick)
+            if port is None:
                 exhausted.append(role)
                 continue
-            port = pick(free)
             tcp_ports[role] = port
-            taken_ports.add(port)
     reservation = RouteReservation(subdomains=subdomains, tcp_ports=tcp_ports)
     return ReservationPlan(
         reservation=reservation,
@@ -200,6 +203,32 @@ def plan_reservation(
         ),
         exhausted=tuple(exhausted),
     )
+
+
+def free_port(
+    ports: range,
+    port_owners: Mapping[int, str],
+    mine: Collection[int],
+    pick: Callable[[Sequence[int]], int] = random.choice,
+) -> int | None:
+    """A port of ``ports`` nobody holds, or None when the range is exhausted (pure).
+
+    ``PORT_PROBES`` random draws first, each one lookup of the claims (independent of the
+    number of users); only when they all hit a claimed port (a range nearly full) is the range
+    scanned, which is O(range) lookups and never a copy of every claim.
+    """
+
+    def free(port: int) -> bool:
+        return port not in mine and port_owners.get(port) is None
+
+    if not ports:
+        return None
+    for _ in range(PORT_PROBES):
+        port = pick(ports)
+        if free(port):
+            return port
+    left = [p for p in ports if free(p)]
+    return pick(left) if left else None
 
 
 def plan_routes(allocation: UserAllocation, reservation: RouteReservation) -> UserRoutes:
@@ -309,21 +338,25 @@ def web_app_plan(
 # --------------------------------------------------------------------------- the controller
 
 
-def _web_app_service() -> str:
-    """The web app's Consul service, read at declaration time (the watch needs it then).
-
-    A bad environment is reported by the startup check; here it falls back to the default.
-    """
-    default = HAProxySettings.model_fields["web_app_service"].default
-    return os.environ.get("MANTICORE_WEB_APP_SERVICE", "").strip() or str(default)
-
-
 def _routes_key(entry: KVEntry) -> list[str]:
     if entry.key.startswith(ROUTES_DATA_PREFIX):
         user = user_of_key(ROUTES_DATA_PREFIX, entry.key)
         return [user] if user else []
     owner = entry.text
     return [owner] if is_user_id(owner) else []
+
+
+def _claim_owner(entry: KVEntry) -> list[str]:
+    """Owner index of the routes cache: the user a claim key names (reservations: none)."""
+    if entry.key.startswith((ROUTES_TCP_PREFIX, ROUTES_SUBDOMAIN_PREFIX)):
+        owner = entry.text
+        return [owner] if is_user_id(owner) else []
+    return []
+
+
+def _haproxy_kind(entry: KVEntry) -> list[str]:
+    """Kind index of the haproxy cache: the web app addresses, found without a scan."""
+    return [WEB_APP_KEY] if entry.key.startswith(HAPROXY_WEB_APP_PREFIX) else []
 
 
 def _haproxy_key(entry: KVEntry) -> list[str]:
@@ -368,8 +401,14 @@ class HAProxyKV:
         if key == STATS_KEY:
             return self.stats(ctx)
         if key == GLOBALS_KEY:
-            await ctx.kv.put_if_changed(HAPROXY_DOMAIN_KEY, self.cfg.domain_name.encode())
-            await ctx.kv.put_if_changed(HAPROXY_MAIN_PORT_KEY, str(self.cfg.main_port).encode())
+            haproxy = ctx.cache(HAPROXY_WATCH)
+            for global_key, value in (
+                (HAPROXY_DOMAIN_KEY, self.cfg.domain_name.encode()),
+                (HAPROXY_MAIN_PORT_KEY, str(self.cfg.main_port).encode()),
+            ):
+                cached = haproxy.get(global_key)
+                if cached is None or cached.value != value:
+                    await ctx.kv.put_if_changed(global_key, value)
             return None
         if key == WEB_APP_KEY:
             return await self.web_app(ctx)
@@ -380,19 +419,15 @@ class HAProxyKV:
     # -- one user
     async def user(self, ctx: Context, user: str) -> Result | None:
         routes_key = f"{HAPROXY_DATA_PREFIX}{user}"
-        request_key = f"{REQUESTS_PREFIX}{user}"
-        # Giving up a reservation cannot be undone (the random values are gone), so a request
-        # missing from the cache is confirmed by a fresh read first: a cache that lags must not
-        # cost a live user their subdomains and port.
-        if request_key not in ctx.cache(REQUESTS_WATCH) and await ctx.kv.get(request_key) is None:
-            self.waiting_for_port.discard(user)
-            await self.release(ctx, user)
+        if f"{REQUESTS_PREFIX}{user}" not in ctx.cache(REQUESTS_WATCH) and await self.depart(
+            ctx, user
+        ):
             return None
         alloc_entry = ctx.cache(ALLOCATIONS_WATCH).get(f"{ALLOCATIONS_PREFIX}{user}")
         if alloc_entry is None:
             # Not running (yet, or any more): no route, but the reservation stays for life.
             self.waiting_for_port.discard(user)
-            if await ctx.kv.delete_if_present(routes_key):
+            if await self.unpublish(ctx, routes_key):
                 ctx.log.info("routes removed: no allocation")
             return None
         allocation = ctx.parse(UserAllocation, alloc_entry)
@@ -401,13 +436,6 @@ class HAProxyKV:
         plan = await self.reserve(ctx, user, allocation)
         if plan is None:
             return None
-        routes = plan_routes(allocation, plan.reservation)
-        if await ctx.kv.put_if_changed(routes_key, routes):
-            ctx.log.info(
-                "routes published",
-                http=[r.role for r in routes.http],
-                tcp=[r.port for r in routes.tcp],
-            )
         if plan.exhausted:
             self.waiting_for_port.add(user)
             TCP_PORT_EXHAUSTED.inc()
@@ -426,11 +454,25 @@ class HAProxyKV:
     async def reserve(
         self, ctx: Context, user: str, allocation: UserAllocation
     ) -> ReservationPlan | None:
-        """Make the user's reservation and its claims exist in Consul, atomically."""
+        """Make the user's reservation, its claims and its routes exist in Consul, atomically.
+
+        The reservation and the published routes are read from the watch caches (no request
+        when they are current: a resync of a routed user costs nothing). Every write is a CAS
+        on the index the cache showed, so a cache that is behind makes the transaction fail
+        rather than overwrite; then exactly the keys it depended on are read fresh and the plan
+        is made again. A reservation absent from the cache is read once (a new user, or a cache
+        that has not seen a reservation yet, which must not be drawn again).
+        """
         key = f"{ROUTES_DATA_PREFIX}{user}"
-        port_owners, subdomain_owners = claims_of(ctx.cache(ROUTES_WATCH))
-        for _ in range(RESERVE_ATTEMPTS):
+        routes_key = f"{HAPROXY_DATA_PREFIX}{user}"
+        routes_cache = ctx.cache(ROUTES_WATCH)
+        port_owners, subdomain_owners = claims_of(routes_cache)
+        entry: KVEntry | None = routes_cache.get(key)
+        if entry is None:
             entry = await ctx.kv.get(key)
+        published: KVEntry | None = ctx.cache(HAPROXY_WATCH).get(routes_key)
+        fresh = False  # whether `published` was read from Consul rather than the cache
+        for _ in range(RESERVE_ATTEMPTS):
             current = None
             if entry is not None:
                 current = ctx.parse(RouteReservation, entry)
@@ -445,26 +487,49 @@ class HAProxyKV:
                 ports=self.cfg.tcp_port_range,
                 make_subdomain=lambda: new_subdomain(self.cfg.subdomain_length),
             )
-            if plan.reservation == current and not plan.claims:
-                return plan
-            ops = [
-                KVOp.cas(
-                    key,
-                    encode(plan.reservation),
-                    index=entry.modify_index if entry else 0,
-                ),
-                *(KVOp.cas(claim, user.encode(), index=0) for claim in plan.claims),
-            ]
-            if await ctx.kv.apply(ops):
-                ctx.log.info(
-                    "routes reserved",
-                    subdomains=sorted(plan.reservation.subdomains),
-                    tcp_ports=plan.reservation.tcp_ports,
+            routes = plan_routes(allocation, plan.reservation)
+            wanted = encode(routes)
+            reserving = plan.reservation != current or bool(plan.claims)
+            ops: list[KVOp] = []
+            if reserving:
+                ops.append(
+                    KVOp.cas(
+                        key, encode(plan.reservation), index=entry.modify_index if entry else 0
+                    )
                 )
+                ops += [KVOp.cas(claim, user.encode(), index=0) for claim in plan.claims]
+            if published is None or published.value != wanted:
+                if not reserving and published is None and not fresh:
+                    # Only the routes to write and the cache has none: it may be behind (the
+                    # write that made them is ours, just done). One read settles it.
+                    published, fresh = await ctx.kv.get(routes_key), True
+                    if published is not None and published.value == wanted:
+                        return plan
+                ops.append(
+                    KVOp.cas(routes_key, wanted, index=published.modify_index if published else 0)
+                )
+            if not ops:
                 return plan
-            # Someone claimed one of our picks first (or our view of a claim was stale): learn
-            # the truth for exactly those keys and choose again.
-            RESERVATION_CONFLICTS.inc()
+            if await ctx.kv.apply(ops):
+                if reserving:
+                    ctx.log.info(
+                        "routes reserved",
+                        subdomains=sorted(plan.reservation.subdomains),
+                        tcp_ports=plan.reservation.tcp_ports,
+                    )
+                if published is None or published.value != wanted:
+                    ctx.log.info(
+                        "routes published",
+                        http=[r.role for r in routes.http],
+                        tcp=[r.port for r in routes.tcp],
+                    )
+                return plan
+            # Someone claimed one of our picks first, or our view of the reservation, of the
+            # routes or of a claim was behind: learn the truth for exactly those keys, again.
+            if plan.claims:
+                RESERVATION_CONFLICTS.inc()
+            entry = await ctx.kv.get(key)
+            published, fresh = await ctx.kv.get(routes_key), True
             for claim in plan.claims:
                 found = await ctx.kv.get(claim)
                 owner = found.text if found is not None else None
@@ -474,23 +539,79 @@ class HAProxyKV:
                     subdomain_owners.learn(claim[len(ROUTES_SUBDOMAIN_PREFIX) :], owner)
         raise TemporaryError(f"{user}: reservation conflicted {RESERVE_ATTEMPTS} times")
 
+    async def unpublish(self, ctx: Context, routes_key: str) -> bool:
+        """Remove a user's routes the cache shows (one CAS delete; a fresh read if behind)."""
+        published = ctx.cache(HAPROXY_WATCH).get(routes_key)
+        if published is None:
+            return False  # if the cache is behind, the watch brings the key, and us, back
+        if await ctx.kv.apply([KVOp.delete_cas(routes_key, index=published.modify_index)]):
+            return True
+        return await ctx.kv.delete_if_present(routes_key)
+
+    def held_claims(self, ctx: Context, user: str, held: RouteReservation) -> dict[str, KVEntry]:
+        """The claim keys the caches say are the user's: those its reservation names, and any
+        other claim whose value is the user (found through the owner index, not a scan)."""
+        cache = ctx.cache(ROUTES_WATCH)
+        keys = {f"{ROUTES_TCP_PREFIX}{p}" for p in held.tcp_ports.values()}
+        keys |= {f"{ROUTES_SUBDOMAIN_PREFIX}{s}" for s in held.subdomains.values()}
+        found: dict[str, KVEntry] = {}
+        for key in keys:
+            entry = cache.get(key)
+            if isinstance(entry, KVEntry) and entry.text == user:
+                found[key] = entry
+        for entry in ctx.index(ROUTES_WATCH, OWNER_INDEX, user):
+            if isinstance(entry, KVEntry) and entry.text == user:
+                found[entry.key] = entry
+        return found
+
+    async def depart(self, ctx: Context, user: str) -> bool:
+        """The user's request is not in the cache: give up everything the user held, in one
+        fenced transaction that also checks the request really is absent. False when Consul
+        says it exists (the requests cache was behind): the user is live, route them."""
+        key = f"{ROUTES_DATA_PREFIX}{user}"
+        routes_key = f"{HAPROXY_DATA_PREFIX}{user}"
+        entry = ctx.cache(ROUTES_WATCH).get(key)
+        published = ctx.cache(HAPROXY_WATCH).get(routes_key)
+        held = _lenient(entry) if isinstance(entry, KVEntry) else RouteReservation()
+        claims = self.held_claims(ctx, user, held)
+        self.waiting_for_port.discard(user)
+        if entry is None and published is None and not claims:
+            # Nothing of the user in the caches. If they are behind, the watch that brings a
+            # key of the user reconciles the user again.
+            return True
+        # Giving up a reservation cannot be undone (the random values are gone): the
+        # transaction checks the request is absent, so a cache that lags cannot cost a live
+        # user their subdomains and port.
+        ops = [KVOp.check_not_exists(f"{REQUESTS_PREFIX}{user}")]
+        if published is not None:
+            ops.append(KVOp.delete(routes_key))  # a departed user's routes go, whatever they say
+        ops += [KVOp.delete_cas(k, index=e.modify_index) for k, e in sorted(claims.items())]
+        if isinstance(entry, KVEntry):
+            ops.append(KVOp.delete_cas(key, index=entry.modify_index))
+        if len(ops) <= MAX_RELEASE_OPS and await ctx.kv.apply(ops):
+            ctx.log.info(
+                "user released",
+                routes=published is not None,
+                reservation=entry is not None,
+                claims=len(claims),
+            )
+            return True
+        # The request exists after all, or the caches were behind on the user's keys.
+        if await ctx.kv.get(f"{REQUESTS_PREFIX}{user}") is not None:
+            return False
+        await self.release(ctx, user)
+        return True
+
     async def release(self, ctx: Context, user: str) -> None:
-        """The user left: routes, then reservation and claims, in one transaction each."""
+        """The user left and the caches were behind: the same release from fresh reads."""
         if await ctx.kv.delete_if_present(f"{HAPROXY_DATA_PREFIX}{user}"):
             ctx.log.info("routes removed: request gone")
         key = f"{ROUTES_DATA_PREFIX}{user}"
         entry = await ctx.kv.get(key)
-        claims = {
-            k
-            for k, e in ctx.cache(ROUTES_WATCH).items()
-            if (k.startswith((ROUTES_TCP_PREFIX, ROUTES_SUBDOMAIN_PREFIX)))
-            and isinstance(e, KVEntry)
-            and e.text == user
-        }
-        if entry is not None:
-            held = _lenient(entry)
-            claims |= {f"{ROUTES_TCP_PREFIX}{p}" for p in held.tcp_ports.values()}
-            claims |= {f"{ROUTES_SUBDOMAIN_PREFIX}{s}" for s in held.subdomains.values()}
+        held = _lenient(entry) if entry is not None else RouteReservation()
+        claims = set(self.held_claims(ctx, user, held))
+        claims |= {f"{ROUTES_TCP_PREFIX}{p}" for p in held.tcp_ports.values()}
+        claims |= {f"{ROUTES_SUBDOMAIN_PREFIX}{s}" for s in held.subdomains.values()}
         ops: list[KVOp] = []
         for claim in sorted(claims):
             found = await ctx.kv.get(claim)
@@ -498,16 +619,23 @@ class HAProxyKV:
                 ops.append(KVOp.delete_cas(claim, index=found.modify_index))
         if entry is not None:
             ops.append(KVOp.delete_cas(key, index=entry.modify_index))
-        for start in range(0, len(ops), 100):
-            if not await ctx.kv.apply(ops[start : start + 100]):
+        for start in range(0, len(ops), MAX_RELEASE_OPS):
+            if not await ctx.kv.apply(ops[start : start + MAX_RELEASE_OPS]):
                 raise TemporaryError(f"{user}: reservation changed while releasing it")
         if ops:
             ctx.log.info("reservation released", claims=len(ops) - (entry is not None))
 
     # -- the web app and the globals
     async def web_app(self, ctx: Context) -> Result | None:
-        current = {e.key: e.value for e in await ctx.kv.list(HAPROXY_WEB_APP_PREFIX)}
-        instances = [i for i in ctx.cache(WEB_APP_WATCH).values() if isinstance(i, ServiceInstance)]
+        """Polled (one short request every ``WEB_APP_POLL`` s) rather than long-polled: the
+        web app changes at a deploy, and a long poll would hold a Consul connection of its own.
+        What is published now comes from the haproxy cache (its web app index)."""
+        current = {
+            e.key: e.value
+            for e in ctx.index(HAPROXY_WATCH, KIND_INDEX, WEB_APP_KEY)
+            if isinstance(e, KVEntry)
+        }
+        _, instances = await ctx.consul.health_service(self.cfg.web_app_service)
         ops, addresses, rejected = web_app_plan(instances, current)
         if ops and await ctx.kv.apply(ops):
             ctx.log.info("web app addresses published", addresses=addresses)
@@ -556,15 +684,23 @@ def build(config: HAProxySettings | None = None) -> Controller:
         watches=[
             watches.kv(REQUESTS_PREFIX, to_keys=_user_key(REQUESTS_PREFIX)),
             watches.kv(ALLOCATIONS_PREFIX, to_keys=_user_key(ALLOCATIONS_PREFIX)),
-            watches.kv(ROUTES_PREFIX, to_keys=_routes_key),
-            watches.kv(HAPROXY_PREFIX, to_keys=_haproxy_key),
-            watches.service_health(
-                config.web_app_service if config else _web_app_service(),
-                name=WEB_APP_WATCH,
-                to_keys=lambda _: [WEB_APP_KEY],
+            watches.kv(
+                ROUTES_PREFIX,
+                to_keys=_routes_key,
+                indexes={OWNER_INDEX: _claim_owner},
+                rate=CACHE_RATE,
+                burst=CACHE_BURST,
             ),
+            watches.kv(
+                HAPROXY_PREFIX,
+                to_keys=_haproxy_key,
+                indexes={KIND_INDEX: _haproxy_kind},
+                rate=CACHE_RATE,
+                burst=CACHE_BURST,
+            ),
+            watches.periodic([WEB_APP_KEY], every=WEB_APP_POLL, name=WEB_APP_WATCH),
             watches.periodic([STATS_KEY], every=STATS_EVERY),
-            watches.periodic([GLOBALS_KEY, WEB_APP_KEY], every=60.0),
+            watches.periodic([GLOBALS_KEY], every=60.0),
         ],
         writes=[
             f"{HAPROXY_DATA_PREFIX}<id>",

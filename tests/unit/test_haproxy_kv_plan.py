@@ -337,3 +337,31 @@ def test_claims_read_the_cache_lazily_and_learn_what_a_fresh_read_said() -> None
     assert sorted(ports) == [20002]
     plan = reserve("dan", ports=range(20001, 20003), port_owners=ports)
     assert plan.reservation.tcp_ports == {"core": 20001}
+
+
+class NoListing(dict[int, str]):
+    """Claims that may be looked up but never listed: choosing a port must not walk them."""
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("the claims were listed")
+
+    def keys(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("the claims were listed")
+
+
+def test_a_free_port_is_found_by_lookups_not_by_listing_every_claim() -> None:
+    from controllers.haproxy_kv import free_port
+
+    ports = range(40000, 52000)
+    owners = NoListing({p: f"u{p}" for p in range(40000, 50000)})
+    rng = random.Random(7)
+    for _ in range(50):
+        port = free_port(ports, owners, set(), rng.choice)
+        assert port is not None
+        assert port >= 50000
+    # Nearly full: the probes miss, the range (not the claims) is scanned, the one free port is
+    # found; full: None.
+    owners = NoListing({p: "x" for p in ports if p != 45678})
+    assert free_port(ports, owners, set(), rng.choice) == 45678
+    assert free_port(ports, owners, {45678}, rng.choice) is None
+    assert free_port(range(0), {}, set(), rng.choice) is None

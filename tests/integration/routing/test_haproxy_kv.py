@@ -269,6 +269,14 @@ class StaleView:
     def cache(self, name: str) -> dict[str, Any]:
         return self.caches.get(name, {})
 
+    def index(self, watch: str, name: str, value: str) -> list[Any]:
+        functions = {
+            (haproxy_kv.ROUTES_WATCH, haproxy_kv.OWNER_INDEX): haproxy_kv._claim_owner,
+            (haproxy_kv.HAPROXY_WATCH, haproxy_kv.KIND_INDEX): haproxy_kv._haproxy_kind,
+        }
+        fn = functions[(watch, name)]
+        return [e for e in self.cache(watch).values() if value in fn(e)]
+
     def parse(self, model: Any, entry: Any, **_: Any) -> Any:
         from reconciler.kv import decode
 
@@ -361,15 +369,48 @@ async def test_a_lagging_requests_cache_never_costs_a_live_user_their_reservatio
         await consul.kv_put(f"{ROUTES_DATA_PREFIX}ada", reservation)
         await consul.kv_put(f"{ROUTES_TCP_PREFIX}20003", b"ada")
         state = haproxy_kv.HAProxyKV(config())
-        view = StaleView(consul, {})  # has not seen the request (nor anything else) yet
+        # The routes cache has seen ada's reservation and claim, the requests cache not her
+        # request yet: the release transaction checks the request, Consul refuses it.
+        _, routes = await consul.kv_list("manticore/routes/")
+        view = StaleView(consul, {haproxy_kv.ROUTES_WATCH: {e.key: e for e in routes}})
         await state.user(view, "ada")  # type: ignore[arg-type]
         _, kept = await consul.kv_get(f"{ROUTES_DATA_PREFIX}ada")
         assert kept is not None
         assert kept.value == reservation
         _, claim = await consul.kv_get(f"{ROUTES_TCP_PREFIX}20003")
         assert claim is not None
-        # Once the request really is gone, the same call releases everything.
+        # A view that has seen nothing of her touches nothing either.
+        await state.user(StaleView(consul, {}), "ada")  # type: ignore[arg-type]
+        assert (await consul.kv_get(f"{ROUTES_DATA_PREFIX}ada"))[1] is not None
+        # Once the request really is gone, the same call releases everything in one go.
         await consul.kv_delete(f"{REQUESTS_PREFIX}ada")
         await state.user(view, "ada")  # type: ignore[arg-type]
         assert (await consul.kv_get(f"{ROUTES_DATA_PREFIX}ada"))[1] is None
         assert (await consul.kv_get(f"{ROUTES_TCP_PREFIX}20003"))[1] is None
+
+
+async def test_a_release_from_a_cache_that_is_behind_falls_back_to_fresh_reads(
+    consul_server,
+) -> None:
+    """The cache shows an older reservation (another port) than Consul holds: the one-shot
+    release transaction fails on its CAS, and the fresh-read release frees what is really held
+    and nothing of anyone else."""
+    from reconciler.clients.config import ClientsConfig
+
+    clients = ClientsConfig.from_env({"CONSUL_HTTP_ADDR": consul_server.address})
+    async with ConsulClient(clients.consul) as consul:
+        await consul.kv_put(f"{ROUTES_DATA_PREFIX}ada", b'{"tcp_ports":{"core":20004}}')
+        await consul.kv_put(f"{ROUTES_TCP_PREFIX}20004", b"ada")
+        _, old = await consul.kv_list("manticore/routes/")
+        stale = {e.key: e for e in old}
+        await consul.kv_put(f"{ROUTES_DATA_PREFIX}ada", b'{"tcp_ports":{"core":20005}}')
+        await consul.kv_put(f"{ROUTES_TCP_PREFIX}20005", b"ada")
+        await consul.kv_put(f"{ROUTES_TCP_PREFIX}20006", b"bob")
+        state = haproxy_kv.HAProxyKV(config())
+        await state.user(StaleView(consul, {haproxy_kv.ROUTES_WATCH: stale}), "ada")  # type: ignore[arg-type]
+        assert (await consul.kv_get(f"{ROUTES_DATA_PREFIX}ada"))[1] is None
+        assert (await consul.kv_get(f"{ROUTES_TCP_PREFIX}20005"))[1] is None
+        assert (await consul.kv_get(f"{ROUTES_TCP_PREFIX}20004"))[1] is None
+        _, bob = await consul.kv_get(f"{ROUTES_TCP_PREFIX}20006")
+        assert bob is not None
+        assert bob.text == "bob"
