@@ -157,13 +157,17 @@ class Controllers:
         self.names = names
         self.logs = logs
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        # name -> the port of its /metrics (chosen free at start)
+        self.metrics: dict[str, int] = {}
 
     def start(self) -> None:
         for name in self.names:
+            self.metrics[name] = psutil_free_port()
             with (self.logs / f"{name}.log").open("ab") as log:
                 self.procs[name] = subprocess.Popen(
                     [sys.executable, "-m", "reconciler.cli", "run", name,
-                     "--metrics-addr", "127.0.0.1:0", "--identity", f"bench-{name}"],
+                     "--metrics-addr", f"127.0.0.1:{self.metrics[name]}",
+                     "--identity", f"bench-{name}"],
                     env=self.env,
                     stdout=subprocess.DEVNULL,
                     stderr=log,
@@ -266,17 +270,28 @@ async def steady(kv: KV, users: list[str]) -> list[float]:
     await kv.put_many([(REQUESTS_PREFIX + u, b"{}") for u in active])
     await kv.until_count("haproxy/data/", BASE, 600)
     latencies: list[float] = []
+    # With more arrivals than BASE the oldest users to leave are this phase's own arrivals:
+    # each leaves only once it has been measured.
+    routed = {user: asyncio.Event() for user in users[BASE : BASE + ARRIVALS]}
+    for user in active:
+        routed[user] = asyncio.Event()
+        routed[user].set()
 
     async def arrive(user: str) -> None:
         started = time.perf_counter()
         await kv.put(REQUESTS_PREFIX + user)
         await kv.wait_for(f"haproxy/data/{user}")
         latencies.append(time.perf_counter() - started)
+        routed[user].set()
+
+    async def depart(user: str) -> None:
+        await routed[user].wait()
+        await kv.delete_many([REQUESTS_PREFIX + user])
 
     async with asyncio.TaskGroup() as tg:
         for i, user in enumerate(users[BASE : BASE + ARRIVALS]):
             tg.create_task(arrive(user))
-            tg.create_task(kv.delete_many([REQUESTS_PREFIX + active[i]]))
+            tg.create_task(depart(users[i]))
             await asyncio.sleep(1 / RATE)
     return latencies
 

@@ -3,8 +3,12 @@
 :func:`service_registrations` turns an allocation's ``service`` blocks into Consul agent
 registrations with Nomad's IDs (``_nomad-task-<alloc>-<task>-<service>-<port>``), addresses,
 ``external-source: nomad`` meta and checks. :class:`ConsulSync` keeps Consul level-converged to
-the wanted set (register what is missing or changed, deregister what is no longer wanted,
-re-register everything periodically as Nomad's 30 s sync does), retrying while Consul is away.
+the wanted set (register what is missing or changed, deregister what is no longer wanted),
+retrying while Consul is away. Every 30 s it reconciles against what the agent really holds, as
+Nomad's periodic ``sync`` does: one read of the agent's services and checks, and a registration
+only for a service the agent lacks (Consul restarted, or someone deregistered it) or holds
+differently; an unchanged service is not registered again, so the periodic sync costs two reads
+whatever the number of services, not one write per service.
 """
 
 from __future__ import annotations
@@ -211,6 +215,9 @@ class ConsulSync:
         self._statuses: tuple[float, dict[str, str]] = (float("-inf"), {})
         self._status_fetch: asyncio.Task[dict[str, str]] | None = None
         self._task: asyncio.Task[None] | None = None
+        # Registration and deregistration requests sent (for tests and figures).
+        self.registrations = 0
+        self.deregistrations = 0
 
     async def start(self) -> None:
         headers = {"X-Consul-Token": self.token} if self.token else {}
@@ -293,11 +300,13 @@ class ConsulSync:
 
         async def register(sid: str, body: dict[str, Any]) -> None:
             async with limit:
+                self.registrations += 1
                 await self._put("/v1/agent/service/register", body)
             self._applied[sid] = body
 
         async def deregister(sid: str) -> None:
             async with limit:
+                self.deregistrations += 1
                 await self._put(f"/v1/agent/service/deregister/{quote(sid, safe='')}")
             self._applied.pop(sid, None)
 
@@ -312,11 +321,13 @@ class ConsulSync:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), RESYNC_SECONDS)
-            if not self._wake.is_set():
-                # Periodic resync: Consul may have restarted and forgotten everything.
-                self._applied.clear()
+            periodic = not self._wake.is_set()
             self._wake.clear()
             try:
+                if periodic:
+                    # Consul may have restarted and forgotten everything, or someone may have
+                    # deregistered or edited a service: compare with what the agent holds.
+                    await self._forget_drifted()
                 await self._apply_once()
             except (aiohttp.ClientError, TimeoutError, RuntimeError, OSError) as exc:
                 log.warning("consul sync failed, retrying: %s", exc)
@@ -325,6 +336,26 @@ class ConsulSync:
                 continue
             if not self._wake.is_set():
                 self._synced.set()
+
+    async def _get_json(self, path: str) -> Any:
+        assert self._session is not None
+        async with self._session.get(self.base + path) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"consul {path}: {resp.status}")
+            return await resp.json()
+
+    async def _forget_drifted(self) -> None:
+        """Drop from ``_applied`` every service the agent lacks or holds differently (its
+        checks included), so the next apply registers exactly those again."""
+        services = await self._get_json("/v1/agent/services") or {}
+        checks = await self._get_json("/v1/agent/checks") or {}
+        for sid, body in list(self._applied.items()):
+            held = services.get(sid)
+            if held is None or not _same_service(body, held):
+                del self._applied[sid]
+                continue
+            if any(c["CheckID"] not in checks for c in body.get("Checks") or []):
+                del self._applied[sid]
 
     async def close(self) -> None:
         """Deregister everything this client registered, then stop."""
@@ -342,3 +373,14 @@ class ConsulSync:
             await asyncio.wait_for(self._apply_once(), 3.0)
         if self._session is not None:
             await self._session.close()
+
+
+def _same_service(body: dict[str, Any], held: dict[str, Any]) -> bool:
+    """Whether the agent's view of a service (``/v1/agent/services``) is what we registered."""
+    return (
+        held.get("Service") == body["Name"]
+        and (held.get("Address") or "") == (body.get("Address") or "")
+        and int(held.get("Port") or 0) == int(body.get("Port") or 0)
+        and list(held.get("Tags") or []) == list(body.get("Tags") or [])
+        and dict(held.get("Meta") or {}) == dict(body.get("Meta") or {})
+    )
