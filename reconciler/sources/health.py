@@ -42,7 +42,13 @@ from typing import Any, Protocol
 import anyio
 
 from reconciler import metrics
-from reconciler.clients.consul import CheckState, HealthCheck, ServiceInstance
+from reconciler.clients.consul import (
+    CheckKey,
+    CheckState,
+    HealthCheck,
+    ServiceInstance,
+    check_key,
+)
 from reconciler.ratelimit import SYSTEM_CLOCK, Clock
 from reconciler.sources._watch import (
     DEFAULT_WAIT,
@@ -70,6 +76,7 @@ class HealthReader(Protocol):
         filter: str | None = None,
         index: int = 0,
         wait: float | None = None,
+        known: Mapping[CheckKey, CheckState] | None = None,
     ) -> tuple[int, list[CheckState]]: ...
 
     async def catalog_services(
@@ -155,6 +162,7 @@ class ServiceHealthSource(WatchBase):
         self._catalog: dict[str, tuple[str, ...]] | None = None
         self._checks: dict[tuple[str, str], tuple[HealthCheck, ...]] | None = None
         self._check_names: dict[tuple[str, str], str] = {}
+        self._states: dict[CheckKey, CheckState] = {}
         self._node_checks: dict[str, tuple[HealthCheck, ...]] = {}
         self._by_service: dict[str, dict[str, ServiceInstance]] = {}
         self._dirty: set[str] = set()  # names whose registrations must be read again
@@ -247,13 +255,19 @@ class ServiceHealthSource(WatchBase):
     async def _watch_checks(self, controller: str) -> None:
         async def fetch(index: int) -> tuple[int, list[CheckState]]:
             return await self._client.health_state(
-                "any", filter=self.server_filter, index=index, wait=self.settings.wait
+                "any",
+                filter=self.server_filter,
+                index=index,
+                wait=self.settings.wait,
+                known=self._states,
             )
 
         def apply(states: list[CheckState]) -> None:
             grouped: dict[tuple[str, str], list[HealthCheck]] = {}
             names: dict[tuple[str, str], str] = {}
             per_node: dict[str, list[HealthCheck]] = {}
+            # The checks kept, so the next answer reuses every unchanged one as it decodes.
+            kept: dict[CheckKey, CheckState] = {}
             for state in states:
                 if not state.service_id:
                     per_node.setdefault(state.node, []).append(state.check)
@@ -261,6 +275,10 @@ class ServiceHealthSource(WatchBase):
                     instance = (state.node, state.service_id)
                     grouped.setdefault(instance, []).append(state.check)
                     names[instance] = state.service_name
+                else:
+                    continue
+                kept[check_key(state)] = state
+            self._states = kept
             checks = {k: tuple(sorted(v, key=_by_id)) for k, v in grouped.items()}
             nodes = {k: tuple(sorted(v, key=_by_id)) for k, v in per_node.items()}
             old, old_nodes, old_names = self._checks, self._node_checks, self._check_names
