@@ -1,8 +1,9 @@
 """waitlist: requests + Nomad's free capacity -> ``manticore/waiting/data`` (FIFO, paged, CAS).
 
 One aggregate key (``waitlist``): every request, every page of the list, every Nomad node and
-allocation maps to it, so a burst of changes collapses into one pass. A pass reads the pages
-fresh (their ModifyIndexes are the CAS indexes), takes requests, nodes and allocations from the
+allocation maps to it, so a burst of changes collapses into one pass. A pass takes the pages
+(their ModifyIndexes are the CAS indexes) from the page watch once it shows this process's last
+writes, or reads them from Consul until then, takes requests, nodes and allocations from the
 warm caches, asks :func:`.plan.plan` what the list should be, lays it out with
 :func:`controllers.api.waiting.plan_pages` and writes only the pages that change, each
 transaction fenced and CAS-checked on the pages it writes. Running it twice writes nothing the
@@ -123,12 +124,19 @@ LIST_WRITES = Counter(
     "Waiting-list page writes by outcome",
     ["outcome"],
 )
+PAGE_READS = Counter(
+    "manticore_waiting_list_page_reads_total",
+    "Waiting-list passes by where they took the pages from (the watch, or a read of Consul)",
+    ["source"],
+)
 VALUE_LIMIT_BYTES.set(VALUE_LIMIT)
 PAGE_BUDGET_BYTES.set(PAGE_BUDGET)
 for _state in ("waiting", "claimed"):
     USERS.labels(state=_state)
 for _outcome in ("committed", "conflict"):
     LIST_WRITES.labels(outcome=_outcome)
+for _source in ("watch", "consul"):
+    PAGE_READS.labels(source=_source)
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -236,6 +244,11 @@ class Waitlist:
         self._clock = clock
         self._memo = _Memo()
         self._warned_full = False
+        # Pages this process wrote, with the index each had before (0: created) and whether
+        # the write deleted it: until the page watch shows every one of them moved, a pass
+        # reads the pages from Consul; after, it takes them from the watch.
+        self._behind: dict[str, tuple[int, bool]] = {}
+        self._read_fresh = True
 
     @property
     def config(self) -> Config:
@@ -355,9 +368,29 @@ class Waitlist:
 
     # -- the pass
 
+    async def _stored(self, ctx: Context) -> list[KVEntry]:
+        """The pages with the ModifyIndexes to CAS on.
+
+        From the page watch when it has seen every write of this process (one read less per
+        pass, and the waiting list is not encoded by Consul once more per change); from Consul
+        on the first pass, after a conflict, and while the watch lags behind our own writes.
+        A page someone else changed meanwhile fails the CAS, and the next pass reads afresh.
+        """
+        cache: Mapping[str, KVEntry] = ctx.cache(PAGES_WATCH)
+        if not self._read_fresh and all(
+            _moved(cache.get(k), index, deleted) for k, (index, deleted) in self._behind.items()
+        ):
+            self._behind.clear()
+            PAGE_READS.labels(source="watch").inc()
+            return list(cache.values())
+        self._read_fresh = False
+        self._behind.clear()
+        PAGE_READS.labels(source="consul").inc()
+        return await ctx.kv.list(WAITING_KEY)
+
     async def reconcile(self, ctx: Context, key: str) -> Result | None:
         config = self.config
-        stored = await ctx.kv.list(WAITING_KEY)
+        stored = await self._stored(ctx)
         current = self._pages(ctx, stored)
         requests, present = self._requests(ctx)
         fit, placed = self._capacity(ctx)
@@ -377,9 +410,12 @@ class Waitlist:
         for group in transactions(layout.writes):
             if not await ctx.kv.apply([_op(w) for w in group]):
                 LIST_WRITES.labels(outcome="conflict").inc()
+                self._read_fresh = True
                 # Someone wrote a page since we read it (a previous leader): read again.
                 raise TemporaryError("a waiting-list page changed while writing; re-reading")
             LIST_WRITES.labels(outcome="committed").inc()
+            for w in group:
+                self._behind[w.key] = (w.index, w.value is None)
         self._report(ctx, result, layout.pages, layout.writes, current, now)
         return None
 
@@ -444,6 +480,13 @@ class Waitlist:
                 self._warned_full = True
         else:
             self._warned_full = False
+
+
+def _moved(entry: KVEntry | None, index: int, deleted: bool) -> bool:
+    """Whether a watched page shows our write over ``index`` (or something newer)."""
+    if entry is None:
+        return deleted
+    return entry.modify_index != index
 
 
 def _op(write: PageWrite) -> KVOp:

@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -327,3 +328,53 @@ async def test_a_node_becoming_eligible_claims_the_next_users(consul_server) -> 
             assert sample(manager, "manticore_capacity_users") == 6
     finally:
         nomad.stop()
+
+
+async def test_passes_take_the_pages_from_the_watch_once_it_shows_their_writes(
+    consul_server, small_nomad
+) -> None:
+    """A pass does not read the whole list from Consul again per change: after the first pass
+    (and whenever the watch lags behind this process's own write) it does; otherwise the
+    pages and their CAS indexes come from the page watch. A page someone else rewrote makes
+    the CAS fail and the next pass read afresh, losing nobody."""
+    controller = waitlist.build(Settings.from_env({"MAX_USERS": "2"}))
+    async with running([controller], consul_server.address, nomad_address=small_nomad.url) as (
+        manager,
+        consul,
+    ):
+
+        def reads(source: str) -> float:
+            return sample(manager, "manticore_waiting_list_page_reads_total", source=source) or 0
+
+        before = reads("consul"), reads("watch")
+        users = [f"w{i}" for i in range(8)]
+        for n, user in enumerate(users, start=1):
+            await consul.kv_put(f"{REQUESTS_PREFIX}{user}", b"{}")
+
+            async def joined(n: int = n) -> bool:
+                return len(await listed(consul)) == n
+
+            await eventually(joined, timeout=20)
+            # Let the watch deliver the write, so the next change finds it caught up.
+            await anyio.sleep(0.3)
+        state = await listed(consul)
+        assert list(state) == users
+        assert claimed(state) == ["w0", "w1"]
+        consul_reads, watch_reads = reads("consul") - before[0], reads("watch") - before[1]
+        assert watch_reads >= 6, (consul_reads, watch_reads)
+        assert consul_reads <= 3, (consul_reads, watch_reads)
+
+        # Another writer (a previous leader) puts a stranger into the page: the list converges
+        # on what the requests say, whichever way the pages were taken.
+        _, page = await consul.kv_get(WAITING_KEY)
+        assert page is not None
+        doc = json.loads(page.value)
+        doc["stranger"] = {"queue": 999, "claimed": False}
+        await consul.kv_put(WAITING_KEY, json.dumps(doc).encode())
+        await consul.kv_put(f"{REQUESTS_PREFIX}w8", b"{}")
+
+        async def settled() -> bool:
+            now = await listed(consul)
+            return "stranger" not in now and list(now) == [*users, "w8"]
+
+        await eventually(settled, timeout=20)
