@@ -21,9 +21,8 @@ import dataclasses
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
 import consul.base
@@ -543,6 +542,62 @@ def _small(text: str) -> str:
     return sys.intern(text) if len(text) <= 64 else text
 
 
+# Values that many instances carry alike (tags, tag tuples, meta keys, roles, addresses): one
+# object for each, from a table that takes the first _SHARED_MAX values seen and then only
+# serves them, so its memory is bounded whatever the churn (a value it does not hold is merely
+# not shared). 30,000 instances carry ~6 such values each.
+_SHARED: dict[Any, Any] = {}
+_SHARED_MAX = 16384
+_SHARED_LEN = 48
+
+
+def _shared(value: T) -> T:
+    got = _SHARED.get(value)
+    if got is not None:
+        return got  # type: ignore[no-any-return]
+    if len(_SHARED) < _SHARED_MAX:
+        _SHARED[value] = value
+    return value
+
+
+def _shared_str(value: Any) -> str:
+    text = str(value)
+    return _shared(text) if len(text) <= _SHARED_LEN else text
+
+
+class Meta(Mapping[str, str]):
+    """Read-only service meta, stored as one flat ``(k1, v1, k2, v2, ...)`` tuple.
+
+    A dict behind a ``MappingProxyType`` costs ~280 bytes for three entries, this ~130; keys and
+    short values are shared between instances. Compares equal to any mapping with the same
+    items."""
+
+    __slots__ = ("_flat",)
+
+    def __init__(self, items: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> None:
+        pairs = items.items() if isinstance(items, Mapping) else items
+        flat: list[str] = []
+        for key, value in sorted((str(k), str(v)) for k, v in pairs):
+            flat += (_shared_str(key), _shared_str(value))
+        self._flat: tuple[str, ...] = tuple(flat)
+
+    def __getitem__(self, key: str) -> str:
+        flat = self._flat
+        for i in range(0, len(flat), 2):
+            if flat[i] == key:
+                return flat[i + 1]
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._flat[::2])
+
+    def __len__(self) -> int:
+        return len(self._flat) // 2
+
+    def __repr__(self) -> str:
+        return f"Meta({dict(self)!r})"
+
+
 def _check(raw: Mapping[str, Any]) -> HealthCheck:
     try:
         modify_index = int(raw.get("ModifyIndex") or 0)
@@ -605,16 +660,19 @@ class ServiceInstance:
         """An instance from its parts: a catalog service entry, its node and its checks (node
         checks included), as ``/v1/health/service`` would return it."""
         ordered = tuple(sorted(checks, key=_check_order))
-        meta = service.get("Meta") or {}
+        node_address = _shared_str(node_address)
+        service_id = str(service.get("ID") or "")
+        # The service's checks carry the same id: one string for both.
+        service_id = next((c.service_id for c in ordered if c.service_id == service_id), service_id)
         return cls(
-            node=node,
+            node=_small(node),
             node_address=node_address,
-            service_id=str(service.get("ID") or ""),
+            service_id=service_id,
             service=str(service.get("Service") or ""),
-            address=str(service.get("Address") or node_address),
+            address=_shared_str(service.get("Address") or node_address),
             port=int(service.get("Port") or 0),
-            tags=tuple(str(t) for t in service.get("Tags") or ()),
-            meta=MappingProxyType({str(k): str(v) for k, v in meta.items()}),
+            tags=_shared(tuple(_shared_str(t) for t in service.get("Tags") or ())),
+            meta=Meta(service.get("Meta") or {}),
             checks=ordered,
             status=aggregate_status(c.status for c in ordered),
         )

@@ -11,13 +11,14 @@ import gc
 import json
 import tracemalloc
 from collections.abc import AsyncIterator
+from types import MappingProxyType
 from typing import Any
 
 import pytest
 from aiohttp import web
 
 from reconciler.clients.config import ConsulConfig
-from reconciler.clients.consul import CheckState, ConsulClient, check_key
+from reconciler.clients.consul import CheckState, ConsulClient, ServiceInstance, check_key
 from reconciler.clients.errors import BadRequest, Unavailable
 from reconciler.clients.jsonstream import ArrayDecoder, StreamDecodeError
 
@@ -261,3 +262,49 @@ async def test_decoding_many_checks_holds_the_result_not_the_answer(
     assert whole == states
     assert transient < body / 4, (body, transient)
     assert peak - before < whole_peak / 2, (peak - before, whole_peak)
+
+
+# ----------------------------------------------------------------------------- compact instances
+
+
+def _catalog_entry(i: int, role: str) -> dict[str, Any]:
+    user = f"user-{i:05d}"
+    return {
+        "ID": f"_nomad-task-{i:08x}-{role}",
+        "Service": f"core-hmi-{user}-{role}",
+        "Address": "10.0.0.1",
+        "Port": 20000,
+        "Tags": ["manticore", "route-http"],
+        "Meta": {"manticore_user": user, "manticore_role": role, "manticore_route": "http"},
+    }
+
+
+def test_instances_share_their_repeated_values_and_meta_is_a_mapping() -> None:
+    def build(i: int) -> ServiceInstance:
+        entry = json.loads(json.dumps(_catalog_entry(i, "hmi")))  # fresh strings each time
+        return ServiceInstance.build("node1", "127.0.0.1", entry, [])
+
+    a, b = build(1), build(2)
+    assert a.tags == ("manticore", "route-http")
+    assert a.tags is b.tags
+    assert a.address is b.address
+    assert a.node is b.node
+    assert a.meta["manticore_role"] is b.meta["manticore_role"]
+    meta = {"manticore_user": "user-00001", "manticore_role": "hmi", "manticore_route": "http"}
+    assert a.meta == meta
+    assert a.meta == MappingProxyType(meta)
+    assert a.meta != b.meta
+    assert a.meta.get("absent") is None
+    assert len(a.meta) == 3
+    with pytest.raises(KeyError):
+        a.meta["absent"]
+    assert sorted(a.meta) == sorted(meta)
+    assert a == build(1)
+
+
+def test_an_instance_and_its_check_share_the_service_id() -> None:
+    entry = json.loads(json.dumps(_catalog_entry(1, "core")))
+    state = CheckState.from_api(json.loads(json.dumps({**check_json(1), "ServiceID": entry["ID"]})))
+    instance = ServiceInstance.build("node1", "127.0.0.1", entry, [state.check])
+    assert instance.service_id is state.check.service_id
+    assert instance.passing
