@@ -27,6 +27,22 @@ is retried every 15 s, so a port freed by a departing user is taken up. Other us
 
 Invalid input (an allocation record or reservation that fails validation) is reported through
 ``ctx.parse`` and that user is left exactly as it is.
+
+**Cost at scale.** A reconcile touches the user's own keys only, whatever the number of users.
+The reservation, the claims and the published routes are read from the watch caches (a claim's
+owner by key, the claims a user holds through the routes watch's ``owner`` index), and every
+write is a CAS on the index the cache showed, so a cache that is behind costs a failed
+transaction and fresh reads of exactly the keys it depended on, never a wrong write. A new
+user costs one read (a reservation missing from the cache is confirmed absent) and one
+transaction (reservation, claims and routes); a routed user whose caches are current costs
+nothing; a departure is one fenced transaction deleting routes, claims and reservation that
+also checks the request is absent (``check-not-exists``). A free port is found by random
+lookups of the claims; the range is scanned only when those all miss (a range nearly full),
+which is O(range), never a copy of every claim. Consul connections: four long polls (requests,
+allocations, ``manticore/routes/``, ``haproxy/``), the lock watch and the short-request pool;
+the web app's instances are polled every ``WEB_APP_POLL`` seconds. The routes and haproxy
+watches see every write of this controller and re-read their whole prefix on each wake, so they
+are rate-limited (``CACHE_RATE``): nothing waits on them.
 """
 
 from __future__ import annotations
@@ -34,7 +50,8 @@ from __future__ import annotations
 import random
 import secrets
 import string
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -93,8 +110,9 @@ WEB_APP_POLL = 5.0
 # The routes and haproxy watches see every write of this controller, and each wake re-reads
 # the whole prefix (tens of thousands of entries at 10,000 users): at most CACHE_RATE re-reads
 # a second. Nothing waits on them (every write is a CAS that tells when they are behind).
-CACHE_RATE = 2.0
-CACHE_BURST = 2
+CACHE_RATE = 0.5
+CACHE_BURST = 1
+RECENT_CLAIMS = 10.0
 SUBDOMAIN_ALPHABET = string.ascii_lowercase + string.digits
 
 USERS_ROUTED = Gauge("manticore_users_routed", "Users with routes published (haproxy/data)")
@@ -161,6 +179,7 @@ def plan_reservation(
     ports: range,
     make_subdomain: Callable[[], str],
     pick: Callable[[Sequence[int]], int] = random.choice,
+    also_taken: Container[int] = (),
 ) -> ReservationPlan:
     """What the user's reservation must become (pure but for the injected randomness).
 
@@ -189,7 +208,7 @@ def plan_reservation(
                 sub = make_subdomain()
             subdomains[role] = sub
         elif service.route == "tcp" and role not in tcp_ports:
-            port = free_port(ports, port_owners, set(tcp_ports.values()), pick)
+            port = free_port(ports, port_owners, set(tcp_ports.values()), pick, also_taken)
             if port is None:
                 exhausted.append(role)
                 continue
@@ -210,16 +229,18 @@ def free_port(
     port_owners: Mapping[int, str],
     mine: Collection[int],
     pick: Callable[[Sequence[int]], int] = random.choice,
+    also_taken: Container[int] = (),
 ) -> int | None:
     """A port of ``ports`` nobody holds, or None when the range is exhausted (pure).
 
     ``PORT_PROBES`` random draws first, each one lookup of the claims (independent of the
     number of users); only when they all hit a claimed port (a range nearly full) is the range
-    scanned, which is O(range) lookups and never a copy of every claim.
+    scanned, which is O(range) lookups and never a copy of every claim. ``also_taken``: ports
+    claimed so recently that the claims may not show them yet (a hint: Consul decides).
     """
 
     def free(port: int) -> bool:
-        return port not in mine and port_owners.get(port) is None
+        return port not in mine and port not in also_taken and port_owners.get(port) is None
 
     if not ports:
         return None
@@ -379,6 +400,30 @@ def _user_key(prefix: str) -> Callable[[KVEntry], list[str]]:
     return mapper
 
 
+class RecentPorts(Container[int]):
+    """Ports claimed in the last ``RECENT_CLAIMS`` seconds (a hint for choosing: see above)."""
+
+    def __init__(self) -> None:
+        self._at: dict[int, float] = {}
+
+    def __contains__(self, port: object) -> bool:
+        at = self._at.get(port) if isinstance(port, int) else None
+        return at is not None and at > time.monotonic() - RECENT_CLAIMS
+
+    def add(self, ports: Iterable[int]) -> None:
+        now = time.monotonic()
+        for port in ports:
+            self._at[port] = now
+
+    def discard(self, ports: Iterable[int]) -> None:
+        for port in ports:
+            self._at.pop(port, None)
+
+    def prune(self) -> None:
+        horizon = time.monotonic() - RECENT_CLAIMS
+        self._at = {p: t for p, t in self._at.items() if t > horizon}
+
+
 @dataclass
 class HAProxyKV:
     """The controller's configuration (from the environment at start, or given by a test) and
@@ -386,6 +431,9 @@ class HAProxyKV:
 
     config: HAProxySettings | None = None
     waiting_for_port: set[str] = field(default_factory=set)
+    # Ports this replica claimed in the last RECENT_CLAIMS seconds: the routes cache is
+    # rate-limited and may not show them yet, and drawing them again only costs a conflict.
+    recent_ports: RecentPorts = field(default_factory=lambda: RecentPorts())
 
     @property
     def cfg(self) -> HAProxySettings:
@@ -486,6 +534,7 @@ class HAProxyKV:
                 subdomain_owners=subdomain_owners,
                 ports=self.cfg.tcp_port_range,
                 make_subdomain=lambda: new_subdomain(self.cfg.subdomain_length),
+                also_taken=self.recent_ports,
             )
             routes = plan_routes(allocation, plan.reservation)
             wanted = encode(routes)
@@ -511,6 +560,7 @@ class HAProxyKV:
             if not ops:
                 return plan
             if await ctx.kv.apply(ops):
+                self.recent_ports.add(plan.claim_ports)
                 if reserving:
                     ctx.log.info(
                         "routes reserved",
@@ -588,6 +638,7 @@ class HAProxyKV:
         ops += [KVOp.delete_cas(k, index=e.modify_index) for k, e in sorted(claims.items())]
         if isinstance(entry, KVEntry):
             ops.append(KVOp.delete_cas(key, index=entry.modify_index))
+        self.recent_ports.discard(held.tcp_ports.values())
         if len(ops) <= MAX_RELEASE_OPS and await ctx.kv.apply(ops):
             ctx.log.info(
                 "user released",
@@ -609,6 +660,7 @@ class HAProxyKV:
         key = f"{ROUTES_DATA_PREFIX}{user}"
         entry = await ctx.kv.get(key)
         held = _lenient(entry) if entry is not None else RouteReservation()
+        self.recent_ports.discard(held.tcp_ports.values())
         claims = set(self.held_claims(ctx, user, held))
         claims |= {f"{ROUTES_TCP_PREFIX}{p}" for p in held.tcp_ports.values()}
         claims |= {f"{ROUTES_SUBDOMAIN_PREFIX}{s}" for s in held.subdomains.values()}
@@ -651,6 +703,7 @@ class HAProxyKV:
         return None
 
     def stats(self, ctx: Context) -> Result | None:
+        self.recent_ports.prune()
         haproxy = ctx.cache(HAPROXY_WATCH)
         USERS_ROUTED.set(sum(1 for k in haproxy if user_of_key(HAPROXY_DATA_PREFIX, k)))
         ports, _ = claims_of(ctx.cache(ROUTES_WATCH))
