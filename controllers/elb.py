@@ -106,7 +106,7 @@ for _call in ("CreateLoadBalancerListeners", "DeleteLoadBalancerListeners"):
 # --------------------------------------------------------------------------- the pure part
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Demand:
     """One user's TCP listeners, and when they arrived (the order capacity is served in)."""
 
@@ -350,11 +350,6 @@ class ELBController:
     learned_quota: dict[str, int] = field(default_factory=dict)
     throttles: int = 0
     _bucket: TokenBucket | None = None
-    # What each valid entry decoded to, by key, with the ModifyIndex it was decoded at: a pass
-    # decodes only the entries written since the last one (at 10,000 users, decoding every
-    # haproxy/data value on each pass was ~20 MB of models made and dropped every time).
-    _demands: dict[str, tuple[int, Demand]] = field(default_factory=dict)
-    _records: dict[str, tuple[int, ListenerRecord]] = field(default_factory=dict)
 
     def configs(self) -> tuple[ELBSettings, HAProxySettings]:
         if self.elb_config is None or self.haproxy_config is None:
@@ -483,34 +478,17 @@ class ELBController:
             k: e for k, e in ctx.cache(RECORDS_WATCH).items() if isinstance(e, KVEntry)
         }
         records: dict[str, ListenerRecord] = {}
-        known_records, self._records = self._records, {}
         for k, e in record_entries.items():
             user = user_of_key(ELB_PREFIX, k)
             if user is None:
                 continue
-            seen = known_records.get(k)
-            if seen is not None and e.modify_index and seen[0] == e.modify_index:
-                parsed: ListenerRecord | None = seen[1]
-            else:
-                parsed = ctx.parse(ListenerRecord, e, report_as=user)
+            parsed = ctx.parse(ListenerRecord, e, report_as=user)
             if parsed is not None:
                 records[user] = parsed
-                self._records[k] = (e.modify_index, parsed)
         demands: dict[str, Demand] = {}
-        known_demands, self._demands = self._demands, {}
         for entry in list(ctx.cache(ROUTES_WATCH).values()):
             user = user_of_key(HAPROXY_DATA_PREFIX, entry.key)
             if user is None:
-                continue
-            memo = known_demands.get(entry.key)
-            if (
-                memo is not None
-                and entry.modify_index
-                and memo[0] == entry.modify_index
-                and memo[1].arrival == entry.create_index
-            ):
-                demands[user] = memo[1]
-                self._demands[entry.key] = memo
                 continue
             routes = ctx.parse(UserRoutes, entry, report_as=user)
             if routes is None:
@@ -528,7 +506,6 @@ class ELBController:
                 )
                 continue
             demands[user] = demand_of(user, routes, entry.create_index, encrypt=elb.encrypt_tcp)
-            self._demands[entry.key] = (entry.modify_index, demands[user])
 
         balancers = await self.describe(ctx, elb.load_balancers)
         plan = plan_listeners(
