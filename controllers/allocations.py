@@ -26,7 +26,9 @@ reported (log line, ``manticore_allocation_instances_rejected_total{reason}``, a
 under ``reconciler/status/allocations/<id>``) and left out; it never touches another user.
 
 **Connections.** One pattern health watch over ``core-hmi-.*`` (the framework holds a bounded
-number of Consul connections for it whatever the number of users) plus two KV prefix watches.
+number of Consul connections for it whatever the number of users) plus two KV prefix watches;
+the watch of this controller's own records re-reads its prefix at most every 2 s (each write
+would otherwise re-read all of them).
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ SERVICE_PATTERN = r"core-hmi-.*"
 HEALTH_WATCH = f"health:/{SERVICE_PATTERN}/"
 REQUESTS_WATCH = f"kv:{REQUESTS_PREFIX}"
 ALLOCATIONS_WATCH = f"kv:{ALLOCATIONS_PREFIX}"
+CACHE_RATE = 0.5
+CACHE_BURST = 1
 STATS_KEY = "_stats"
 STATS_EVERY = 15.0
 
@@ -295,7 +299,15 @@ controller = Controller(
             read_concurrency=3,
         ),
         watches.kv(REQUESTS_PREFIX, to_keys=_user_key(REQUESTS_PREFIX)),
-        watches.kv(ALLOCATIONS_PREFIX, to_keys=_user_key(ALLOCATIONS_PREFIX)),
+        # This controller's own output: every write of it wakes this watch, which re-reads the
+        # whole prefix (10,000 entries at 10,000 users), so at most CACHE_RATE re-reads a second.
+        # Nothing waits on it: it only keeps the chosen allocation, and every write reads afresh.
+        watches.kv(
+            ALLOCATIONS_PREFIX,
+            to_keys=_user_key(ALLOCATIONS_PREFIX),
+            rate=CACHE_RATE,
+            burst=CACHE_BURST,
+        ),
         watches.periodic([STATS_KEY], every=STATS_EVERY),
     ],
     writes=[f"{ALLOCATIONS_PREFIX}<id>"],
