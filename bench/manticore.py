@@ -206,11 +206,23 @@ class KV:
     async def close(self) -> None:
         await self.http.aclose()
 
+    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One request, retried while Consul does not accept the connection in time (a
+        saturated embedded Consul on a busy machine); the retries count in the latency."""
+        for attempt in range(30):
+            try:
+                return await self.http.request(method, url, **kwargs)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError):
+                if attempt == 29:
+                    raise
+                await asyncio.sleep(0.1)
+        raise AssertionError("unreachable")
+
     async def put(self, key: str, value: bytes = b"{}") -> None:
-        (await self.http.put(f"/v1/kv/{key}", content=value)).raise_for_status()
+        (await self._send("PUT", f"/v1/kv/{key}", content=value)).raise_for_status()
 
     async def txn(self, ops: list[dict[str, Any]]) -> bool:
-        resp = await self.http.put("/v1/txn", json=ops)
+        resp = await self._send("PUT", "/v1/txn", json=ops)
         if resp.status_code == 409:
             return False
         resp.raise_for_status()
@@ -234,7 +246,7 @@ class KV:
         index = 0
         while True:
             params: dict[str, str] = {"index": str(index), "wait": "60s"} if index else {}
-            resp = await self.http.get(f"/v1/kv/{key}", params=params)
+            resp = await self._send("GET", f"/v1/kv/{key}", params=params)
             if resp.status_code == 200:
                 return
             index = max(1, int(resp.headers.get("X-Consul-Index", "1")))

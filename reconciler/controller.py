@@ -368,13 +368,17 @@ class ControllerRunner:
         return emit
 
     def resync(self) -> set[str]:
-        """Queue every key the caches know of (level-based: nothing is missed for long)."""
+        """Queue every key the caches know of (level-based: nothing is missed for long).
+
+        In the queue's background: they are handed out when no key a change asked for is
+        ready, so a resync of every user never delays the users that just changed.
+        """
         keys: set[str] = set()
         for watch in self.spec.watches:
             for item in list(self.sources[watch.name].items().values()):
                 keys.update(k for k in self._keys_of(watch, item) if k)
         for key in keys:
-            self.queue.add(key)
+            self.queue.add(key, background=True)
         return keys
 
     async def run(self) -> None:

@@ -249,6 +249,14 @@ class WorkQueue:
         )
 
         self._queue: deque[str] = deque()
+        # Background keys (a resync's): handed out only when no other key is ready, so a
+        # periodic resync of every key never delays a key some change asked for. ``_low`` holds
+        # the background keys still waiting; the deque may also hold keys since promoted (or
+        # handed out), skipped when popped.
+        self._background: deque[str] = deque()
+        self._low: set[str] = set()
+        # In-flight keys added again in the background: queued there by done().
+        self._low_later: set[str] = set()
         # Every key added and not yet handed out: the ready keys plus the in-flight keys that
         # were added again. Membership is the de-duplication test.
         self._dirty: set[str] = set()
@@ -298,23 +306,41 @@ class WorkQueue:
 
     # ----------------------------------------------------------------- adding
 
-    def add(self, key: str) -> None:
-        """Queue ``key`` unless it is already waiting; ignored once shut down."""
+    def add(self, key: str, *, background: bool = False) -> None:
+        """Queue ``key`` unless it is already waiting; ignored once shut down.
+
+        A ``background`` key (a periodic resync's) waits behind every other ready key; adding
+        a key that waits in the background without ``background`` moves it to the front line.
+        """
         if self._heap:
             self._promote_due()
-        if self._shutting_down or key in self._dirty:
+        if self._shutting_down:
             return
-        self._accept(key)
+        if key in self._dirty:
+            if not background:
+                if key in self._low:
+                    self._low.discard(key)
+                    self._queue.append(key)
+                else:
+                    self._low_later.discard(key)
+            return
+        self._accept(key, background=background)
 
-    def _accept(self, key: str) -> None:
+    def _accept(self, key: str, *, background: bool = False) -> None:
         self._adds += 1
         if self._metrics:
             self._m_adds.inc()
             self._added_at[key] = self._now()
         self._dirty.add(key)
         if key in self._processing:
+            if background:
+                self._low_later.add(key)
             return
-        self._queue.append(key)
+        if background:
+            self._low.add(key)
+            self._background.append(key)
+        else:
+            self._queue.append(key)
         if self._waiters:
             self._waiters.popleft().set()
 
@@ -374,12 +400,11 @@ class WorkQueue:
         """
         if self._heap:
             self._promote_due()
-        queue = self._queue
-        if not queue:
+        key = self._next_ready()
+        if key is None:
             if self._shutting_down:
                 raise QueueShutDown(self.name)
             raise anyio.WouldBlock
-        key = queue.popleft()
         self._dirty.discard(key)
         now = self._now()
         self._processing[key] = now
@@ -388,6 +413,21 @@ class WorkQueue:
             if added_at is not None:
                 self._m_queue_duration.observe(now - added_at)
         return key
+
+    def _next_ready(self) -> str | None:
+        """The oldest ready key, background keys only when no other is ready."""
+        if self._queue:
+            return self._queue.popleft()
+        background, low = self._background, self._low
+        while background:
+            key = background.popleft()
+            if key in low:
+                low.discard(key)
+                return key
+        return None
+
+    def _ready(self) -> int:
+        return len(self._queue) + len(self._low)
 
     async def get(self) -> str:
         """Wait for a ready key and hand it out, marking it in flight.
@@ -416,7 +456,7 @@ class WorkQueue:
             # A parked worker that leaves (with a key, cancelled, or shut down) may have been the
             # one woken for a ready key, or the one sleeping until the next delayed key is due:
             # wake another parked worker to take over, or that key would sit unnoticed.
-            if parked and self._waiters and (self._queue or self._heap):
+            if parked and self._waiters and (self._queue or self._low or self._heap):
                 self._waiters.popleft().set()
 
     def _until_next_due(self) -> float | None:
@@ -455,12 +495,17 @@ class WorkQueue:
         if key in self._dirty:
             # Added while in flight: its turn now. (Before promoting delayed keys: a retry of
             # this very key that just came due must not queue it a second time.)
-            self._queue.append(key)
+            if key in self._low_later:
+                self._low_later.discard(key)
+                self._low.add(key)
+                self._background.append(key)
+            else:
+                self._queue.append(key)
             if self._waiters:
                 self._waiters.popleft().set()
         if self._heap:
             self._promote_due()
-        if self._drained is not None and not self._processing and not self._queue:
+        if self._drained is not None and not self._processing and not self._ready():
             self._drained.set()
 
     # ----------------------------------------------------------------- shutting down
@@ -480,6 +525,9 @@ class WorkQueue:
         self._waiting.clear()
         if discard_ready:
             self._queue.clear()
+            self._background.clear()
+            self._low.clear()
+            self._low_later.clear()
             self._dirty.clear()
             self._added_at.clear()
         # Every parked worker re-checks: those that find nothing ready raise QueueShutDown.
@@ -497,7 +545,7 @@ class WorkQueue:
         the timeout ran out first (measured on the queue's clock).
         """
         self.shutdown(discard_ready=discard_ready)
-        if not self._processing and not self._queue:
+        if not self._processing and not self._ready():
             await anyio.lowlevel.checkpoint()
             return True
         if self._drained is None:
@@ -511,7 +559,7 @@ class WorkQueue:
         """How many keys are ready to be handed out now (client-go's ``Len()``)."""
         if self._heap:
             self._promote_due()
-        return len(self._queue)
+        return self._ready()
 
     def __len__(self) -> int:
         return self.len()
@@ -523,9 +571,9 @@ class WorkQueue:
         return QueueStatistics(
             name=self.name,
             depth=len(self._dirty),
-            ready=len(self._queue),
+            ready=self._ready(),
             processing=len(self._processing),
-            dirty=len(self._dirty) - len(self._queue),
+            dirty=len(self._dirty) - self._ready(),
             waiting=len(self._waiting),
             waiting_workers=len(self._waiters),
             adds=self._adds,

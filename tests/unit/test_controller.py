@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
 import anyio
+import anyio.lowlevel
 import pytest
 from prometheus_client import REGISTRY
 
@@ -371,3 +372,27 @@ def test_strip_prefix_never_yields_dot_segment_keys() -> None:
     assert list(mapper("in/..")) == []
     assert list(mapper("in/./x")) == []
     assert list(mapper("in/a..b")) == ["a..b"]
+
+
+async def test_a_change_is_reconciled_before_the_keys_of_a_resync(run_harness) -> None:
+    """A resync queues every key in the background: a user that changes meanwhile does not
+    wait behind the whole population (the 60 s resyncs were part of the pipeline's backlog)."""
+    seen: list[str] = []
+
+    async def reconcile(ctx: Context, key: str) -> None:
+        seen.append(key)
+        await anyio.lowlevel.checkpoint()
+
+    h = Harness(reconcile, workers=1)
+    keys = [f"k{i:03d}" for i in range(200)]
+    for key in keys:
+        h.source.set(key, 1)
+    await run_harness(h)
+    await eventually(lambda: len(seen) == 200)
+    seen.clear()
+    assert len(h.runner.resync()) == 200
+    h.source.set("k199", 2)
+    h.source.set("new", 1)
+    await eventually(lambda: len(seen) == 201)
+    assert sorted(seen[:2]) == ["k199", "new"], seen[:5]
+    assert sorted(seen) == sorted([*keys, "new"])

@@ -736,3 +736,68 @@ def test_take_ready_can_leave_keys_in_flight(queue: WorkQueue) -> None:
     queue.add("a")
     assert take_ready(queue, done=False) == ["a"]
     assert queue.statistics().processing == 1
+
+
+# --------------------------------------------------------------------------- background keys
+
+
+def test_background_keys_wait_behind_every_other_ready_key(queue: WorkQueue, name: str) -> None:
+    """A resync queues every key in the background: a change arriving after it is served
+    first, so 1,000 resynced users never delay the one that just changed."""
+    for key in ("r1", "r2", "r3"):
+        queue.add(key, background=True)
+    queue.add("changed")
+    assert len(queue) == 4
+    assert sample("workqueue_depth", name) == 4
+    assert take_ready(queue) == ["changed", "r1", "r2", "r3"]
+    assert len(queue) == 0
+
+
+def test_a_change_moves_its_background_key_to_the_front_once(queue: WorkQueue) -> None:
+    for key in ("r1", "r2", "r3"):
+        queue.add(key, background=True)
+    queue.add("other")
+    queue.add("r3")  # r3 changed: in line with other changes now, and only once
+    queue.add("r2", background=True)  # still queued: nothing changes
+    assert take_ready(queue) == ["other", "r3", "r1", "r2"]
+    assert len(queue) == 0
+
+
+def test_a_key_in_flight_added_in_the_background_comes_back_in_the_background(
+    queue: WorkQueue,
+) -> None:
+    queue.add("busy")
+    assert queue.get_nowait() == "busy"
+    queue.add("busy", background=True)
+    queue.add("fresh")
+    queue.done("busy")
+    assert take_ready(queue) == ["fresh", "busy"]
+    # ... unless a change asks for it meanwhile.
+    queue.add("busy2")
+    assert queue.get_nowait() == "busy2"
+    queue.add("busy2", background=True)
+    queue.add("busy2")
+    queue.add("later")
+    queue.done("busy2")
+    assert take_ready(queue) == ["later", "busy2"]
+
+
+@pytest.mark.anyio
+async def test_draining_waits_for_background_keys_too(queue: WorkQueue) -> None:
+    queue.add("bg", background=True)
+    assert not queue.shutting_down
+    seen: list[str] = []
+
+    async def worker() -> None:
+        while True:
+            try:
+                key = await queue.get()
+            except QueueShutDown:
+                return
+            seen.append(key)
+            queue.done(key)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker)
+        assert await queue.shutdown_with_drain(timeout=5)
+    assert seen == ["bg"]
