@@ -424,3 +424,30 @@ def test_health_source_needs_exactly_one_selector() -> None:
         ServiceHealthSource(object())  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         ServiceHealthSource(object(), service="a", pattern="b")  # type: ignore[arg-type]
+
+
+async def test_pattern_reuses_the_checks_that_did_not_change(
+    client: ConsulClient, consul_server: ConsulServer
+) -> None:
+    """The health long poll hands back the very objects of unchanged checks (same
+    ModifyIndex): a wake allocates only what changed, on the real Consul's answers."""
+    for i in range(3):
+        await register(consul_server, f"core-{i}", f"core-{i}", 1000 + i)
+    source = health_source(client, pattern=r"core-\d+")
+    rec = Recorder()
+    async with running(source, rec):
+        with anyio.fail_after(5):
+            await source.wait_ready()
+        before = {i: source.items()[f"node1/core-{i}"].checks for i in range(3)}
+        assert all(c.modify_index for checks in before.values() for c in checks)
+        rec.clear()
+        await check_pass(consul_server, "core-1")
+        await rec.wait_for("node1/core-1")
+        after = {i: source.items()[f"node1/core-{i}"].checks for i in range(3)}
+        assert source.items()["node1/core-1"].passing
+        assert after[1] != before[1]
+        states = source._states  # the checks the next answer is decoded against
+        for i in (0, 2):
+            (check,) = [c for c in before[i] if c.service_id]
+            assert states[("node1", check.check_id)].check is check
+            assert next(c for c in after[i] if c.service_id) is check
