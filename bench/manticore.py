@@ -12,7 +12,8 @@ template is the production one with ``initial_status = passing`` and a long chec
 - Burst: a fresh cluster, the controllers started and idle, then BURST requests written at once
   (transactions of 64); the time until every one has ``haproxy/data/<id>``.
 - Floor: the controllers stopped, BASE users still in place, the same ARRIVALS at RATE/s made by
-  this script alone with the same chain of calls (request PUT; waiting list read and CAS write;
+  this script alone with the same chain of calls (request PUT; waiting list read and CAS write,
+  one for every arrival waiting then, as the waitlist's pass claims them;
   Nomad registration with EnforceIndex; blocking health queries until the user's three services
   pass; allocation record; route reservation and claim keys in one transaction;
   ``haproxy/data/<id>``), no controller between them. Reported as controllers / floor.
@@ -207,12 +208,18 @@ class KV:
         await self.http.aclose()
 
     async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        """One request, retried while Consul does not accept the connection in time (a
-        saturated embedded Consul on a busy machine); the retries count in the latency."""
+        """One request, retried while Consul does not accept the connection in time or drops
+        it (a saturated embedded Consul on a busy machine); the retries count in the latency."""
         for attempt in range(30):
             try:
                 return await self.http.request(method, url, **kwargs)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError):
+            except (
+                httpx.ConnectError,
+                httpx.ConnectTimeout,
+                httpx.RemoteProtocolError,
+                httpx.ReadError,
+                httpx.WriteError,
+            ):
                 if attempt == 29:
                     raise
                 await asyncio.sleep(0.1)
@@ -333,10 +340,33 @@ class Floor:
         self.nomad = nomad
         self.template = template
         self.port = 52000
-        self.lock = asyncio.Lock()
+        # Arrivals waiting for their claim, and the one task writing the list (one writer of
+        # the waiting list, as the waitlist is; it claims everyone waiting in one write, as the
+        # waitlist's pass does, instead of one read and CAS per user behind a lock).
+        self.pending: list[tuple[str, asyncio.Future[None]]] = []
+        self.claiming: asyncio.Task[None] | None = None
 
     async def claim(self, user: str) -> None:
-        # The waiting list: read the pages, add the user claimed, CAS-write the last page.
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending.append((user, done))
+        if self.claiming is None or self.claiming.done():
+            self.claiming = asyncio.create_task(self._claim_pending())
+        await done
+
+    async def _claim_pending(self) -> None:
+        while self.pending:
+            batch, self.pending = self.pending, []
+            try:
+                await self._claim_batch([user for user, _ in batch])
+            except Exception as exc:
+                for _, done in batch:
+                    done.set_exception(exc)
+            else:
+                for _, done in batch:
+                    done.set_result(None)
+
+    async def _claim_batch(self, users: list[str]) -> None:
+        # The waiting list: read the pages, add the users claimed, CAS-write the last page.
         while True:
             resp = await self.kv.http.get(f"/v1/kv/{WAITING_KEY}", params={"recurse": ""})
             pages = resp.json() if resp.status_code == 200 else []
@@ -346,7 +376,8 @@ class Floor:
             }
             entries = decoded[last["Key"]]
             top = max((e["queue"] for page in decoded.values() for e in page.values()), default=0)
-            entries[user] = {"claimed": True, "queue": top + 1, "since": int(time.time())}
+            for n, user in enumerate(users, start=1):
+                entries[user] = {"claimed": True, "queue": top + n, "since": int(time.time())}
             value = base64.b64encode(json.dumps(entries).encode()).decode()
             op = {"Verb": "cas", "Key": last["Key"], "Index": last["ModifyIndex"], "Value": value}
             if await self.kv.txn([{"KV": op}]):
@@ -364,8 +395,7 @@ class Floor:
     async def arrive(self, user: str) -> float:
         started = time.perf_counter()
         await self.kv.put(REQUESTS_PREFIX + user)
-        async with self.lock:  # one writer of the waiting list, as the waitlist is
-            await self.claim(user)
+        await self.claim(user)
         job = self.template.render(
             TemplateValues(
                 user=user, core_version="8.2.0", core_build="default", hmi_type="generic",
