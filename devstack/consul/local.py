@@ -47,7 +47,8 @@ def agent_service_json(core: Core, sid: str) -> dict[str, Any] | None:
     return out
 
 
-def agent_check_json(check: Check, defn: CheckDefinition | None) -> dict[str, Any]:
+def check_identity_json(check: Check) -> dict[str, Any]:
+    """The fields every agent answer about a check starts with: identity and status."""
     return {
         "Node": check.node,
         "CheckID": check.id,
@@ -58,6 +59,12 @@ def agent_check_json(check: Check, defn: CheckDefinition | None) -> dict[str, An
         "ServiceID": check.service_id,
         "ServiceName": check.service_name,
         "ServiceTags": check.service_tags,
+    }
+
+
+def agent_check_json(check: Check, defn: CheckDefinition | None) -> dict[str, Any]:
+    return {
+        **check_identity_json(check),
         "Type": defn.kind if defn else check.type,
         "Interval": check.interval,
         "Timeout": check.timeout,

@@ -249,15 +249,7 @@ _HEALTH_CODES = {"passing": 200, "warning": 429}
 def _health_check_json(check: Check) -> dict[str, Any]:
     """``api.HealthCheck`` as the agent's health endpoints fill it: identity and status only."""
     return {
-        "Node": check.node,
-        "CheckID": check.id,
-        "Name": check.name,
-        "Status": check.status,
-        "Notes": check.notes,
-        "Output": check.output,
-        "ServiceID": check.service_id,
-        "ServiceName": check.service_name,
-        "ServiceTags": check.service_tags,
+        **local.check_identity_json(check),
         "Type": "",
         "ExposedPort": 0,
         "Definition": {
