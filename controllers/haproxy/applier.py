@@ -30,7 +30,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -139,18 +139,9 @@ class SavedState(BaseModel):
     def dump(applied: Applied) -> str:
         """``state.json`` for ``applied``: this model's shape, written without re-validating
         values that were validated on the way in (it is validated again when read back)."""
-        shape = applied.shape
         routing = applied.routing
         document = {
-            "version": 1,
-            "generation": applied.generation,
-            "shape": {
-                "domain": shape.domain,
-                "main_port": shape.main_port,
-                "http_slots": shape.http_slots,
-                "tcp_slots": shape.tcp_slots,
-                "web_slots": shape.web_slots,
-            },
+            **_state_head(applied),
             "http": [
                 {"subdomain": s, "slot": slot, **_target(routing.http[s])}
                 for s, slot in sorted(applied.http.items())
@@ -201,21 +192,7 @@ class StateDocument:
         self._tcp = _Rows[int]("port")
 
     def text(self, applied: Applied) -> str:
-        shape = applied.shape
-        head = json.dumps(
-            {
-                "version": 1,
-                "generation": applied.generation,
-                "shape": {
-                    "domain": shape.domain,
-                    "main_port": shape.main_port,
-                    "http_slots": shape.http_slots,
-                    "tcp_slots": shape.tcp_slots,
-                    "web_slots": shape.web_slots,
-                },
-            },
-            separators=(",", ":"),
-        )
+        head = json.dumps(_state_head(applied), separators=(",", ":"))
         http = self._http.text(applied.http, applied.routing.http)
         tcp = self._tcp.text(applied.tcp, applied.routing.tcp)
         web = json.dumps(
@@ -500,6 +477,22 @@ class Applier:
         if problems:
             metrics.DRIFT.inc()
         return problems
+
+
+def _state_head(applied: Applied) -> dict[str, Any]:
+    """The fields of ``state.json`` before its routes: both encoders start with these."""
+    shape = applied.shape
+    return {
+        "version": 1,
+        "generation": applied.generation,
+        "shape": {
+            "domain": shape.domain,
+            "main_port": shape.main_port,
+            "http_slots": shape.http_slots,
+            "tcp_slots": shape.tcp_slots,
+            "web_slots": shape.web_slots,
+        },
+    }
 
 
 def _read(path: Path) -> bytes | None:
