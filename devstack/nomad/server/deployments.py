@@ -287,11 +287,17 @@ class DeploymentWatcher(Planner):
                 return "", None  # waiting for the canaries, or for someone to promote them
             d = self._promote(d, None, index, events)
         # The next batch of a rolling update.
+        return self._watcher_eval(job, d, index, events), None
+
+    def _watcher_eval(
+        self, job: dict[str, Any], d: dict[str, Any], index: int, events: list[Event]
+    ) -> str:
+        """Queue the deployment watcher's evaluation of ``job`` for ``d``; its id."""
         ev = self._new_eval(job, index, "deployment-watcher")
         ev["DeploymentID"] = d["ID"]
         self.state.put_eval(ev, index)
         events.append(self._eval_event("EvaluationUpdated", ev))
-        return ev["ID"], None
+        return str(ev["ID"])
 
     def _fail(
         self, d: dict[str, Any], reason: str, index: int, events: list[Event]
@@ -416,11 +422,7 @@ class DeploymentWatcher(Planner):
         eval_id = ""
         job = self.state.jobs.get((d["Namespace"], d["JobID"]))
         if not pause and job is not None:
-            ev = self._new_eval(job, index, "deployment-watcher")
-            ev["DeploymentID"] = d["ID"]
-            self.state.put_eval(ev, index)
-            events.append(self._eval_event("EvaluationUpdated", ev))
-            eval_id = ev["ID"]
+            eval_id = self._watcher_eval(job, d, index, events)
         self.state.commit(index, events)
         if eval_id:
             self._enqueue(eval_id)
@@ -489,11 +491,7 @@ class DeploymentWatcher(Planner):
         eval_id = ""
         job = self.state.jobs.get((d["Namespace"], d["JobID"]))
         if job is not None:
-            ev = self._new_eval(job, index, "deployment-watcher")
-            ev["DeploymentID"] = d["ID"]
-            self.state.put_eval(ev, index)
-            events.append(self._eval_event("EvaluationUpdated", ev))
-            eval_id = ev["ID"]
+            eval_id = self._watcher_eval(job, d, index, events)
         self.state.commit(index, events)
         if eval_id:
             self._enqueue(eval_id)
