@@ -62,8 +62,6 @@ SERVICE_PATTERN = r"core-hmi-.*"
 HEALTH_WATCH = f"health:/{SERVICE_PATTERN}/"
 REQUESTS_WATCH = f"kv:{REQUESTS_PREFIX}"
 ALLOCATIONS_WATCH = f"kv:{ALLOCATIONS_PREFIX}"
-CACHE_RATE = 0.5
-CACHE_BURST = 1
 STATS_KEY = "_stats"
 STATS_EVERY = 15.0
 
@@ -300,13 +298,13 @@ controller = Controller(
         ),
         watches.kv(REQUESTS_PREFIX, to_keys=_user_key(REQUESTS_PREFIX)),
         # This controller's own output: every write of it wakes this watch, which re-reads the
-        # whole prefix (10,000 entries at 10,000 users), so at most CACHE_RATE re-reads a second.
+        # whole prefix (10,000 entries at 10,000 users), so it re-reads at most every 2 s
+        # (``watches.LAZY_PREFIX``).
         # Nothing waits on it: it only keeps the chosen allocation, and every write reads afresh.
         watches.kv(
             ALLOCATIONS_PREFIX,
             to_keys=_user_key(ALLOCATIONS_PREFIX),
-            rate=CACHE_RATE,
-            burst=CACHE_BURST,
+            **watches.LAZY_PREFIX,
         ),
         watches.periodic([STATS_KEY], every=STATS_EVERY),
     ],

@@ -71,8 +71,6 @@ NEXT_PASS = 1.0
 QUOTA_RETRY = 60.0
 MAX_THROTTLE_DELAY = 60.0
 RECORD_OPS = 100
-CACHE_RATE = 0.5
-CACHE_BURST = 1
 
 LISTENERS = Gauge(
     "manticore_elb_listeners", "Listeners on the load balancer (all kinds)", ["load_balancer"]
@@ -618,12 +616,11 @@ def build(
             # One value per user, written by haproxy-kv: every write wakes the watch, which
             # re-reads the whole prefix (10,000 entries at 10,000 users), so while haproxy-kv
             # writes its records that was a re-read (and a pass over every user) per write. One
-            # pass converges every user, so it re-reads at most CACHE_RATE times a second. The
+            # pass converges every user, so it re-reads at most every 2 s
+            # (``watches.LAZY_PREFIX``). The
             # records' watch is not limited: a pass relies on it to know what each user holds,
             # and its writes are this controller's own, batched (RECORD_OPS per transaction).
-            watches.kv(
-                HAPROXY_DATA_PREFIX, to_keys=constant_key(KEY), rate=CACHE_RATE, burst=CACHE_BURST
-            ),
+            watches.kv(HAPROXY_DATA_PREFIX, to_keys=constant_key(KEY), **watches.LAZY_PREFIX),
             watches.kv(ELB_PREFIX, to_keys=constant_key(KEY)),
             watches.periodic([KEY], every=drift_every),
         ],

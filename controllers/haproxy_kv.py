@@ -42,7 +42,7 @@ which is O(range), never a copy of every claim. Consul connections: four long po
 allocations, ``manticore/routes/``, ``haproxy/``), the lock watch and the short-request pool;
 the web app's instances are polled every ``WEB_APP_POLL`` seconds. The routes and haproxy
 watches see every write of this controller and re-read their whole prefix on each wake, so they
-are rate-limited (``CACHE_RATE``): nothing waits on them.
+are rate-limited (``watches.LAZY_PREFIX``): nothing waits on them.
 """
 
 from __future__ import annotations
@@ -108,10 +108,9 @@ OWNER_INDEX = "owner"
 KIND_INDEX = "kind"
 WEB_APP_POLL = 5.0
 # The routes and haproxy watches see every write of this controller, and each wake re-reads
-# the whole prefix (tens of thousands of entries at 10,000 users): at most CACHE_RATE re-reads
-# a second. Nothing waits on them (every write is a CAS that tells when they are behind).
-CACHE_RATE = 0.5
-CACHE_BURST = 1
+# the whole prefix (tens of thousands of entries at 10,000 users): at most one re-read
+# every 2 s (``watches.LAZY_PREFIX``). Nothing waits on them (every write is a CAS that tells
+# when they are behind).
 RECENT_CLAIMS = 10.0
 SUBDOMAIN_ALPHABET = string.ascii_lowercase + string.digits
 
@@ -741,15 +740,13 @@ def build(config: HAProxySettings | None = None) -> Controller:
                 ROUTES_PREFIX,
                 to_keys=_routes_key,
                 indexes={OWNER_INDEX: _claim_owner},
-                rate=CACHE_RATE,
-                burst=CACHE_BURST,
+                **watches.LAZY_PREFIX,
             ),
             watches.kv(
                 HAPROXY_PREFIX,
                 to_keys=_haproxy_key,
                 indexes={KIND_INDEX: _haproxy_kind},
-                rate=CACHE_RATE,
-                burst=CACHE_BURST,
+                **watches.LAZY_PREFIX,
             ),
             watches.periodic([WEB_APP_KEY], every=WEB_APP_POLL, name=WEB_APP_WATCH),
             watches.periodic([STATS_KEY], every=STATS_EVERY),

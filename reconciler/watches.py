@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from reconciler.clients.consul import ServiceInstance
@@ -41,6 +42,14 @@ from reconciler.sources.periodic import KeysFn, PeriodicSource
 def service_name(instance: ServiceInstance) -> Iterable[str]:
     """The default key of a health watch: the instance's service name."""
     return (instance.service,)
+
+
+# Options for a busy prefix watch nobody waits on: each write under a prefix wakes its watch,
+# and each wake re-reads the whole prefix (Consul has no delta), so a watch of a prefix with
+# many writers' (or the controller's own) writes, whose readers can be behind (every write made
+# from it is a CAS that tells when it is), re-reads it at most every 2 s:
+# ``watches.kv(prefix, ..., **watches.LAZY_PREFIX)``.
+LAZY_PREFIX: Mapping[str, Any] = MappingProxyType({"rate": 0.5, "burst": 1})
 
 
 def kv(
