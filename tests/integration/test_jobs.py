@@ -148,12 +148,11 @@ async def test_claimed_users_get_running_jobs_and_departures_purge(
         assert nomad_job(nomad, "bob")["Version"] == version  # type: ignore[index]
 
 
-async def test_jobs_without_our_meta_are_left_alone(consul_server, two_user_nomad) -> None:
-    nomad = two_user_nomad
-    settings = Settings.from_env(ENV)
-    foreign = {
-        "ID": job_id("dan"),
-        "Name": job_id("dan"),
+def foreign_job(user: str) -> dict[str, Any]:
+    """A job under our naming scheme that another team owns (no ownership meta of ours)."""
+    return {
+        "ID": job_id(user),
+        "Name": job_id(user),
         "Type": "service",
         "Datacenters": ["dc1"],
         "Meta": {"team": "someone-else"},
@@ -172,8 +171,14 @@ async def test_jobs_without_our_meta_are_left_alone(consul_server, two_user_noma
             }
         ],
     }
+
+
+async def test_jobs_without_our_meta_are_left_alone(consul_server, two_user_nomad) -> None:
+    nomad = two_user_nomad
+    settings = Settings.from_env(ENV)
+    foreign = foreign_job("dan")
     submit(nomad, foreign)
-    submit(nomad, {**foreign, "ID": job_id("eli"), "Name": job_id("eli")})
+    submit(nomad, foreign_job("eli"))
     async with running(
         [waitlist.build(settings), jobs.build(settings)],
         consul_server.address,
@@ -208,27 +213,7 @@ async def test_a_foreign_job_is_reported_when_the_claim_comes_after_the_request(
     report the foreign job (it once skipped every job without our meta)."""
     nomad = two_user_nomad
     settings = Settings.from_env(ENV)
-    foreign = {
-        "ID": job_id("dan"),
-        "Name": job_id("dan"),
-        "Type": "service",
-        "Datacenters": ["dc1"],
-        "Meta": {"team": "someone-else"},
-        "TaskGroups": [
-            {
-                "Name": "web",
-                "Tasks": [
-                    {
-                        "Name": "web",
-                        "Driver": "docker",
-                        "Config": {"image": "nginx"},
-                        "Resources": {"CPU": 10, "MemoryMB": 10},
-                    }
-                ],
-                "EphemeralDisk": {"SizeMB": 10},
-            }
-        ],
-    }
+    foreign = foreign_job("dan")
     submit(nomad, foreign)
     async with running([jobs.build(settings)], consul_server.address, nomad_address=nomad.url) as (
         manager,
