@@ -8,7 +8,8 @@ template is the production one with ``initial_status = passing`` and a long chec
 
 - Steady state: BASE users routed, then ARRIVALS arrivals at RATE/s (and as many departures of
   the oldest users, so BASE stay active); each arrival's time from its request PUT to its
-  ``haproxy/data/<id>`` (a blocking GET on that key), p50 and p99.
+  ``haproxy/data/<id>`` (seen by one blocking ``?keys`` watch of ``haproxy/data/``), p50
+  and p99.
 - Burst: a fresh cluster, the controllers started and idle, then BURST requests written at once
   (transactions of 64); the time until every one has ``haproxy/data/<id>``.
 - Floor: the controllers stopped, BASE users still in place, the same ARRIVALS at RATE/s made by
@@ -248,15 +249,12 @@ class KV:
         for i in range(0, len(keys), 64):
             await self.txn([{"KV": {"Verb": "delete", "Key": k}} for k in keys[i : i + 64]])
 
-    async def wait_for(self, key: str) -> None:
-        """Block until ``key`` exists (index of its 404, as a watch does)."""
-        index = 0
-        while True:
-            params: dict[str, str] = {"index": str(index), "wait": "60s"} if index else {}
-            resp = await self._send("GET", f"/v1/kv/{key}", params=params)
-            if resp.status_code == 200:
-                return
-            index = max(1, int(resp.headers.get("X-Consul-Index", "1")))
+    async def keys(self, prefix: str, index: int) -> tuple[int, list[str]]:
+        """The keys under ``prefix``, blocking from ``index`` (0: at once)."""
+        params = {"keys": "", **({"index": str(index), "wait": "60s"} if index else {})}
+        resp = await self._send("GET", f"/v1/kv/{prefix}", params=params)
+        new = max(1, int(resp.headers.get("X-Consul-Index", "1")))
+        return new, ([] if resp.status_code == 404 else resp.json())
 
     async def count(self, prefix: str) -> int:
         resp = await self.http.get(f"/v1/kv/{prefix}", params={"keys": ""})
@@ -280,6 +278,38 @@ class KV:
         return time.perf_counter() - started, got
 
 
+class Arrivals:
+    """When each key first appeared under a prefix, as one blocking ``?keys`` watch sees it.
+
+    One long poll observes every arrival: a blocking GET per user would make this script the
+    busiest client of the embedded Consul (every write wakes every missing key's poll) and take
+    the CPU the controllers under test need."""
+
+    def __init__(self, kv: KV, prefix: str) -> None:
+        self.kv, self.prefix = kv, prefix
+        self.seen: dict[str, float] = {}
+        self._waiting: dict[str, asyncio.Event] = {}
+
+    async def run(self) -> None:
+        index = 0
+        while True:
+            index, names = await self.kv.keys(self.prefix, index)
+            now = time.perf_counter()
+            for name in names:
+                if name not in self.seen:
+                    self.seen[name] = now
+                    event = self._waiting.pop(name, None)
+                    if event is not None:
+                        event.set()
+
+    async def wait(self, key: str) -> float:
+        """The time ``key`` was first seen (waits for it)."""
+        if key not in self.seen:
+            event = self._waiting.setdefault(key, asyncio.Event())
+            await event.wait()
+        return self.seen[key]
+
+
 # --------------------------------------------------------------------------- phases
 
 
@@ -299,19 +329,23 @@ async def steady(kv: KV, users: list[str]) -> list[float]:
     async def arrive(user: str) -> None:
         started = time.perf_counter()
         await kv.put(REQUESTS_PREFIX + user)
-        await kv.wait_for(f"haproxy/data/{user}")
-        latencies.append(time.perf_counter() - started)
+        latencies.append(await arrivals.wait(f"haproxy/data/{user}") - started)
         routed[user].set()
 
     async def depart(user: str) -> None:
         await routed[user].wait()
         await kv.delete_many([REQUESTS_PREFIX + user])
 
-    async with asyncio.TaskGroup() as tg:
-        for i, user in enumerate(users[BASE : BASE + ARRIVALS]):
-            tg.create_task(arrive(user))
-            tg.create_task(depart(users[i]))
-            await asyncio.sleep(1 / RATE)
+    arrivals = Arrivals(kv, "haproxy/data/")
+    watcher = asyncio.create_task(arrivals.run())
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for i, user in enumerate(users[BASE : BASE + ARRIVALS]):
+                tg.create_task(arrive(user))
+                tg.create_task(depart(users[i]))
+                await asyncio.sleep(1 / RATE)
+    finally:
+        watcher.cancel()
     return latencies
 
 
@@ -637,8 +671,9 @@ def run() -> str:
         "",
         "Method: embedded Consul and Nomad as their own processes (three nodes, simulated docker "
         "tasks starting at once, checks registered `passing`); each controller one "
-        "`reconciler run <name>` process; latency from the request PUT to a blocking GET "
-        "returning `haproxy/data/<id>`; departures of the oldest users keep the active count; "
+        "`reconciler run <name>` process; latency from the request PUT to one blocking "
+        "`?keys` watch of `haproxy/data/` showing `haproxy/data/<id>`; departures of the "
+        "oldest users keep the active count; "
         "the floor is this module's `Floor.arrive` on the same cluster after the controllers "
         "stopped, with the same number of users in place; the burst on a fresh cluster (the "
         "controllers started and idle, then every request written in transactions of 64); "

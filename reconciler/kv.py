@@ -74,6 +74,18 @@ class Versioned(Generic[M]):
     entry: KVEntry
 
 
+class Unseen:
+    """The type of :data:`UNSEEN`: no watch's view of a key was given."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNSEEN"
+
+
+UNSEEN = Unseen()
+
+
 class KVReader(Protocol):
     async def kv_get(self, key: str, *, consistent: bool = False) -> tuple[int, KVEntry | None]: ...
 
@@ -134,10 +146,23 @@ class KVStore:
     async def delete_tree(self, prefix: str) -> bool:
         return await self.apply([KVOp.delete_tree(prefix)])
 
-    async def put_if_changed(self, key: str, value: BaseModel | bytes) -> bool:
+    async def put_if_changed(
+        self, key: str, value: BaseModel | bytes, *, seen: KVEntry | None | Unseen = UNSEEN
+    ) -> bool:
         """Make ``key`` hold ``value``; write (with CAS on what was read) only if the bytes
-        differ. True when it wrote. A concurrent change makes the CAS fail: retried."""
+        differ. True when it wrote. A concurrent change makes the CAS fail: retried.
+
+        ``seen`` is the entry as a watch of ``key`` last showed it (None: absent there). Pass
+        it only when that watch's changes of ``key`` trigger this reconcile again: then equal
+        bytes cost no request (if the watch is behind, its next change brings the reconcile
+        back), and different bytes are one CAS on the index seen, read afresh only if that CAS
+        fails. Without it, every call starts with a read."""
         wanted = encode(value) if isinstance(value, BaseModel) else value
+        if not isinstance(seen, Unseen):
+            if seen is not None and seen.value == wanted:
+                return False
+            if await self.put(key, wanted, cas=seen.modify_index if seen else 0):
+                return True
         for _ in range(self.update_attempts):
             current = await self.get(key)
             if current is not None and current.value == wanted:
@@ -146,8 +171,16 @@ class KVStore:
                 return True
         raise TemporaryError(f"{key}: changed by someone else on every attempt; retrying later")
 
-    async def delete_if_present(self, key: str) -> bool:
-        """Delete ``key`` if it exists. True when something was deleted."""
+    async def delete_if_present(self, key: str, *, seen: KVEntry | None | Unseen = UNSEEN) -> bool:
+        """Delete ``key`` if it exists. True when something was deleted.
+
+        ``seen`` as for :meth:`put_if_changed`: absent there costs no request, present is one
+        delete with CAS on the index seen before any read."""
+        if not isinstance(seen, Unseen):
+            if seen is None:
+                return False
+            if await self.delete(key, cas=seen.modify_index):
+                return True
         for _ in range(self.update_attempts):
             current = await self.get(key)
             if current is None:

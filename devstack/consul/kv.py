@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from devstack.consul.encoding import dumps
 from devstack.consul.errors import bad_request, go_quote
 from devstack.consul.state import KVEntry, State
 
@@ -39,6 +40,20 @@ def entry_json(entry: KVEntry, *, with_value: bool = True) -> dict[str, Any]:
     out["CreateIndex"] = entry.create_index
     out["ModifyIndex"] = entry.modify_index
     return out
+
+
+def entry_bytes(entry: KVEntry) -> bytes:
+    """``dumps(entry_json(entry))``, kept on the entry until it changes."""
+    source = (entry.modify_index, entry.create_index, entry.lock_index, entry.session, entry.flags)
+    if entry.encoded_from != source:
+        entry.encoded = dumps(entry_json(entry))
+        entry.encoded_from = source
+    return entry.encoded
+
+
+def entries_bytes(entries: Iterable[KVEntry]) -> bytes:
+    """A JSON array of entries, as ``dumps([entry_json(e) for e in entries])`` writes it."""
+    return b"[" + b",".join(entry_bytes(e) for e in entries) + b"]"
 
 
 # -- state operations (shared with /v1/txn) -----------------------------------------------------

@@ -42,6 +42,12 @@ class KVEntry:
     lock_index: int = 0
     create_index: int = 0
     modify_index: int = 0
+    # The entry's JSON as a list answer carries it, and what it was encoded from (a prefix list
+    # joins these instead of encoding every entry again per answer).
+    encoded: bytes = field(default=b"", compare=False, repr=False)
+    encoded_from: tuple[int, int, int, str, int] = field(
+        default=(-1, 0, 0, "", 0), compare=False, repr=False
+    )
 
     def copy(self) -> KVEntry:
         return KVEntry(

@@ -145,6 +145,10 @@ class ConsulConfig:
     token: str | None = field(default=None, repr=False)
     datacenter: str | None = None
     tls: TLSConfig = field(default_factory=TLSConfig)
+    # Ask for gzip-compressed answers. Off by default: controllers talk to a local agent, where
+    # compressing a large answer (a prefix list, the health of every check) costs the agent and
+    # the controller more CPU than sending it as it is; worth it only across a slow network.
+    compress: bool = False
 
     @property
     def base_url(self) -> str:
@@ -203,6 +207,8 @@ class NomadConfig:
     region: str | None = None
     namespace: str | None = None
     tls: TLSConfig = field(default_factory=TLSConfig)
+    # As ConsulConfig.compress: no gzip unless asked for.
+    compress: bool = False
 
     @property
     def has_token(self) -> bool:

@@ -118,8 +118,10 @@ class HttpxTransport(consul.base.HTTPClient):  # type: ignore[misc]
             self.http = self.long_http = http
         else:
             verify = config.tls.ssl_context() if config.scheme == "https" else True
+            encoding = {} if config.compress else {"Accept-Encoding": "identity"}
             self.http = httpx.AsyncClient(
                 verify=verify,
+                headers=encoding,
                 timeout=httpx.Timeout(timeout),
                 limits=httpx.Limits(
                     max_connections=short_connections, max_keepalive_connections=short_connections
@@ -128,6 +130,7 @@ class HttpxTransport(consul.base.HTTPClient):  # type: ignore[misc]
             )
             self.long_http = httpx.AsyncClient(
                 verify=verify,
+                headers=encoding,
                 timeout=httpx.Timeout(timeout),
                 limits=httpx.Limits(
                     max_connections=long_connections, max_keepalive_connections=long_connections

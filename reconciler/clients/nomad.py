@@ -385,6 +385,8 @@ class NomadClient:
         self._stream_read_timeout = stream_read_timeout
         self._read_attempts = read_attempts
         headers = {"X-Nomad-Token": self.config.token} if self.config.token else {}
+        if not self.config.compress:
+            headers["Accept-Encoding"] = "identity"
         self._extensions: dict[str, Any] = {}
         if self.config.tls.server_name:
             self._extensions["sni_hostname"] = self.config.tls.server_name

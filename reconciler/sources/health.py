@@ -61,6 +61,9 @@ from reconciler.sources.base import Change, Emit
 
 log = logging.getLogger(__name__)
 
+# How many service names' pattern matches are remembered (cleared when full).
+MATCH_MEMO = 200_000
+
 
 class HealthReader(Protocol):
     """What :class:`ServiceHealthSource` needs of a Consul client (``ConsulClient`` has it)."""
@@ -173,13 +176,21 @@ class ServiceHealthSource(WatchBase):
         # Every matching instance known, by service (the cache holds those ``passing_only``
         # keeps), so one turning passing is published from the checks alone.
         self._known: dict[str, dict[str, ServiceInstance]] = {}
+        self._matched: dict[str, bool] = {}
         self.reads = 0
 
     def matches(self, service: str) -> bool:
         if self.service is not None:
             return service == self.service
-        assert self.pattern is not None
-        return self.pattern.fullmatch(service) is not None
+        # Every answer of both long polls names every service again: match each name once.
+        known = self._matched.get(service)
+        if known is None:
+            assert self.pattern is not None
+            known = self.pattern.fullmatch(service) is not None
+            if len(self._matched) >= MATCH_MEMO:
+                self._matched.clear()
+            self._matched[service] = known
+        return known
 
     @property
     def services(self) -> frozenset[str]:

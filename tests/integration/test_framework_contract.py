@@ -187,6 +187,69 @@ async def test_kv_store_writes_only_changes_and_retries_cas_conflicts(consul_ser
     assert sample("reconciler_fenced_writes_total", controller=name, outcome="committed") >= 4
 
 
+async def test_kv_store_takes_a_watchs_view_for_no_more_than_its_cas(consul_server) -> None:
+    """``seen=``: equal bytes cost no request, a current view one CAS, a stale view a failed
+    CAS then a read; a view saying absent deletes nothing (the watch brings the key back)."""
+    name = unique("seen")
+    key = f"{name}/value"
+    results: dict[str, Any] = {}
+
+    async def reconcile(ctx: Context, _: str) -> None:
+        reads = Counter[str]()
+        real_get = ctx.kv.get
+
+        async def counted_get(k: str) -> KVEntry | None:
+            reads["get"] += 1
+            return await real_get(k)
+
+        ctx.kv.get = counted_get  # type: ignore[method-assign]
+        try:
+            await ctx.kv.put(key, encode(Item(n=1)))
+            first = await real_get(key)
+            assert first is not None
+            results["equal"] = await ctx.kv.put_if_changed(key, Item(n=1), seen=first)
+            after = await real_get(key)
+            results["equal_index"] = after is not None and after.modify_index == first.modify_index
+            results["equal_reads"] = reads["get"]
+            results["current"] = await ctx.kv.put_if_changed(key, Item(n=2), seen=first)
+            results["current_reads"] = reads["get"]
+            # ``first`` is stale now: its CAS fails, then a read and a write.
+            results["stale"] = await ctx.kv.put_if_changed(key, Item(n=3), seen=first)
+            results["stale_reads"] = reads["get"]
+            now = await real_get(key)
+            results["value"] = now.value if now else None
+            results["absent"] = await ctx.kv.delete_if_present(key, seen=None)
+            results["absent_kept"] = await real_get(key) is not None
+            results["deleted"] = await ctx.kv.delete_if_present(key, seen=first)
+            results["gone"] = await real_get(key) is None
+            results["delete_reads"] = reads["get"]
+        finally:
+            del ctx.kv.get
+        results["done"] = True
+
+    controller = Controller(
+        name=name,
+        reconcile=reconcile,
+        watches=[watches.periodic(["once"], every=3600)],
+        resync_period=None,
+    )
+    async with running([controller], consul_server.address):
+        await eventually(lambda: "done" in results, timeout=15)
+    assert results["equal"] is False
+    assert results["equal_index"] is True
+    assert results["equal_reads"] == 0
+    assert results["current"] is True
+    assert results["current_reads"] == 0
+    assert results["stale"] is True
+    assert results["stale_reads"] == 1
+    assert results["value"] == encode(Item(n=3))
+    assert results["absent"] is False
+    assert results["absent_kept"] is True
+    assert results["deleted"] is True  # the stale view's CAS failed; the read found it
+    assert results["gone"] is True
+    assert results["delete_reads"] == 2
+
+
 # ----------------------------------------------------------------------------- status entries
 
 

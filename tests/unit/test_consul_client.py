@@ -204,6 +204,21 @@ async def test_blocking_list_sends_index_and_wait(server: Scripted) -> None:
     assert "recurse" in query
 
 
+async def test_answers_are_asked_for_uncompressed_unless_configured(server: Scripted) -> None:
+    # A local agent compressing every prefix list costs both sides CPU for nothing.
+    server.reply("GET", "/v1/kv/p/", body=[kv_json("p/x", b"1")], index=12)
+    server.reply("GET", "/v1/kv/p/x", body=[kv_json("p/x", b"1")], index=12)
+    async with make_client(server) as client:
+        await client.kv_list("p/", index=11, wait=1)  # the long-poll pool
+        await client.kv_get("p/x")  # the short-request pool
+    assert [s.headers.get("Accept-Encoding") for s in server.seen] == ["identity", "identity"]
+    host, port = server.url.split(":")
+    config = ConsulConfig(host=host, port=int(port), compress=True)
+    async with ConsulClient(config, read_attempts=1) as client:
+        await client.kv_list("p/")
+    assert "gzip" in server.seen[-1].headers["Accept-Encoding"]
+
+
 async def test_a_non_blocking_read_sends_no_index(server: Scripted) -> None:
     server.reply("GET", "/v1/kv/p/", body=[], index=12)
     async with make_client(server) as client:

@@ -96,6 +96,17 @@ def client_for(fake: FakeNomad, **kwargs: Any) -> NomadClient:
     return NomadClient(config, **kwargs)
 
 
+async def test_answers_are_asked_for_uncompressed_unless_configured(nomad: FakeNomad) -> None:
+    nomad.reply("GET", "/v1/job/web", JOB)
+    async with client_for(nomad) as client:
+        await client.read_job("web")
+    assert nomad.seen[-1][3]["Accept-Encoding"] == "identity"
+    config = NomadConfig(address=nomad.url, compress=True)
+    async with NomadClient(config, read_attempts=1) as client:
+        await client.read_job("web")
+    assert "gzip" in nomad.seen[-1][3]["Accept-Encoding"]
+
+
 JOB = {
     "ID": "web",
     "Name": "web",

@@ -30,7 +30,7 @@ from devstack.consul.errors import ConsulError, bad_request, permission_denied, 
 from devstack.consul.kv import (
     KV_MAX_VALUE_SIZE,
     InvalidSession,
-    entry_json,
+    entries_bytes,
     kv_cas,
     kv_delete,
     kv_delete_cas,
@@ -139,7 +139,7 @@ def _get(st: State, key: str, raw: bool) -> Result:
                 "Content-Security-Policy": "sandbox",
             },
         )
-    return Result(entry.modify_index, raw=dumps([entry_json(entry)]))
+    return Result(entry.modify_index, raw=entries_bytes((entry,)))
 
 
 def _list(core: Core, prefix: str, authz: Any) -> Result:
@@ -153,7 +153,7 @@ def _list(core: Core, prefix: str, authz: Any) -> Result:
         entries = visible
     if not entries:
         return Result(index, status=404, filtered=filtered)
-    return Result(index, raw=dumps([entry_json(e) for e in entries]), filtered=filtered)
+    return Result(index, raw=entries_bytes(entries), filtered=filtered)
 
 
 def _list_keys(core: Core, prefix: str, sep: str, authz: Any) -> Result:

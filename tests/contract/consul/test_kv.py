@@ -230,3 +230,36 @@ def test_unknown_datacenter(consul_http: httpx.Client, kv_prefix: str) -> None:
     r = consul_http.get(f"/v1/kv/{kv_prefix}x", params={"dc": "nowhere-dc"})
     assert r.status_code == 500
     assert "No path to datacenter" in r.text
+
+
+def test_a_list_shows_every_change_of_an_entry(consul_http: httpx.Client, kv_prefix: str) -> None:
+    """Each change of one entry (value, flags, lock, unlock, delete) is in the next list and
+    the next single read, whatever was answered for that entry before."""
+    key = kv_prefix + "l/k"
+    sid = consul_http.put("/v1/session/create", json={"TTL": "30s"}).json()["ID"]
+
+    def listed() -> dict[str, object]:
+        entries = consul_http.get(f"/v1/kv/{kv_prefix}l/", params={"recurse": ""}).json()
+        single = consul_http.get(f"/v1/kv/{key}").json()
+        assert entries == single
+        return dict(entries[0])
+
+    try:
+        consul_http.put(f"/v1/kv/{key}", content=b"one")
+        first = listed()
+        assert base64.b64decode(first["Value"]) == b"one"  # type: ignore[arg-type]
+        consul_http.put(f"/v1/kv/{key}", params={"flags": "7"}, content=b"one")
+        assert listed()["Flags"] == 7
+        assert consul_http.put(f"/v1/kv/{key}", params={"acquire": sid}, content=b"two").json()
+        locked = listed()
+        assert locked["Session"] == sid
+        assert locked["LockIndex"] == 1
+        assert base64.b64decode(locked["Value"]) == b"two"  # type: ignore[arg-type]
+        assert consul_http.put(f"/v1/kv/{key}", params={"release": sid}, content=b"two").json()
+        released = listed()
+        assert "Session" not in released
+        assert released["ModifyIndex"] > locked["ModifyIndex"]  # type: ignore[operator]
+        consul_http.delete(f"/v1/kv/{key}")
+        assert consul_http.get(f"/v1/kv/{kv_prefix}l/", params={"recurse": ""}).status_code == 404
+    finally:
+        consul_http.put(f"/v1/session/destroy/{sid}")
