@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from devstack.consul.encoding import CI
+from devstack.consul.encoding import CI, dumps
 from devstack.consul.errors import ConsulError, bad_request
 from devstack.consul.sessions import invalidate_for_check, invalidate_for_node
 from devstack.consul.state import Check, Node, ServiceInstance, State
@@ -107,6 +107,17 @@ def check_json(c: Check) -> dict[str, Any]:
         "CreateIndex": c.create_index,
         "ModifyIndex": c.modify_index,
     }
+
+
+def check_encoded(c: Check) -> tuple[dict[str, Any], bytes]:
+    """``check_json(c)`` and its JSON, kept on the check until it changes. The dict is shared by
+    every answer that uses it: read it, never change it."""
+    source = (c.modify_index, c.create_index, c.output)
+    if c.encoded is None or c.encoded_from != source:
+        shape = check_json(c)
+        c.encoded = (shape, dumps(shape))
+        c.encoded_from = source
+    return c.encoded
 
 
 # -- state writes -------------------------------------------------------------------------------

@@ -123,6 +123,10 @@ class Check:
     create_index: int
     modify_index: int
     definition: dict[str, Any] = field(default_factory=dict)
+    # ``check_json`` of this check and its JSON, with what they were made from (a health list
+    # joins these instead of encoding every check again per answer).
+    encoded: tuple[dict[str, Any], bytes] | None = field(default=None, compare=False, repr=False)
+    encoded_from: tuple[int, int, str] = field(default=(-1, 0, ""), compare=False, repr=False)
 
 
 class Watches:

@@ -25,7 +25,13 @@ from devstack.consul.api.common import (
 )
 from devstack.consul.api.mux import tail
 from devstack.consul.api.reads import Result, blocking, blocking_respond, respond
-from devstack.consul.catalog import check_json, instances, node_json, service_json
+from devstack.consul.catalog import (
+    check_encoded,
+    check_json,
+    instances,
+    node_json,
+    service_json,
+)
 from devstack.consul.errors import bad_request
 from devstack.consul.state import Check
 
@@ -150,8 +156,15 @@ async def state(request: web.Request) -> web.StreamResponse:
     def run() -> Result:
         found = [c for c in st.all_checks() if wanted == "any" or c.status == wanted]
         keep = _visible_checks(request, found)
-        body = filtered([check_json(c) for c in keep], opts.filter)
-        return Result(st.table_index["checks"], body, filtered=len(keep) != len(found))
+        # Each check's JSON is kept on it: the answer joins them (the datacenter's every check
+        # at each change would otherwise be encoded again for every watcher).
+        shapes = [check_encoded(c) for c in keep]
+        body = filtered([shape for shape, _ in shapes], opts.filter)
+        raw = None
+        if not opts.pretty:
+            chosen = {id(shape) for shape in body}
+            raw = b"[" + b",".join(enc for shape, enc in shapes if id(shape) in chosen) + b"]"
+        return Result(st.table_index["checks"], body, filtered=len(keep) != len(found), raw=raw)
 
     result = await blocking(core, opts, run, topics=("checks",), meta_on_error=True)
     return respond(core, result, opts, token_sent=token_sent(request), consistency=True)

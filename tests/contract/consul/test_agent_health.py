@@ -8,6 +8,7 @@ body with ``?format=text`` or ``Accept: text/plain``. Every assertion holds agai
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -214,3 +215,40 @@ def test_members_lists_this_agent(consul_http: httpx.Client) -> None:
     assert len(me) == 1
     assert me[0]["Status"] == 1
     assert me[0]["Tags"]["role"] == "consul"
+
+
+def test_the_health_state_list_shows_every_change_of_a_check(
+    consul_http: httpx.Client, ttl_service: tuple[str, str]
+) -> None:
+    """Each status change (and a service re-registered with new tags) is in the next
+    ``/v1/health/state/any``, filtered or not, whatever was answered for that check before."""
+    name, sid = ttl_service
+    cid = _check_id(sid)
+    only = {"filter": f'ServiceName == "{name}"'}
+
+    def mine(field: str, want: object, params: dict[str, str] | None = None) -> None:
+        # A real agent syncs its checks to the catalog a moment later.
+        deadline = time.monotonic() + 5
+        while True:
+            checks = consul_http.get("/v1/health/state/any", params=params).json()
+            [check] = [c for c in checks if c["CheckID"] == cid]
+            if check[field] == want or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert check[field] == want
+
+    mine("Status", "critical")
+    for verb, status in (("pass", "passing"), ("warn", "warning"), ("pass", "passing")):
+        assert consul_http.put(f"/v1/agent/check/{verb}/{cid}").status_code == 200
+        mine("Status", status)
+        mine("Status", status, only)
+        assert len(consul_http.get("/v1/health/state/any", params=only).json()) == 1
+    r = consul_http.put(
+        "/v1/agent/service/register",
+        json={"Name": name, "ID": sid, "Port": 8080, "Tags": ["v2"], "Check": {"TTL": "60s"}},
+    )
+    assert r.status_code == 200, r.text
+    mine("ServiceTags", ["v2"])
+    pretty = consul_http.get("/v1/health/state/any", params={**only, "pretty": ""})
+    assert [c["ServiceTags"] for c in pretty.json()] == [["v2"]]
+    assert "\n    " in pretty.text
