@@ -147,7 +147,7 @@ class KVStore:
         return await self.apply([KVOp.delete_tree(prefix)])
 
     async def put_if_changed(
-        self, key: str, value: BaseModel | bytes, *, seen: KVEntry | None | Unseen = UNSEEN
+        self, key: str, value: BaseModel | bytes, *, seen: KVEntry | Unseen | None = UNSEEN
     ) -> bool:
         """Make ``key`` hold ``value``; write (with CAS on what was read) only if the bytes
         differ. True when it wrote. A concurrent change makes the CAS fail: retried.
@@ -171,7 +171,7 @@ class KVStore:
                 return True
         raise TemporaryError(f"{key}: changed by someone else on every attempt; retrying later")
 
-    async def delete_if_present(self, key: str, *, seen: KVEntry | None | Unseen = UNSEEN) -> bool:
+    async def delete_if_present(self, key: str, *, seen: KVEntry | Unseen | None = UNSEEN) -> bool:
         """Delete ``key`` if it exists. True when something was deleted.
 
         ``seen`` as for :meth:`put_if_changed`: absent there costs no request, present is one
