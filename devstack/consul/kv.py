@@ -8,11 +8,11 @@ tombstones so prefix indexes advance. Key names follow the 1.22 validation rules
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from devstack.consul.encoding import dumps
 from devstack.consul.errors import bad_request, go_quote
 from devstack.consul.state import KVEntry, State
 
@@ -46,7 +46,10 @@ def entry_bytes(entry: KVEntry) -> bytes:
     """``dumps(entry_json(entry))``, kept on the entry until it changes."""
     source = (entry.modify_index, entry.create_index, entry.lock_index, entry.session, entry.flags)
     if entry.encoded_from != source:
-        entry.encoded = dumps(entry_json(entry))
+        # As ``encoding.dumps`` writes it (a layer this module may not import).
+        entry.encoded = json.dumps(
+            entry_json(entry), separators=(",", ":"), ensure_ascii=False
+        ).encode()
         entry.encoded_from = source
     return entry.encoded
 
