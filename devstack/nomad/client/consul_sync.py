@@ -4,11 +4,13 @@
 registrations with Nomad's IDs (``_nomad-task-<alloc>-<task>-<service>-<port>``), addresses,
 ``external-source: nomad`` meta and checks. :class:`ConsulSync` keeps Consul level-converged to
 the wanted set (register what is missing or changed, deregister what is no longer wanted),
-retrying while Consul is away. Every 30 s it reconciles against what the agent really holds, as
-Nomad's periodic ``sync`` does: one read of the agent's services and checks, and a registration
-only for a service the agent lacks (Consul restarted, or someone deregistered it) or holds
-differently; an unchanged service is not registered again, so the periodic sync costs two reads
-whatever the number of services, not one write per service.
+retrying while Consul is away: each changed service is one request of its own as soon as it
+changes (at most 16 at a time), never held back behind a batch. Every 30 s it reconciles
+against what the agent really holds, as Nomad's periodic ``sync`` does: one read of the
+agent's services and checks, and a registration only for a service the agent lacks (Consul
+restarted, or someone deregistered it) or holds differently; an unchanged service is not
+registered again, so the periodic sync costs two reads whatever the number of services, not
+one write per service.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ RESYNC_SECONDS = 30.0
 # Nomad's health tracker looks up the agent's checks every 500 ms (consulCheckLookupInterval);
 # one read of every check of the agent serves every tracker for that long.
 STATUS_TTL = 0.5
+# Registration requests under way at once.
+OP_CONCURRENCY = 16
 
 
 def service_id(alloc_id: str, owner: str, service: str, port_label: str) -> str:
@@ -217,6 +221,12 @@ class ConsulSync:
         self._statuses: tuple[float, dict[str, str]] = (float("-inf"), {})
         self._status_fetch: asyncio.Task[dict[str, str]] | None = None
         self._task: asyncio.Task[None] | None = None
+        # Service ids whose wanted registration changed (or whose registration Consul lost)
+        # since they were last looked at, the ids with a request under way, and those requests.
+        self._dirty: set[str] = set()
+        self._inflight: set[str] = set()
+        self._ops: set[asyncio.Task[None]] = set()
+        self._limit = asyncio.Semaphore(OP_CONCURRENCY)
         # Registration and deregistration requests sent (for tests and figures).
         self.registrations = 0
         self.deregistrations = 0
@@ -231,15 +241,18 @@ class ConsulSync:
     def set(self, owner: str, registrations: list[dict[str, Any]]) -> None:
         for sid in self._owners.pop(owner, []):
             self._wanted.pop(sid, None)
+            self._dirty.add(sid)
         self._owners[owner] = [r["ID"] for r in registrations]
         for r in registrations:
             self._wanted[r["ID"]] = r
+            self._dirty.add(r["ID"])
         self._changed()
 
     def clear(self, owner: str) -> None:
         ids = self._owners.pop(owner, [])
         for sid in ids:
             self._wanted.pop(sid, None)
+        self._dirty.update(ids)
         if ids:
             self._changed()
 
@@ -298,7 +311,8 @@ class ConsulSync:
                 raise RuntimeError(f"consul {path}: {resp.status} {text.strip()}")
 
     async def _apply_once(self) -> None:
-        limit = asyncio.Semaphore(16)
+        """Every difference at once, waiting for all of them (used by :meth:`close`)."""
+        limit = asyncio.Semaphore(OP_CONCURRENCY)
         wanted = dict(self._wanted)
 
         async def register(sid: str, body: dict[str, Any]) -> None:
@@ -320,24 +334,63 @@ class ConsulSync:
         if errors:
             raise errors[0]
 
+    def _dispatch(self) -> None:
+        """Start a request for every changed service id that has none under way.
+
+        Each request runs on its own (at most ``OP_CONCURRENCY`` at a time) and looks at its
+        id again when it ends: a registration never waits for a batch of others to finish
+        (under load one slow request held every later one back for seconds)."""
+        dirty, self._dirty = self._dirty, set()
+        for sid in dirty:
+            if sid in self._inflight:
+                continue  # looked at again when its request ends
+            body = self._wanted.get(sid)
+            if body is None and sid not in self._applied:
+                continue
+            if body is not None and self._applied.get(sid) == body:
+                continue
+            self._inflight.add(sid)
+            task = asyncio.get_running_loop().create_task(self._op(sid, body))
+            self._ops.add(task)
+            task.add_done_callback(self._ops.discard)
+
+    async def _op(self, sid: str, body: dict[str, Any] | None) -> None:
+        try:
+            async with self._limit:
+                if body is None:
+                    self.deregistrations += 1
+                    await self._put(f"/v1/agent/service/deregister/{quote(sid, safe='')}")
+                    self._applied.pop(sid, None)
+                else:
+                    self.registrations += 1
+                    await self._put("/v1/agent/service/register", body)
+                    self._applied[sid] = body
+        except (aiohttp.ClientError, TimeoutError, RuntimeError, OSError) as exc:
+            log.warning("consul sync of %s failed, retrying: %s", sid, exc)
+            await asyncio.sleep(1.0)
+        finally:
+            self._inflight.discard(sid)
+            self._dirty.add(sid)
+            self._wake.set()
+
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        periodic_at = loop.time() + RESYNC_SECONDS
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), RESYNC_SECONDS)
-            periodic = not self._wake.is_set()
+                await asyncio.wait_for(self._wake.wait(), max(0.0, periodic_at - loop.time()))
             self._wake.clear()
-            try:
-                if periodic:
+            if loop.time() >= periodic_at:
+                periodic_at = loop.time() + RESYNC_SECONDS
+                try:
                     # Consul may have restarted and forgotten everything, or someone may have
                     # deregistered or edited a service: compare with what the agent holds.
                     await self._forget_drifted()
-                await self._apply_once()
-            except (aiohttp.ClientError, TimeoutError, RuntimeError, OSError) as exc:
-                log.warning("consul sync failed, retrying: %s", exc)
-                await asyncio.sleep(1.0)
-                self._wake.set()
-                continue
-            if not self._wake.is_set():
+                except (aiohttp.ClientError, TimeoutError, RuntimeError, OSError) as exc:
+                    log.warning("consul sync failed, retrying: %s", exc)
+                    periodic_at = loop.time() + 1.0
+            self._dispatch()
+            if not self._dirty and not self._inflight:
                 self._synced.set()
 
     async def _get_json(self, path: str) -> Any:
@@ -353,12 +406,16 @@ class ConsulSync:
         services = await self._get_json("/v1/agent/services") or {}
         checks = await self._get_json("/v1/agent/checks") or {}
         for sid, body in list(self._applied.items()):
+            if sid in self._inflight:
+                continue
             held = services.get(sid)
             if held is None or not _same_service(body, held):
                 del self._applied[sid]
+                self._dirty.add(sid)
                 continue
             if any(c["CheckID"] not in checks for c in body.get("Checks") or []):
                 del self._applied[sid]
+                self._dirty.add(sid)
 
     async def close(self) -> None:
         """Deregister everything this client registered, then stop."""
@@ -370,6 +427,13 @@ class ConsulSync:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for op in list(self._ops):
+            op.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._ops, return_exceptions=True)
+        # A request cut short may have registered its service: deregister those too.
+        for sid in self._inflight:
+            self._applied.setdefault(sid, {})
         self._wanted.clear()
         self._owners.clear()
         with contextlib.suppress(Exception):

@@ -282,3 +282,51 @@ def test_the_periodic_sync_restores_what_consul_lost(
 
     checks = asyncio.run(scenario())
     assert "_nomad-check-restore" in checks
+
+
+def test_a_slow_registration_holds_no_other_back() -> None:
+    """Each changed service is its own request: while Consul takes seconds over one, the
+    others registered after it are in Consul at once (a batch waiting for its slowest request
+    held every later registration back for seconds under load)."""
+    from aiohttp import web
+
+    async def scenario() -> None:
+        done: dict[str, float] = {}
+        loop = asyncio.get_running_loop()
+
+        async def register_handler(request: web.Request) -> web.Response:
+            body = await request.json()
+            if body["ID"] == "slow":
+                await asyncio.sleep(3)
+            done[body["ID"]] = loop.time()
+            return web.Response(text="")
+
+        async def deregister_handler(request: web.Request) -> web.Response:
+            return web.Response(text="")
+
+        app = web.Application()
+        app.router.add_put("/v1/agent/service/register", register_handler)
+        app.router.add_put("/v1/agent/service/deregister/{sid}", deregister_handler)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        sync = ConsulSync(f"127.0.0.1:{runner.addresses[0][1]}")
+        await sync.start()
+        try:
+            sync.set("a", [{"ID": "slow", "Name": "slow"}])
+            await asyncio.sleep(0.2)
+            started = loop.time()
+            sync.set("b", [{"ID": f"fast-{i}", "Name": "fast"} for i in range(5)])
+            while len(done) < 5 and loop.time() - started < 5:
+                await asyncio.sleep(0.01)
+            assert "slow" not in done
+            assert sorted(done) == [f"fast-{i}" for i in range(5)]
+            assert max(done.values()) - started < 1.0
+            assert await sync.flush(5)
+            assert "slow" in done
+        finally:
+            await sync.close()
+            await runner.cleanup()
+
+    asyncio.run(scenario())
