@@ -298,8 +298,15 @@ controller = Controller(
             # New services are read one request each, a few at a time: the short-request pool
             # (6 connections) also carries this controller's writes and session renewals.
             read_concurrency=3,
+            # Both long polls answer with every user's checks or services: under churn (every
+            # arrival and departure changes them) at most 4 answers a second, each covering
+            # every change since the last; a lone change still returns at once.
+            rate=4.0,
+            burst=4,
         ),
-        watches.kv(REQUESTS_PREFIX, to_keys=_user_key(REQUESTS_PREFIX)),
+        # Requests only gate: a record is written once the user's services pass, seconds after
+        # the request, so this busy prefix re-reads at most every 2 s.
+        watches.kv(REQUESTS_PREFIX, to_keys=_user_key(REQUESTS_PREFIX), **watches.LAZY_PREFIX),
         # This controller's own output: every write of it wakes this watch, which re-reads the
         # whole prefix (10,000 entries at 10,000 users), so it re-reads at most every 2 s
         # (``watches.LAZY_PREFIX``).

@@ -734,7 +734,10 @@ def build(config: HAProxySettings | None = None) -> Controller:
         reconcile=state.reconcile,
         startup=state.startup,
         watches=[
-            watches.kv(REQUESTS_PREFIX, to_keys=_user_key(REQUESTS_PREFIX)),
+            # Requests only gate: a user is routed once their allocation record exists, seconds
+            # after the request, and a departure's transaction checks the request is really
+            # gone; so this busy prefix (every arrival and departure) re-reads at most every 2 s.
+            watches.kv(REQUESTS_PREFIX, to_keys=_user_key(REQUESTS_PREFIX), **watches.LAZY_PREFIX),
             watches.kv(ALLOCATIONS_PREFIX, to_keys=_user_key(ALLOCATIONS_PREFIX)),
             watches.kv(
                 ROUTES_PREFIX,

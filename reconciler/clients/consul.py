@@ -793,8 +793,10 @@ class ConsulReader:
     async def catalog_nodes(self) -> list[tuple[str, str]]:
         return await self._client.catalog_nodes()
 
-    async def catalog_node(self, node: str) -> tuple[str, list[Mapping[str, Any]]]:
-        return await self._client.catalog_node(node)
+    async def catalog_node(
+        self, node: str, *, filter: str | None = None
+    ) -> tuple[str, list[Mapping[str, Any]]]:
+        return await self._client.catalog_node(node, filter=filter)
 
     async def health_state(
         self,
@@ -1117,9 +1119,15 @@ class ConsulClient:
         _, raw = await self._read("GET catalog/nodes", lambda: self._api.catalog.nodes())
         return [(str(n.get("Node") or ""), str(n.get("Address") or "")) for n in raw or ()]
 
-    async def catalog_node(self, node: str) -> tuple[str, list[Mapping[str, Any]]]:
-        """The address of ``node`` and every service registered on it (raw catalog entries)."""
-        _, raw = await self._read(f"GET catalog/node/{node}", lambda: self._api.catalog.node(node))
+    async def catalog_node(
+        self, node: str, *, filter: str | None = None
+    ) -> tuple[str, list[Mapping[str, Any]]]:
+        """The address of ``node`` and every service registered on it (raw catalog entries);
+        with ``filter``, only the services that expression selects."""
+        _, raw = await self._read(
+            f"GET catalog/node/{node}",
+            lambda: self._api.catalog.node(node, filter_expr=filter),
+        )
         if not raw:
             return "", []
         address = str((raw.get("Node") or {}).get("Address") or "")

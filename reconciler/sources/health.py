@@ -63,6 +63,10 @@ log = logging.getLogger(__name__)
 
 # How many service names' pattern matches are remembered (cleared when full).
 MATCH_MEMO = 200_000
+# From this many services to read at once, they are read per node: one filtered
+# ``/v1/catalog/node/:node`` request for up to NODE_BATCH of them, instead of one request each.
+NODE_BATCH_MIN = 4
+NODE_BATCH = 48
 
 
 class HealthReader(Protocol):
@@ -88,7 +92,9 @@ class HealthReader(Protocol):
 
     async def catalog_nodes(self) -> list[tuple[str, str]]: ...
 
-    async def catalog_node(self, node: str) -> tuple[str, list[Mapping[str, Any]]]: ...
+    async def catalog_node(
+        self, node: str, *, filter: str | None = None
+    ) -> tuple[str, list[Mapping[str, Any]]]: ...
 
 
 class _ReadFailed(Exception):
@@ -177,6 +183,7 @@ class ServiceHealthSource(WatchBase):
         # keeps), so one turning passing is published from the checks alone.
         self._known: dict[str, dict[str, ServiceInstance]] = {}
         self._matched: dict[str, bool] = {}
+        self._listed_nodes: set[str] = set()  # the nodes of the last full read
         self.reads = 0
 
     def matches(self, service: str) -> bool:
@@ -408,6 +415,7 @@ class ServiceHealthSource(WatchBase):
         except Exception as exc:
             self._read_failed(controller, "catalog nodes", exc)
             raise _ReadFailed((), set(), relist=True) from exc
+        self._listed_nodes = {node for node, _ in nodes}
         found: dict[str, dict[str, ServiceInstance]] = {}
         failed: list[str] = []
 
@@ -443,6 +451,9 @@ class ServiceHealthSource(WatchBase):
         catalog = self._catalog or {}
         touched: set[str] = set()
         failed: list[str] = []
+        present = [name for name in names if name in catalog]
+        touched.update(name for name in names if name not in catalog)  # gone: published deleted
+        by_node, alone = self._by_node(present)
 
         async def read(name: str) -> None:
             assert self._limiter is not None
@@ -457,15 +468,69 @@ class ServiceHealthSource(WatchBase):
             self._known[name] = {instance_id(i): i for i in instances}
             touched.add(name)
 
+        async def read_node(node: str, batch: list[str]) -> None:
+            assert self._limiter is not None
+            wanted = " or ".join(f'Service == "{name}"' for name in batch)
+            async with self._limiter:
+                try:
+                    address, services = await self._client.catalog_node(node, filter=wanted)
+                except Exception as exc:
+                    self._read_failed(controller, f"catalog node {node}", exc)
+                    failed.extend(batch)
+                    return
+            self.reads += 1
+            found: dict[str, dict[str, ServiceInstance]] = {name: {} for name in batch}
+            for svc in services:
+                name = str(svc.get("Service") or "")
+                if name not in found:
+                    continue
+                instance = ServiceInstance.build(
+                    node, address, svc, self._checks_of(node, str(svc.get("ID") or ""))
+                )
+                found[name][instance_id(instance)] = instance
+            for name, instances in found.items():
+                # Emptied before the reads: each node's read adds that node's instances.
+                self._known[name].update(instances)
+                touched.add(name)
+
+        for batch in by_node.values():
+            for name in batch:
+                self._known[name] = {}
+
         async with anyio.create_task_group() as tg:
-            for name in names:
-                if name in catalog:
+            for name in alone:
+                tg.start_soon(read, name)
+            for node, batch in by_node.items():
+                for start in range(0, len(batch), NODE_BATCH):
+                    tg.start_soon(read_node, node, batch[start : start + NODE_BATCH])
+        # A name no node read found lives on a node not known yet: read it alone.
+        batched = {name for batch in by_node.values() for name in batch}
+        unseen = [n for n in sorted(batched) if not self._known.get(n) and n not in failed]
+        if unseen:
+            async with anyio.create_task_group() as tg:
+                for name in unseen:
                     tg.start_soon(read, name)
-                else:
-                    touched.add(name)  # gone from the catalog: published as deleted
         if failed:
-            raise _ReadFailed(failed, touched)
+            # A name read through several nodes is whole only when every one of them answered.
+            raise _ReadFailed(failed, touched - set(failed))
         return touched
+
+    def _by_node(self, names: list[str]) -> tuple[dict[str, list[str]], list[str]]:
+        """Split ``names`` into per-node batches (every node known: from the last node list
+        and the checks, as every agent's node carries ``serfHealth``) and the names to read one
+        by one: all of them when they are fewer than twice the nodes, and any a filter
+        expression could not quote."""
+        nodes = self._nodes_known()
+        if len(names) < NODE_BATCH_MIN or 2 * len(nodes) > len(names):
+            return {}, names
+        quotable = [n for n in names if '"' not in n and "\\" not in n]
+        alone = [n for n in names if '"' in n or "\\" in n]
+        return dict.fromkeys(sorted(nodes), quotable), alone
+
+    def _nodes_known(self) -> set[str]:
+        nodes = set(self._listed_nodes) | set(self._node_checks)
+        nodes.update(node for node, _ in self._check_names)
+        return nodes
 
     def _read_failed(self, controller: str, what: str, exc: Exception) -> None:
         metrics.WATCH_ERRORS.labels(controller=controller, source=self.name).inc()

@@ -451,3 +451,46 @@ async def test_pattern_reuses_the_checks_that_did_not_change(
             (check,) = [c for c in before[i] if c.service_id]
             assert states[("node1", check.check_id)].check is check
             assert next(c for c in after[i] if c.service_id) is check
+
+
+async def test_services_appearing_together_are_read_per_node(
+    client: ConsulClient, consul_server: ConsulServer
+) -> None:
+    """Many new services in one answer cost one filtered catalog read per node, not one read
+    each; an instance on a second node is found through that node's read."""
+    await register(consul_server, "core-0", "core-0", 1000, status="passing")
+    # One answer every 2 s at most: what registers meanwhile comes in one answer.
+    source = health_source(client, pattern=r"core-\d+", rate=0.5, burst=1)
+    rec = Recorder()
+    async with running(source, rec), httpx.AsyncClient(base_url=consul_server.url) as http:
+        with anyio.fail_after(5):
+            await source.wait_ready()
+        before = source.reads
+        rec.clear()
+        for i in range(1, 31):
+            body = {
+                "Name": f"core-{i}",
+                "ID": f"core-{i}",
+                "Port": 1000 + i,
+                "Meta": {"user": f"u{i}"},
+                "Check": {"TTL": "60s", "Status": "passing"},
+            }
+            assert (await http.put("/v1/agent/service/register", json=body)).status_code == 200
+        other = {
+            "Node": "node2",
+            "Address": "10.0.0.2",
+            "Service": {"ID": "core-7-b", "Service": "core-7", "Port": 2007},
+            "Check": {"CheckID": "c7b", "Name": "c", "Status": "passing", "ServiceID": "core-7-b"},
+        }
+        assert (await http.put("/v1/catalog/register", json=other)).status_code == 200
+        wanted = {f"node1/core-{i}" for i in range(31)} | {"node2/core-7-b"}
+        with anyio.fail_after(15):
+            while set(source.items()) != wanted:
+                await anyio.sleep(0.05)
+        items = source.items()
+        assert all(items[f"node1/core-{i}"].port == 1000 + i for i in range(31))
+        assert items["node1/core-12"].meta == {"user": "u12"}
+        assert (items["node2/core-7-b"].port, items["node2/core-7-b"].address) == (2007, "10.0.0.2")
+        assert all(items[k].passing for k in wanted)
+        # 31 names: one read per node and batch (a stray early answer may read a few alone).
+        assert source.reads - before <= 8, source.reads - before

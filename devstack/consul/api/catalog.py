@@ -27,6 +27,7 @@ from devstack.consul.api.common import (
 )
 from devstack.consul.api.mux import tail
 from devstack.consul.api.reads import Result, blocking, blocking_respond, forward, respond
+from devstack.consul.bexpr import compile_filter
 from devstack.consul.catalog import (
     catalog_service_json,
     delete_check,
@@ -147,6 +148,9 @@ async def node_services(request: web.Request) -> web.StreamResponse:
     if not name:
         raise bad_request("Missing node name")
     st = core.state
+    # Compiled before the node is looked up: a bad expression fails for any node, as the RPC
+    # creates its filter first.
+    wanted = compile_filter(opts.filter) if opts.filter else None
 
     def run() -> Result:
         index = st.max_index("nodes", "services")
@@ -159,8 +163,12 @@ async def node_services(request: web.Request) -> web.StreamResponse:
             for sid, s in sorted(services.items())
             if can_read_service(request, s.name)
         }
+        hidden = len(keep) != len(services)
+        if wanted is not None:
+            # ``?filter=`` selects among the node's services (``NodeServices.Services``).
+            keep = {sid: shape for sid, shape in keep.items() if wanted(shape)}
         body = {"Node": node_json(node), "Services": keep}
-        return Result(index, body, filtered=len(keep) != len(services))
+        return Result(index, body, filtered=hidden)
 
     result = await blocking(core, opts, run, topics=("nodes", "services"), meta_on_error=True)
     return respond(core, result, opts, token_sent=token_sent(request), consistency=True)

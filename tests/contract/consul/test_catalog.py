@@ -397,3 +397,32 @@ def test_node_meta_filters(consul_http: httpx.Client) -> None:
         assert consul_http.get(f"/v1/health/service/{svc}", params=miss).json() == []
     finally:
         consul_http.put("/v1/catalog/deregister", json={"Node": node})
+
+
+def test_a_node_s_services_can_be_filtered(consul_http: httpx.Client) -> None:
+    """``/v1/catalog/node/:node?filter=`` selects among the node's services; the node stays."""
+    node = f"filtered-{uuid.uuid4().hex[:8]}"
+    try:
+        for name, port in (("alpha", 1), ("beta", 2), ("gamma", 3)):
+            r = consul_http.put(
+                "/v1/catalog/register",
+                json={
+                    "Node": node,
+                    "Address": "10.1.2.4",
+                    "Service": {"ID": f"{node}-{name}", "Service": f"{node}-{name}", "Port": port},
+                },
+            )
+            assert r.status_code == 200, r.text
+        wanted = f'Service == "{node}-alpha" or Service == "{node}-gamma"'
+        detail = consul_http.get(f"/v1/catalog/node/{node}", params={"filter": wanted}).json()
+        assert detail["Node"]["Node"] == node
+        assert sorted(detail["Services"]) == [f"{node}-alpha", f"{node}-gamma"]
+        assert detail["Services"][f"{node}-gamma"]["Port"] == 3
+        none = consul_http.get(f"/v1/catalog/node/{node}", params={"filter": "Port == 100"}).json()
+        assert none["Services"] == {}
+        for target in (node, "no-such-node"):
+            bad = consul_http.get(f"/v1/catalog/node/{target}", params={"filter": "Port =="})
+            assert bad.status_code == 500
+            assert bad.text.startswith("Failed to create boolean expression evaluator")
+    finally:
+        consul_http.put("/v1/catalog/deregister", json={"Node": node})
