@@ -21,8 +21,10 @@ two long polls whatever the number of services:
 
 The registration itself (address, port, tags, meta) is read with short, non-blocking requests:
 once per node at start (``/v1/catalog/node/:node``: a read per node, not per service), then one
-``/v1/health/service/:name`` per service that appeared or whose tags or instances changed, at
-most ``read_concurrency`` at a time, so writes and session renewals sharing the client's
+``/v1/health/service/:name`` per service that appeared or whose tags or instances changed, or,
+when such services are at least twice as many as the nodes, one ``/v1/catalog/node/:node``
+filtered to them per node (a name no node read finds is read alone), at most
+``read_concurrency`` requests at a time, so writes and session renewals sharing the client's
 short-request pool never wait behind them for long. A re-registration that changes an
 instance's address without touching its checks, tags or id is invisible to both long polls;
 ``relist_every`` (10 min by default) re-reads every node to bound how long such a change can go
