@@ -310,6 +310,19 @@ RETRY = b"retry: 3000\n\n"
 KEEPALIVE = b": keepalive\n\n"
 
 
+# One server-sent event of ``/api/v1/requests/{id}/events`` (the ``retry:`` hint and the
+# keep-alive comments are not events).
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "enum": ["status", "ended"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "id": {"type": "string"},
+    },
+    "required": ["event", "data"],
+}
+
+
 class EventStream(Response):
     """One user's server-sent events, written straight to the ASGI server.
 
@@ -643,7 +656,9 @@ def create_app(front: Frontdoor) -> FastAPI:
         summary="Server-sent events: `status` on every change, `ended` when the request goes",
         responses={
             200: {
-                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                # The schema of one event, as OpenAPI describes a server-sent event stream:
+                # ``status`` with the UserStatus JSON in ``data``, ``ended`` when it goes.
+                "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
                 "description": "An event stream",
             },
             **_problems(401, 403, 404, 429, 503, explicit=True),

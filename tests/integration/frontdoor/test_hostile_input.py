@@ -134,6 +134,18 @@ def test_generated_requests_without_a_token_are_refused_cleanly(jwt_schema) -> N
     fuzz(jwt_schema, refused)
 
 
+def test_a_live_event_stream_matches_its_documented_events(api_schema, api) -> None:
+    """The generator reaches a live stream only when it happens to create its id first: this
+    case always does, and each event must match the schema the document gives for one event."""
+    with httpx.Client(base_url=api.url) as http:
+        assert http.post("/api/v1/requests", json={"id": "streamer"}).status_code == 200
+    operation = api_schema["/api/v1/requests/{user_id}/events"]["GET"]
+    case = operation.Case(path_parameters={"user_id": "streamer"})
+    response = case.call_and_validate(**CHECKS)
+    assert response.status_code == 200
+    assert b"event: status" in response.content
+
+
 def test_odd_ids_and_path_tricks_touch_no_key(api, consul) -> None:
     with httpx.Client(base_url=api.url) as http:
         assert http.post("/api/v1/requests", json={"id": "victim"}).status_code == 200
