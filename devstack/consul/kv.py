@@ -8,9 +8,8 @@ tombstones so prefix indexes advance. Key names follow the 1.22 validation rules
 from __future__ import annotations
 
 import base64
-import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from devstack.consul.errors import bad_request, go_quote
@@ -40,23 +39,6 @@ def entry_json(entry: KVEntry, *, with_value: bool = True) -> dict[str, Any]:
     out["CreateIndex"] = entry.create_index
     out["ModifyIndex"] = entry.modify_index
     return out
-
-
-def entry_bytes(entry: KVEntry) -> bytes:
-    """``dumps(entry_json(entry))``, kept on the entry until it changes."""
-    source = (entry.modify_index, entry.create_index, entry.lock_index, entry.session, entry.flags)
-    if entry.encoded_from != source:
-        # As ``encoding.dumps`` writes it (a layer this module may not import).
-        entry.encoded = json.dumps(
-            entry_json(entry), separators=(",", ":"), ensure_ascii=False
-        ).encode()
-        entry.encoded_from = source
-    return entry.encoded
-
-
-def entries_bytes(entries: Iterable[KVEntry]) -> bytes:
-    """A JSON array of entries, as ``dumps([entry_json(e) for e in entries])`` writes it."""
-    return b"[" + b",".join(entry_bytes(e) for e in entries) + b"]"
 
 
 # -- state operations (shared with /v1/txn) -----------------------------------------------------

@@ -6,7 +6,7 @@ write share one serialisation; list reads silently drop what the token may not r
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -30,7 +30,7 @@ from devstack.consul.errors import ConsulError, bad_request, permission_denied, 
 from devstack.consul.kv import (
     KV_MAX_VALUE_SIZE,
     InvalidSession,
-    entries_bytes,
+    entry_json,
     kv_cas,
     kv_delete,
     kv_delete_cas,
@@ -40,13 +40,28 @@ from devstack.consul.kv import (
     kv_unlock,
     validate_key,
 )
-from devstack.consul.state import State
+from devstack.consul.state import KVEntry, State
 
 TRUE = b"true"
 FALSE = b"false"
 
 
 # -- handlers -----------------------------------------------------------------------------------
+
+
+def _entry_bytes(entry: KVEntry) -> bytes:
+    """``dumps(entry_json(entry))``, kept on the entry until it changes."""
+    source = (entry.modify_index, entry.create_index, entry.lock_index, entry.session, entry.flags)
+    if entry.encoded_from != source:
+        entry.encoded = dumps(entry_json(entry))
+        entry.encoded_from = source
+    return entry.encoded
+
+
+def entries_bytes(entries: Iterable[KVEntry]) -> bytes:
+    """A JSON array of entries, as ``dumps([entry_json(e) for e in entries])`` writes it (a
+    list joins the JSON kept on each entry instead of encoding every entry per answer)."""
+    return b"[" + b",".join(_entry_bytes(e) for e in entries) + b"]"
 
 
 def _cached(st: State, cache_key: tuple[Any, ...], compute: Callable[[], Result]) -> Result:
