@@ -310,25 +310,28 @@ class ConsulSync:
                 text = await resp.text()
                 raise RuntimeError(f"consul {path}: {resp.status} {text.strip()}")
 
+    async def _send(self, sid: str, body: dict[str, Any] | None) -> None:
+        """One registration (``body``) or deregistration (None) of ``sid``, then record it."""
+        if body is None:
+            self.deregistrations += 1
+            await self._put(f"/v1/agent/service/deregister/{quote(sid, safe='')}")
+            self._applied.pop(sid, None)
+        else:
+            self.registrations += 1
+            await self._put("/v1/agent/service/register", body)
+            self._applied[sid] = body
+
     async def _apply_once(self) -> None:
         """Every difference at once, waiting for all of them (used by :meth:`close`)."""
         limit = asyncio.Semaphore(OP_CONCURRENCY)
         wanted = dict(self._wanted)
 
-        async def register(sid: str, body: dict[str, Any]) -> None:
+        async def send(sid: str, body: dict[str, Any] | None) -> None:
             async with limit:
-                self.registrations += 1
-                await self._put("/v1/agent/service/register", body)
-            self._applied[sid] = body
+                await self._send(sid, body)
 
-        async def deregister(sid: str) -> None:
-            async with limit:
-                self.deregistrations += 1
-                await self._put(f"/v1/agent/service/deregister/{quote(sid, safe='')}")
-            self._applied.pop(sid, None)
-
-        jobs = [deregister(sid) for sid in list(self._applied) if sid not in wanted]
-        jobs += [register(s, b) for s, b in wanted.items() if self._applied.get(s) != b]
+        jobs = [send(sid, None) for sid in list(self._applied) if sid not in wanted]
+        jobs += [send(s, b) for s, b in wanted.items() if self._applied.get(s) != b]
         results = await asyncio.gather(*jobs, return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
@@ -357,14 +360,7 @@ class ConsulSync:
     async def _op(self, sid: str, body: dict[str, Any] | None) -> None:
         try:
             async with self._limit:
-                if body is None:
-                    self.deregistrations += 1
-                    await self._put(f"/v1/agent/service/deregister/{quote(sid, safe='')}")
-                    self._applied.pop(sid, None)
-                else:
-                    self.registrations += 1
-                    await self._put("/v1/agent/service/register", body)
-                    self._applied[sid] = body
+                await self._send(sid, body)
         except (aiohttp.ClientError, TimeoutError, RuntimeError, OSError) as exc:
             log.warning("consul sync of %s failed, retrying: %s", sid, exc)
             await asyncio.sleep(1.0)
