@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 import anyio
@@ -431,13 +431,7 @@ class ServiceHealthSource(WatchBase):
                     failed.append(node)
                     return
             self.reads += 1
-            for svc in services:
-                name = str(svc.get("Service") or "")
-                if not self.matches(name):
-                    continue
-                instance = ServiceInstance.build(
-                    node, address, svc, self._checks_of(node, str(svc.get("ID") or ""))
-                )
+            for name, instance in self._instances(node, address, services, self.matches):
                 found.setdefault(name, {})[instance_id(instance)] = instance
 
         async with anyio.create_task_group() as tg:
@@ -455,7 +449,7 @@ class ServiceHealthSource(WatchBase):
         failed: list[str] = []
         present = [name for name in names if name in catalog]
         touched.update(name for name in names if name not in catalog)  # gone: published deleted
-        by_node, alone = self._by_node(present)
+        nodes, batched, alone = self._split(present)
 
         async def read(name: str) -> None:
             assert self._limiter is not None
@@ -481,33 +475,21 @@ class ServiceHealthSource(WatchBase):
                     failed.extend(batch)
                     return
             self.reads += 1
-            found: dict[str, dict[str, ServiceInstance]] = {name: {} for name in batch}
-            for svc in services:
-                name = str(svc.get("Service") or "")
-                if name not in found:
-                    continue
-                instance = ServiceInstance.build(
-                    node, address, svc, self._checks_of(node, str(svc.get("ID") or ""))
-                )
-                found[name][instance_id(instance)] = instance
-            for name, instances in found.items():
-                # Emptied before the reads: each node's read adds that node's instances.
-                self._known[name].update(instances)
-                touched.add(name)
+            # Each name was emptied before the reads: each node's read adds its instances.
+            for name, instance in self._instances(node, address, services, set(batch).__contains__):
+                self._known[name][instance_id(instance)] = instance
+            touched.update(batch)
 
-        for batch in by_node.values():
-            for name in batch:
-                self._known[name] = {}
-
+        for name in batched:
+            self._known[name] = {}
         async with anyio.create_task_group() as tg:
             for name in alone:
                 tg.start_soon(read, name)
-            for node, batch in by_node.items():
-                for start in range(0, len(batch), NODE_BATCH):
-                    tg.start_soon(read_node, node, batch[start : start + NODE_BATCH])
+            for node in nodes:
+                for start in range(0, len(batched), NODE_BATCH):
+                    tg.start_soon(read_node, node, batched[start : start + NODE_BATCH])
         # A name no node read found lives on a node not known yet: read it alone.
-        batched = {name for batch in by_node.values() for name in batch}
-        unseen = [n for n in sorted(batched) if not self._known.get(n) and n not in failed]
+        unseen = [n for n in batched if not self._known.get(n) and n not in failed]
         if unseen:
             async with anyio.create_task_group() as tg:
                 for name in unseen:
@@ -517,22 +499,32 @@ class ServiceHealthSource(WatchBase):
             raise _ReadFailed(failed, touched - set(failed))
         return touched
 
-    def _by_node(self, names: list[str]) -> tuple[dict[str, list[str]], list[str]]:
-        """Split ``names`` into per-node batches (every node known: from the last node list
-        and the checks, as every agent's node carries ``serfHealth``) and the names to read one
-        by one: all of them when they are fewer than twice the nodes, and any a filter
-        expression could not quote."""
-        nodes = self._nodes_known()
-        if len(names) < NODE_BATCH_MIN or 2 * len(nodes) > len(names):
-            return {}, names
-        quotable = [n for n in names if '"' not in n and "\\" not in n]
-        alone = [n for n in names if '"' in n or "\\" in n]
-        return dict.fromkeys(sorted(nodes), quotable), alone
+    def _instances(
+        self,
+        node: str,
+        address: str,
+        services: Iterable[Mapping[str, Any]],
+        wanted: Callable[[str], bool],
+    ) -> Iterator[tuple[str, ServiceInstance]]:
+        """The instances of ``node``'s catalog entries whose service name is ``wanted``."""
+        for svc in services:
+            name = str(svc.get("Service") or "")
+            if wanted(name):
+                checks = self._checks_of(node, str(svc.get("ID") or ""))
+                yield name, ServiceInstance.build(node, address, svc, checks)
 
-    def _nodes_known(self) -> set[str]:
+    def _split(self, names: list[str]) -> tuple[list[str], list[str], list[str]]:
+        """The nodes to read ``names`` from in batches (every node known: from the last node
+        list and the checks, as every agent's node carries ``serfHealth``), the names read so,
+        and the names to read one by one: all of them when they are fewer than twice the nodes,
+        and any a filter expression could not quote."""
         nodes = set(self._listed_nodes) | set(self._node_checks)
         nodes.update(node for node, _ in self._check_names)
-        return nodes
+        if len(names) < NODE_BATCH_MIN or 2 * len(nodes) > len(names):
+            return [], [], names
+        quotable = [n for n in names if '"' not in n and "\\" not in n]
+        alone = [n for n in names if '"' in n or "\\" in n]
+        return sorted(nodes), quotable, alone
 
     def _read_failed(self, controller: str, what: str, exc: Exception) -> None:
         metrics.WATCH_ERRORS.labels(controller=controller, source=self.name).inc()
