@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import AsyncIterator
 
 import anyio
 import anyio.lowlevel
@@ -46,6 +47,16 @@ def sample(metric: str, name: str) -> float | None:
 
 async def settle() -> None:
     await anyio.wait_all_tasks_blocked()
+
+
+async def keys_until_shutdown(queue: WorkQueue) -> AsyncIterator[str]:
+    """Each key a worker gets from ``queue``, until the queue shuts down."""
+    while True:
+        try:
+            key = await queue.get()
+        except QueueShutDown:
+            return
+        yield key
 
 
 # --------------------------------------------------------------------------- basic semantics
@@ -178,11 +189,7 @@ async def test_key_never_processed_by_two_workers_at_once(queue: WorkQueue) -> N
     handled: list[str] = []
 
     async def worker() -> None:
-        while True:
-            try:
-                key = await queue.get()
-            except QueueShutDown:
-                return
+        async for key in keys_until_shutdown(queue):
             if key in in_flight:
                 overlaps.append(key)
             in_flight.add(key)
@@ -517,11 +524,7 @@ async def test_shutdown_with_drain_waits_for_work_in_flight(
     release = anyio.Event()
 
     async def worker() -> None:
-        while True:
-            try:
-                key = await queue.get()
-            except QueueShutDown:
-                return
+        async for key in keys_until_shutdown(queue):
             await release.wait()
             handled.append(key)
             queue.done(key)
@@ -789,11 +792,7 @@ async def test_draining_waits_for_background_keys_too(queue: WorkQueue) -> None:
     seen: list[str] = []
 
     async def worker() -> None:
-        while True:
-            try:
-                key = await queue.get()
-            except QueueShutDown:
-                return
+        async for key in keys_until_shutdown(queue):
             seen.append(key)
             queue.done(key)
 
