@@ -376,8 +376,9 @@ class Applier:
 
     def _write_if_changed(self, path: Path, data: str | bytes) -> bool:
         wanted = data.encode() if isinstance(data, str) else data
-        # What this process last wrote there: no need to read a 2 MB file back to compare.
-        if self._written.get(path) == wanted:
+        # What this process last wrote there: no need to read a 2 MB file back to compare
+        # (but a file someone removed is written again).
+        if self._written.get(path) == wanted and path.exists():
             return False
         try:
             if path not in self._written and path.read_bytes() == wanted:
@@ -394,13 +395,18 @@ class Applier:
         keep = set(self.map_paths(current.generation).values()) if current else set()
         for path in fresh_maps:
             if path not in keep:
-                path.unlink(missing_ok=True)
+                self._unlink(path)
 
     def _remove_other_generations(self, generation: int) -> None:
         keep = set(self.map_paths(generation).values())
         for path in self.maps_dir.glob("*.map"):
             if path not in keep:
-                path.unlink(missing_ok=True)
+                self._unlink(path)
+
+    def _unlink(self, path: Path) -> None:
+        # Forget it too: the next write of the same bytes must really write the file again.
+        self._written.pop(path, None)
+        path.unlink(missing_ok=True)
 
     def _observe(self, applied: Applied) -> None:
         for pool in POOLS:

@@ -474,10 +474,17 @@ class HAProxyProcess:
                 new_workers = set(state.workers) - set(before.workers)
                 if state.reloads > before.reloads and new_workers:
                     return state
-            elif self.master_pid() is None:
+            elif not self._alive(before.master_pid):
+                # Only the process itself says so: while the master re-executes, its CLI is
+                # down and its pid file is unlinked and written again.
                 raise ReloadFailed("master exited")
             time.sleep(0.02)
         raise ReloadFailed(f"no new worker within {timeout} s")
+
+    def _alive(self, pid: int) -> bool:
+        if self._proc is not None and self._proc.pid == pid:
+            return self._proc.poll() is None
+        return pid_alive(pid)
 
     # -- status and CLIs --------------------------------------------------------------------
 

@@ -126,6 +126,44 @@ async def test_a_reload_the_master_rejects_keeps_the_old_one_and_users_still_com
             assert await anyio.to_thread.run_sync(router.applier.verify, router.applied) == []
 
 
+async def test_a_rejected_reload_retried_with_the_very_same_files_takes(
+    consul_server, haproxy_settings: HAProxySettings
+) -> None:
+    """A rejected reload removes the map files it wrote; the retry, with nothing else changed,
+    renders the same bytes and must write them again (it once skipped them as already written
+    and failed validation forever on the missing files)."""
+    settings = haproxy_settings
+    ports = settings.tcp_port_range
+    router = HAProxyRouter(config=settings)
+    with containers("webapp", "alice") as c:
+        async with running([router.declaration(tick=0.2)], consul_server.address) as (_, kv):
+            await put_basics(kv, settings, c["webapp"].hmi)
+            await kv.kv_put("haproxy/data/alice", user_routes(c["alice"], ports[0]))
+            await until("hmi alice", first_line, settings, host("alice"), timeout=20)
+            rejected = metric("manticore_haproxy_reload_failures_total", kind="rejected")
+            invalid = metric("manticore_haproxy_reload_failures_total", kind="invalid")
+            with socket.socket() as squatter:
+                squatter.bind(("127.0.0.1", 0))
+                squatter.listen()
+                taken = squatter.getsockname()[1]
+                await kv.kv_put("haproxy/mainPort", str(taken).encode())
+                await eventually(
+                    lambda: (
+                        metric("manticore_haproxy_reload_failures_total", kind="rejected")
+                        > rejected
+                    ),
+                    timeout=20,
+                )
+            moved = settings.model_copy(update={"main_port": taken})
+            await until("hmi alice", first_line, moved, host("alice"), timeout=30)
+            await eventually(
+                lambda: router.applied is not None and router.applied.shape.main_port == taken
+            )
+            assert metric("manticore_haproxy_reload_failures_total", kind="invalid") == invalid
+            assert router.applied is not None
+            assert await anyio.to_thread.run_sync(router.applier.verify, router.applied) == []
+
+
 async def test_a_restarted_controller_adopts_the_running_haproxy_without_reloading(
     consul_server, haproxy_settings: HAProxySettings
 ) -> None:
