@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -166,6 +167,52 @@ class PollState:
         return True
 
 
+class IndexResets:
+    """The blocking queries one process holds on one server, told when any of them went back.
+
+    A snapshot restore moves every index of a server backwards. A query parked before it is
+    answered at once with the lower index (memdb's abandon channel), but one sent just after it
+    with the old, higher index blocks for its whole ``wait`` (5 minutes by default), changes or
+    not, because the server waits for an index above it. So the first watch of a process that
+    sees its index go backwards cancels the others' parked queries, and they re-read (index 0).
+    The price of a false alarm (a tombstone reap moves one prefix's index back) is one plain
+    read per watch of that server.
+    """
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self._parked: set[anyio.CancelScope] = set()
+
+    def park(self, scope: anyio.CancelScope) -> None:
+        self._parked.add(scope)
+
+    def unpark(self, scope: anyio.CancelScope) -> None:
+        self._parked.discard(scope)
+
+    def went_back(self) -> int:
+        """Every index read before now is suspect: cancel the parked queries (returns how
+        many); the others see the epoch move before they send theirs."""
+        self.epoch += 1
+        parked, self._parked = self._parked, set()
+        for scope in parked:
+            scope.cancel()
+        return len(parked)
+
+
+_RESETS: weakref.WeakKeyDictionary[object, IndexResets] = weakref.WeakKeyDictionary()
+
+
+def index_resets(client: object) -> IndexResets:
+    """The :class:`IndexResets` of everything that watches through ``client``."""
+    try:
+        return _RESETS[client]
+    except KeyError:
+        resets = _RESETS[client] = IndexResets()
+        return resets
+    except TypeError:  # not weak-referenceable: a group of its own
+        return IndexResets()
+
+
 async def poll_forever(
     *,
     source: str,
@@ -175,9 +222,13 @@ async def poll_forever(
     settings: PollSettings,
     what: str,
     on_success: Callable[[], None] | None = None,
+    resets_of: IndexResets | None = None,
 ) -> NoReturn:
     """Run a blocking query forever: ``fetch(index)``, then ``apply(data)`` when it may have
-    changed. Errors (of ``fetch`` and ``apply``) are logged and retried with backoff."""
+    changed. Errors (of ``fetch`` and ``apply``) are logged and retried with backoff.
+
+    ``resets_of`` (see :class:`IndexResets`) is shared by the watches of one server: when this
+    one sees its index go backwards, the others re-read, and the other way round."""
     labels = {"controller": controller, "source": source}
     extra = {"controller": controller, "source": source, "watch": what}
     requests = metrics.WATCH_REQUESTS.labels(**labels)
@@ -187,22 +238,50 @@ async def poll_forever(
     bucket = settings.bucket()
     backoff = settings.backoff()
     state = PollState()
+    # The resets epoch when the request that gave ``state.index`` was sent.
+    epoch = resets_of.epoch if resets_of is not None else 0
     while True:
         await bucket.acquire()
+        if resets_of is not None and state.index and resets_of.epoch != epoch:
+            # Another watch of this server saw its index go backwards since this index was
+            # read: it may be from before that too, and would block for the whole wait.
+            state.index = 0
+            state.resets += 1
+            resets.inc()
+            log.info(
+                "%s: another watch of this server went backwards; %s reads again",
+                controller,
+                what,
+                extra=extra,
+            )
         requests.inc()
         fetched = False
         try:
-            returned, data = await fetch(state.index)
+            sent = resets_of.epoch if resets_of is not None else 0
+            if resets_of is None or not state.index:
+                returned, data = await fetch(state.index)
+            else:
+                with anyio.CancelScope() as parked:
+                    resets_of.park(parked)
+                    try:
+                        returned, data = await fetch(state.index)
+                    finally:
+                        resets_of.unpark(parked)
+                if parked.cancelled_caught:
+                    continue  # read again, from 0 (the epoch moved)
             fetched = True
+            epoch = sent
             before = state.resets
             changed = state.advance(returned)
             if state.resets != before:
                 resets.inc()
+                others = resets_of.went_back() if resets_of is not None else 0
                 log.info(
-                    "%s: %s index went backwards to %d; reset to 0",
+                    "%s: %s index went backwards to %d; reset to 0 (%d other watches read again)",
                     controller,
                     what,
                     returned,
+                    others,
                     extra=extra,
                 )
             if changed:

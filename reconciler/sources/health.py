@@ -56,6 +56,7 @@ from reconciler.sources._watch import (
     DEFAULT_WAIT,
     PollSettings,
     WatchBase,
+    index_resets,
     poll_forever,
     replace_items,
 )
@@ -241,6 +242,7 @@ class ServiceHealthSource(WatchBase):
             apply=apply,
             settings=self.settings,
             what=f"health {service}",
+            resets_of=index_resets(self._client),
         )
 
     # -- a pattern: two long polls, then short reads of what changed -------------------------
@@ -270,6 +272,7 @@ class ServiceHealthSource(WatchBase):
             apply=apply,
             settings=self.settings,
             what="catalog services",
+            resets_of=index_resets(self._client),
         )
 
     async def _watch_checks(self, controller: str) -> None:
@@ -334,6 +337,7 @@ class ServiceHealthSource(WatchBase):
             apply=apply,
             settings=self.settings,
             what="health state any",
+            resets_of=index_resets(self._client),
         )
 
     async def _relist_loop(self) -> None:

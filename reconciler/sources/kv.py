@@ -24,6 +24,7 @@ from reconciler.sources._watch import (
     DEFAULT_WAIT,
     PollSettings,
     WatchBase,
+    index_resets,
     poll_forever,
     replace_items,
 )
@@ -115,4 +116,5 @@ class KVSource(WatchBase):
             apply=apply,
             settings=self.settings,
             what=f"kv {self.key}",
+            resets_of=index_resets(self._client),
         )

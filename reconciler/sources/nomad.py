@@ -33,6 +33,7 @@ from reconciler.sources._watch import (
     DEFAULT_WAIT,
     PollSettings,
     WatchBase,
+    index_resets,
     poll_forever,
     replace_items,
 )
@@ -325,4 +326,5 @@ class NomadSource(WatchBase):
                 apply=apply,
                 settings=self.settings,
                 what=f"nomad {self.kind}",
+                resets_of=index_resets(self._client),
             )

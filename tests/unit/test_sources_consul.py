@@ -231,6 +231,30 @@ async def test_index_going_backwards_resets_and_the_watch_keeps_working(
         assert source.items()["r/k3"].value == b"changed"
 
 
+async def test_a_watch_that_asks_with_an_index_from_before_a_restore_reads_again(
+    client: ConsulClient, consul_server: ConsulServer
+) -> None:
+    """A query sent after a restore with the old, higher index waits for an index above it
+    (its whole ``wait``, 5 minutes by default); once another watch of the same server has seen
+    the index go backwards, this one reads from 0 instead and misses nothing."""
+    for i in range(20):
+        await client.kv_put(f"p/k{i}", b"x")
+    await client.kv_put("q/b", b"before")
+    parked = kv_source(client, "p/", wait=60.0)
+    # Its next request leaves 2 s after its first read: after the restore below.
+    late = kv_source(client, "q/", wait=60.0, rate=0.5, burst=1)
+    rec_parked, rec_late = Recorder(), Recorder()
+    async with running(parked, rec_parked), running(late, rec_late) as controller:
+        with anyio.fail_after(5):
+            await parked.wait_ready()
+            await late.wait_ready()
+        await eventually(lambda: consul_server.stats()["BlockingQueries"] >= 1)
+        consul_server.reset_index(1)
+        await client.kv_put("q/b", b"after")  # index 2: below what the late watch holds
+        await eventually(lambda: late.items()["q/b"].value == b"after", timeout=10)
+        assert metric("reconciler_watch_index_resets_total", controller, late.name) == 1
+
+
 async def test_errors_back_off_and_recover(
     client: ConsulClient, consul_server: ConsulServer
 ) -> None:

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import anyio
+import pytest
+
 from reconciler.clients.consul import KVEntry
-from reconciler.sources._watch import PollState, replace_items
+from reconciler.sources._watch import (
+    IndexResets,
+    PollSettings,
+    PollState,
+    poll_forever,
+    replace_items,
+)
 from reconciler.sources.base import Change
 from reconciler.sources.kv import same_entry
 
@@ -51,3 +60,51 @@ def test_a_kv_entry_rewritten_with_identical_bytes_is_not_a_change() -> None:
     assert cache["k"].modify_index == 9
     locked = {"k": KVEntry("k", b"v", modify_index=10, session="s1")}
     assert [c.id for c in replace_items(cache, locked, same_entry)] == ["k"]  # holder changed
+
+
+@pytest.mark.anyio
+async def test_a_parked_query_is_cancelled_and_read_again_when_another_watch_goes_back() -> None:
+    """Two watches of one server: when one sees its index go backwards, the other's parked
+    query (whose index may be from before a restore) is cancelled and sent again from 0."""
+    resets = IndexResets()
+    asked: dict[str, list[int]] = {"parked": [], "back": []}
+    answers = iter([(20, "first"), (5, "after the restore")])
+    went_back = anyio.Event()
+
+    async def parked(index: int) -> tuple[int, str]:
+        asked["parked"].append(index)
+        if index:
+            await anyio.sleep_forever()  # a long poll with nothing to say
+        return 30, "listed"
+
+    async def back(index: int) -> tuple[int, str]:
+        asked["back"].append(index)
+        try:
+            return next(answers)
+        except StopIteration:
+            went_back.set()
+            await anyio.sleep_forever()
+            raise
+
+    settings = PollSettings(rate=1000.0, burst=1000)
+    async with anyio.create_task_group() as tg:
+        for name, fetch in (("parked", parked), ("back", back)):
+            tg.start_soon(
+                lambda name=name, fetch=fetch: poll_forever(
+                    source=name,
+                    controller="t",
+                    fetch=fetch,
+                    apply=lambda _data: None,
+                    settings=settings,
+                    what=name,
+                    resets_of=resets,
+                )
+            )
+            await anyio.sleep(0.05)  # the parked watch is parked before the other one goes back
+        with anyio.fail_after(5):
+            await went_back.wait()
+            while len(asked["parked"]) < 3:
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    assert asked["back"] == [0, 20, 0]
+    assert asked["parked"][:3] == [0, 30, 0]  # then parked again, at the fresh index
