@@ -26,7 +26,10 @@ HEADER = (
     "# Benchmarks\n\n"
     "Written by `make bench` (`python -m bench [module...]`); every figure below was measured "
     "by the run that wrote its section, on loopback, with the load generator on the same "
-    "machine. Each section says when and on what it ran.\n"
+    "machine. Each section says when and on what it ran, and how long a fixed pure-Python "
+    "loop (`bench.__main__.calibrate`) took just before it: the same machine has run the same "
+    "code at half speed an hour apart, so compare figures of different sections or runs with "
+    "that figure in mind.\n"
 )
 _SECTION = re.compile(r"<!-- bench:(\w+) -->\n.*?<!-- /bench:\1 -->\n", re.S)
 
@@ -50,8 +53,23 @@ def _load1() -> str:
         return "unknown"
 
 
+def calibrate() -> float:
+    """Milliseconds of a fixed pure-Python workload (best of 5): this machine's speed at the
+    moment, so figures measured at different times can be compared (the same code has run at
+    half speed on the same machine an hour apart)."""
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        table: dict[str, int] = {}
+        for i in range(200_000):
+            table[f"k{i % 5000}"] = table.get(f"k{i % 5000}", 0) + i
+        best = min(best, time.perf_counter() - started)
+    return best * 1000
+
+
 def measure(name: str) -> str:
     module = importlib.import_module(f"bench.{name}")
+    speed = calibrate()
     started = time.perf_counter()
     load = _load1()
     print(f"== bench {name}", flush=True)
@@ -61,7 +79,7 @@ def measure(name: str) -> str:
         f"_({name}: {time.perf_counter() - started:.1f} s wall; measured "
         f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} on {platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}, 1-min load average "
-        f"{load} at start)_"
+        f"{load} at start, calibration loop {speed:.0f} ms)_"
     )
     return f"<!-- bench:{name} -->\n{section}\n\n{stamp}\n<!-- /bench:{name} -->\n"
 
