@@ -246,7 +246,13 @@ async def reconcile(ctx: Context, key: str) -> Result | None:
     if not is_user_id(user):
         return None
     out_key = f"{ALLOCATIONS_PREFIX}{user}"
-    request_entry = ctx.cache(REQUESTS_WATCH).get(f"{REQUESTS_PREFIX}{user}")
+    request_key = f"{REQUESTS_PREFIX}{user}"
+    request_entry = ctx.cache(REQUESTS_WATCH).get(request_key)
+    instances = ctx.index(HEALTH_WATCH, "user", user)
+    if request_entry is None and instances:
+        # The requests watch re-reads at most every 2 s: services that pass before it shows a
+        # new request are not held back until then, one read of the key tells.
+        request_entry = await ctx.kv.get(request_key)
     # A request that fails validation is the intake API's problem, reported there; it still
     # says that the user asked for a pair.
     requested = request_entry is not None
@@ -256,9 +262,7 @@ async def reconcile(ctx: Context, key: str) -> Result | None:
     current = (
         ctx.parse(UserAllocation, current_entry, key=out_key) if current_entry is not None else None
     )
-    plan = plan_allocation(
-        user, ctx.index(HEALTH_WATCH, "user", user), requested=requested, current=current
-    )
+    plan = plan_allocation(user, instances, requested=requested, current=current)
     for rejected in plan.rejected:
         INSTANCES_REJECTED.labels(reason=rejected.reason).inc()
         ctx.log.warning("service instance left out", reason=rejected.reason, detail=rejected.detail)

@@ -625,6 +625,11 @@ class HAProxyKV:
         claims = self.held_claims(ctx, user, held)
         self.waiting_for_port.discard(user)
         if entry is None and published is None and not claims:
+            if f"{ALLOCATIONS_PREFIX}{user}" in ctx.cache(ALLOCATIONS_WATCH):
+                # A new user: the allocation record came before the requests watch (which
+                # re-reads at most every 2 s) showed the request. One read tells, rather
+                # than hold the user back until it does.
+                return await ctx.kv.get(f"{REQUESTS_PREFIX}{user}") is None
             # Nothing of the user in the caches. If they are behind, the watch that brings a
             # key of the user reconciles the user again.
             return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -16,6 +17,7 @@ from reconciler.clients.config import ClientsConfig
 from reconciler.clients.consul import ConsulClient
 from reconciler.controller import Controller, RunnerOptions
 from reconciler.manager import Manager, ManagerOptions
+from reconciler.sources import KVSource
 
 ROLES = {"hmi": ("http", 21000), "broker": ("http", 21001), "core": ("tcp", 21002)}
 
@@ -125,3 +127,25 @@ async def running_with(
             yield manager, consul
         finally:
             manager.stop()
+
+
+def with_frozen_watch(controller: Controller, watch_name: str) -> Controller:
+    """``controller`` whose watch ``watch_name`` (a KV one) lists once, then hardly ever again
+    (a re-read at most every 100 s): what a reconcile does while that watch lags behind."""
+
+    def frozen(watch: Any) -> Any:
+        if watch.name != watch_name:
+            return watch
+        built = watch.build
+
+        def build(deps: Any) -> Any:
+            source = built(deps)
+            assert isinstance(source, KVSource)
+            source.settings.rate = 0.01
+            source.settings.burst = 1
+            return source
+
+        return dataclasses.replace(watch, build=build)
+
+    assert any(w.name == watch_name for w in controller.watches), watch_name
+    return dataclasses.replace(controller, watches=[frozen(w) for w in controller.watches])

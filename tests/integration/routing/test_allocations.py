@@ -9,7 +9,7 @@ import pytest
 from controllers import allocations
 from controllers.api.ids import ALLOCATIONS_PREFIX, REQUESTS_PREFIX
 from tests.integration.helpers import eventually, running
-from tests.integration.routing.helpers import Services, metric, read_json
+from tests.integration.routing.helpers import Services, metric, read_json, with_frozen_watch
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -66,6 +66,25 @@ async def test_a_requested_user_s_passing_services_become_one_record(
         # Departure: the request goes, the record goes although the services still pass.
         await consul.kv_delete(f"{REQUESTS_PREFIX}ada")
         await eventually(lambda: _absent(consul, "ada"))
+
+
+async def test_services_that_pass_before_the_requests_watch_shows_the_request_are_recorded(
+    consul_server, services: Services
+) -> None:
+    """The requests watch re-reads its busy prefix at most every 2 s; a new user whose services
+    pass before it shows their request is recorded at once, from one read of the key."""
+    controller = with_frozen_watch(allocations.controller, allocations.REQUESTS_WATCH)
+    async with running([controller], consul_server.address) as (manager, consul):
+        await eventually(lambda: manager.ready)
+        await consul.kv_put(f"{REQUESTS_PREFIX}ada", b"{}")
+        services.register("ada")
+        got = await eventually(lambda: read_json(consul, f"{ALLOCATIONS_PREFIX}ada"), timeout=10)
+        assert got["job"] == "core-hmi-ada"
+        # The watch has still not shown the request: the record came from the read.
+        assert (
+            f"{REQUESTS_PREFIX}ada"
+            not in manager.runners["allocations"].sources[allocations.REQUESTS_WATCH].items()
+        )
 
 
 async def test_rogue_and_malformed_services_are_not_published(

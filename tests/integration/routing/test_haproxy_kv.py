@@ -15,7 +15,13 @@ from controllers.api.ids import ALLOCATIONS_PREFIX, HAPROXY_DATA_PREFIX, REQUEST
 from controllers.settings import HAProxySettings
 from reconciler.clients.consul import ConsulClient, KVOp
 from tests.integration.helpers import eventually, running
-from tests.integration.routing.helpers import Services, metric, read_json, read_text
+from tests.integration.routing.helpers import (
+    Services,
+    metric,
+    read_json,
+    read_text,
+    with_frozen_watch,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -138,6 +144,23 @@ async def test_a_user_gets_routes_that_survive_moves_and_restarts_and_go_on_depa
         await eventually(lambda: _none(routes_of(consul, "ada")))
         await eventually(lambda: _none(read_json(consul, f"{ROUTES_DATA_PREFIX}ada")))
         await eventually(lambda: _empty(claims(consul)))
+
+
+async def test_a_record_that_comes_before_the_requests_watch_shows_the_request_is_routed(
+    consul_server,
+) -> None:
+    """The requests watch re-reads at most every 2 s; a user whose allocation record comes
+    first is routed at once (one read of the request), not held back until it catches up."""
+    controller = with_frozen_watch(haproxy_kv.build(config()), haproxy_kv.REQUESTS_WATCH)
+    async with running([controller], consul_server.address) as (manager, consul):
+        await eventually(lambda: manager.ready)
+        await arrive(consul, "ada")
+        routes = await eventually(lambda: routes_of(consul, "ada"), timeout=10)
+        assert [r["role"] for r in routes["tcp"]] == ["core"]
+        assert (
+            f"{REQUESTS_PREFIX}ada"
+            not in manager.runners["haproxy-kv"].sources[haproxy_kv.REQUESTS_WATCH].items()
+        )
 
 
 async def test_web_app_addresses_follow_the_passing_instances_atomically(
